@@ -1,0 +1,49 @@
+# make install  create .venv with the project and all extras (torch CPU, dev tools)
+# make run      the main pipeline on the embedded generated dataset
+# make test     the whole test suite (real-data tests read $RECSYS_DATA_DIR)
+# make bench    ingest + split benchmark (README figures)
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+RECSYS_DATA_DIR ?= $(abspath ../shared/datasets)
+export RECSYS_DATA_DIR
+
+.PHONY: install blas run test test-fast lint bench clean
+
+install: $(VENV)/.installed
+
+# the stamp depends on the files that define the environment
+$(VENV)/.installed: pyproject.toml constraints.txt
+	@$(MAKE) --no-print-directory blas
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e ".[deep,dev]"
+	touch $@
+
+# MLlib's ALS uses a native BLAS (libblas.so.3) when it finds one; Debian's
+# OpenBLAS provides it.  Best effort: skipped without root or apt.
+blas:
+	@if ldconfig -p 2>/dev/null | grep -q 'libblas.so.3'; then echo "native BLAS present"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas0-pthread >/dev/null \
+	   && echo "installed OpenBLAS") || echo "could not install OpenBLAS; MLlib falls back to Java BLAS"; \
+	else echo "no native BLAS and no root: MLlib falls back to Java BLAS"; fi
+
+run: install
+	$(BIN)/recsys-spark pipeline --config conf/local.toml
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow and not integration"
+
+lint: install
+	$(BIN)/ruff check recsys_spark jobs tests benchmarks
+
+bench: install
+	$(BIN)/python benchmarks/ingest_split.py --out benchmarks/results/ingest_split.json
+
+clean:
+	rm -rf output build .pytest_cache spark-warehouse

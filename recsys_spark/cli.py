@@ -1,0 +1,117 @@
+"""The ``recsys-spark`` command and the shared entry of every job module.
+
+``recsys-spark STAGE [--config FILE] [--set key=value ...] [--force]`` runs one
+stage in-process (local mode); ``jobs/STAGE.py`` runs the same code under
+``spark-submit`` (see ``spark-submit.sh``).  Bad input and bad configuration
+end with one clear ERROR line naming the file/row/key and exit code 2, not a
+stack trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from recsys_spark.config import Config, ConfigError, load_config
+from recsys_spark.logs import setup_logging
+
+EXIT_BAD_INPUT = 2
+
+DESCRIPTIONS = {
+    "generate": "generate the synthetic MovieLens-shaped dataset as raw CSV",
+    "ingest": "validate raw files into Parquet tables, id maps and a quarantine table",
+    "split": "write train/valid/test (and sampled negatives) for the configured protocol",
+    "pipeline": "run every stage in order, skipping those whose outputs are up to date",
+    "download": "download a MovieLens archive and verify its SHA-256 (needs a network)",
+}
+
+
+def build_parser(stage: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"recsys-spark {stage}", description=DESCRIPTIONS.get(stage))
+    p.add_argument("--config", "-c", default=None, help="TOML config (default: built-in defaults)")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key, e.g. --set split.seed=7 (repeatable)",
+    )  # fmt: skip
+    p.add_argument("--force", action="store_true", help="rerun even when the output is up to date")
+    if stage == "download":
+        p.add_argument("dataset", help="ml-100k, ml-1m, ml-latest-small, ml-25m or ml-32m")
+        p.add_argument("--dest", default=None, help="directory (default: $RECSYS_DATA_DIR or ./data)")
+    return p
+
+
+def _stage_fn(stage: str) -> Callable[..., Any]:
+    from recsys_spark import pipeline, stages
+
+    if stage == "pipeline":
+        return pipeline.run_pipeline
+    return stages.STAGES[stage]
+
+
+def run_job(stage: str, argv: list[str] | None = None) -> int:
+    """Parse arguments, load config, get the session, run one stage, stop. Returns the exit code."""
+    args = build_parser(stage).parse_args(argv)
+    log = setup_logging(stage)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        log.error("bad configuration: %s", exc)
+        return EXIT_BAD_INPUT
+    if stage == "download":
+        return _download(cfg, args, log)
+
+    from recsys_spark.ingest import IngestError
+    from recsys_spark.io.datasets import DataFormatError
+    from recsys_spark.spark import get_spark
+
+    spark = get_spark(cfg.spark, cfg.checkpoint_dir, f"recsys-spark {stage}")
+    try:
+        result = _stage_fn(stage)(spark, cfg, force=args.force)
+        _log_result(log, stage, result)
+        return 0
+    except (DataFormatError, IngestError, FileNotFoundError, ValueError) as exc:
+        log.error("%s failed: %s", stage, exc)
+        return EXIT_BAD_INPUT
+    finally:
+        spark.stop()
+
+
+def _log_result(log: logging.Logger, stage: str, result: Any) -> None:
+    if isinstance(result, dict) and "counts" in result:
+        state = "skipped (up to date)" if result.get("skipped") else f"finished in {result.get('wall_s')}s"
+        log.info("%s %s; counts: %s", stage, state, result["counts"])
+    elif isinstance(result, dict):
+        for name, m in result.items():
+            state = "skipped" if m.get("skipped") else f"{m.get('wall_s')}s"
+            log.info("  %-10s %s", name, state)
+
+
+def _download(cfg: Config, args: argparse.Namespace, log: logging.Logger) -> int:
+    from recsys_spark.io.download import DownloadError, download
+
+    try:
+        path = download(args.dataset, args.dest or cfg.data_dir)
+    except (DownloadError, KeyError) as exc:
+        log.error("download failed: %s", exc)
+        return EXIT_BAD_INPUT
+    log.info("%s is ready at %s", args.dataset, path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    stages = list(DESCRIPTIONS)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in stages:
+        width = max(map(len, stages))
+        lines = [f"  {s.ljust(width)}  {DESCRIPTIONS[s]}" for s in stages]
+        msg = "usage: recsys-spark COMMAND [--config FILE] [--set KEY=VALUE ...]\n\ncommands:\n" + "\n".join(lines)
+        print(msg, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)  # noqa: T201
+        return 0 if argv and argv[0] in ("-h", "--help") else EXIT_BAD_INPUT
+    return run_job(argv[0], argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

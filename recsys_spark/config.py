@@ -1,0 +1,333 @@
+"""Typed, validated configuration loaded from TOML.
+
+Every job takes ``--config FILE`` and any number of ``--set key.path=value``
+overrides.  Unknown keys and values of the wrong type fail at start-up with a
+:class:`ConfigError` that names the key and where it came from (the file or the
+``--set`` argument); nothing is silently ignored.
+
+Override values are parsed as TOML literals (``--set split.seed=7`` gives an
+int, ``--set spark.master='"local[4]"'`` or plain ``--set spark.master=local[4]``
+gives a string: a value that is not a valid TOML literal is taken as a string).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the key and source in the message."""
+
+
+# -- sections ---------------------------------------------------------------
+@dataclass
+class SparkConfig:
+    master: str = "local[2]"  # ignored when spark-submit already set one
+    app_name: str = "recsys-spark"
+    shuffle_partitions: int = 4
+    driver_memory: str = "4g"  # only applies when we launch the JVM ourselves
+    checkpoint_dir: str = ""  # "" -> <paths.output>/checkpoints
+    log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"] = "WARN"
+    conf: dict[str, str] = field(default_factory=dict)  # any other spark.* setting
+
+
+@dataclass
+class PathsConfig:
+    output: str = "output"
+    # where downloaded/shared datasets live; "" -> $RECSYS_DATA_DIR, else ./data
+    data_dir: str = ""
+
+
+@dataclass
+class GenericConfig:
+    """A ratings table of any shape: column mapping and format."""
+
+    ratings: str = ""
+    format: Literal["csv", "tsv", "whitespace", "parquet"] = "csv"
+    header: bool = True
+    # logical column -> header name (header = true) or 0-based position
+    columns: dict[str, Union[str, int]] = field(
+        default_factory=lambda: {"user": "userId", "item": "movieId", "rating": "rating", "timestamp": "timestamp"}
+    )
+    items: str = ""  # optional side table: item id, title, genres ('|'-separated)
+    items_columns: dict[str, Union[str, int]] = field(
+        default_factory=lambda: {"item": "movieId", "title": "title", "genres": "genres"}
+    )
+    users: str = ""  # optional side table: user id, gender, age, occupation, zip
+    users_columns: dict[str, Union[str, int]] = field(
+        default_factory=lambda: {"user": "userId", "gender": "gender", "age": "age", "occupation": "occupation", "zip": "zip"}
+    )
+
+
+DATASET_KINDS = ("generated", "ml-100k", "ml-1m", "ml-latest", "generic")
+
+
+@dataclass
+class DatasetConfig:
+    # generated: the embedded synthetic data (made by the generate stage)
+    # ml-100k / ml-1m / ml-latest (latest-small, 25m, 32m): MovieLens layouts
+    # generic: any ratings table, see [dataset.generic]
+    kind: Literal["generated", "ml-100k", "ml-1m", "ml-latest", "generic"] = "generated"
+    name: str = ""  # folder name under data_dir and output; "" -> kind
+    path: str = ""  # explicit location; "" -> <data_dir>/<name>
+    rating_min: float = 0.0  # 0 and 0 -> the kind's declared scale
+    rating_max: float = 0.0
+    encoding: str = "UTF-8"  # ml-100k's u.item is ISO-8859-1 in the original release
+    generic: GenericConfig = field(default_factory=GenericConfig)
+
+
+@dataclass
+class GenerateConfig:
+    n_users: int = 2_000
+    n_items: int = 1_000
+    n_ratings: int = 100_000
+    rank: int = 8
+    seed: int = 42
+    zipf_exponent: float = 0.9  # item popularity ~ rank^-s
+    activity_sigma: float = 1.0  # log-normal spread of user activity
+    min_ratings_per_user: int = 20
+    noise: float = 0.6
+    tag_fraction: float = 0.02  # fraction of ratings that also get a tag
+    half_stars: bool = True  # 0.5-5 scale like ml-latest; false -> 1-5 integers
+    partitions: int = 0  # 0 -> derived from n_ratings (never from the cluster)
+
+
+@dataclass
+class IngestConfig:
+    max_quarantine_fraction: float = 0.01
+    # 'latest' keeps the rating with the largest timestamp (then the later line)
+    duplicates: Literal["latest"] = "latest"
+
+
+SPLIT_PROTOCOLS = ("random", "stratified", "chronological", "leave_last_out", "ml100k_folds")
+
+
+@dataclass
+class SplitConfig:
+    protocol: Literal["random", "stratified", "chronological", "leave_last_out", "ml100k_folds"] = "stratified"
+    ratio: float = 0.75  # train share (random / stratified / chronological)
+    valid_ratio: float = 0.0  # share of the train part carved out as validation
+    seed: int = 42
+    n_negatives: int = 0  # sampled negatives per held-out item (HR@k protocol)
+    folds: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])  # ml100k_folds
+
+
+@dataclass
+class Config:
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+
+    # -- derived values ------------------------------------------------------
+    @property
+    def dataset_name(self) -> str:
+        return self.dataset.name or self.dataset.kind
+
+    @property
+    def data_dir(self) -> str:
+        return self.paths.data_dir or os.environ.get("RECSYS_DATA_DIR", "") or "data"
+
+    @property
+    def dataset_path(self) -> str:
+        """Where the raw files of the configured dataset are."""
+        if self.dataset.path:
+            return self.dataset.path
+        if self.dataset.kind == "generated":
+            return f"{self.paths.output}/{self.dataset_name}/raw"
+        return f"{self.data_dir}/{self.dataset_name}"
+
+    def stage_path(self, stage: str, *parts: str) -> str:
+        """Output location of a stage for the configured dataset."""
+        return "/".join([self.paths.output, self.dataset_name, stage, *parts])
+
+    @property
+    def checkpoint_dir(self) -> str:
+        return self.spark.checkpoint_dir or f"{self.paths.output}/checkpoints"
+
+    def section_hash(self, *sections: str) -> str:
+        """Stable hash of the named sections (what a stage's output depends on)."""
+        payload = {s: dataclasses.asdict(getattr(self, s)) for s in sections}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# -- loading and validation -----------------------------------------------
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        return str(tp).replace("typing.", "")
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(tp)
+    bad = ConfigError(
+        f"{source}: key '{key}' must be {_type_name(tp)}, got {type(value).__name__} {value!r}"
+    )
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: key '{key}' must be a table, got {value!r}")
+        return _build(tp, value, key, source)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise bad
+        return value
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, key, source)
+            except ConfigError:
+                continue
+        raise bad
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        _, vt = typing.get_args(tp)
+        return {str(k): _coerce(v, vt, f"{key}.{k}", source) for k, v in value.items()}
+    if origin is list:
+        if not isinstance(value, list):
+            raise bad
+        (it,) = typing.get_args(tp)
+        return [_coerce(v, it, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise TypeError(f"unsupported config type {tp!r} for {key}")  # programming error
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str, source: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            full = f"{prefix}.{key}" if prefix else key
+            raise ConfigError(
+                f"{source}: unknown key '{full}' (known keys of "
+                f"[{prefix or 'top level'}]: {', '.join(sorted(names))})"
+            )
+    kwargs = {}
+    for name in names:
+        if name in data:
+            full = f"{prefix}.{name}" if prefix else name
+            kwargs[name] = _coerce(data[name], hints[name], full, source)
+    obj = cls(**kwargs)
+    _check_ranges(obj, prefix, source)
+    return obj
+
+
+def _check_ranges(obj: Any, prefix: str, source: str) -> None:
+    """Value checks beyond types, named by key."""
+
+    def fail(key: str, why: str) -> None:
+        raise ConfigError(f"{source}: key '{prefix}.{key}' {why}")
+
+    if isinstance(obj, SplitConfig):
+        if not 0.0 < obj.ratio < 1.0:
+            fail("ratio", f"must be in (0, 1), got {obj.ratio}")
+        if not 0.0 <= obj.valid_ratio < 1.0:
+            fail("valid_ratio", f"must be in [0, 1), got {obj.valid_ratio}")
+        if obj.n_negatives < 0:
+            fail("n_negatives", "must be >= 0")
+    elif isinstance(obj, IngestConfig):
+        if not 0.0 <= obj.max_quarantine_fraction <= 1.0:
+            fail("max_quarantine_fraction", "must be in [0, 1]")
+    elif isinstance(obj, GenerateConfig):
+        for k in ("n_users", "n_items", "n_ratings", "rank"):
+            if getattr(obj, k) <= 0:
+                fail(k, "must be > 0")
+        if obj.min_ratings_per_user * obj.n_users > obj.n_ratings:
+            fail(
+                "min_ratings_per_user",
+                f"times n_users ({obj.min_ratings_per_user * obj.n_users}) exceeds n_ratings ({obj.n_ratings})",
+            )
+        if obj.n_items < obj.min_ratings_per_user:
+            fail("n_items", "must be at least min_ratings_per_user")
+    elif isinstance(obj, DatasetConfig):
+        if (obj.rating_min or obj.rating_max) and obj.rating_min >= obj.rating_max:
+            fail("rating_min", f"must be below rating_max ({obj.rating_min} >= {obj.rating_max})")
+    elif isinstance(obj, SparkConfig):
+        if obj.shuffle_partitions <= 0:
+            fail("shuffle_partitions", "must be > 0")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``'split.seed=7'`` -> ``(['split', 'seed'], 7)``."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set split.seed=7")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {text!r}: malformed key {key!r}")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word such as local[4] is a string
+    return key.split("."), value
+
+
+def _apply_override(data: dict[str, Any], text: str) -> None:
+    path, value = parse_override(text)
+    node = data
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {text!r}: '{part}' is not a table")
+    node[path[-1]] = value
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load ``path`` (TOML) with ``overrides`` applied; defaults where absent."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            data = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
+        source = str(p)
+    cfg = _build(Config, data, "", source)
+    if overrides:
+        merged = copy.deepcopy(data)
+        for text in overrides:
+            _apply_override(merged, text)
+        # validate again so that an override names itself in the error
+        try:
+            cfg = _build(Config, merged, "", "--set")
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (overrides: {' '.join(overrides)})") from None
+    return cfg

@@ -1,0 +1,102 @@
+"""File-system helpers over Hadoop's FileSystem API (local, HDFS, S3, DBFS alike).
+
+Outputs are written atomically: a stage writes everything into a temporary
+sibling directory and renames it into place at the end, so a killed job never
+leaves half an output that a rerun would take for a finished one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from pyspark.sql import SparkSession
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "_manifest.json"
+
+
+def _fs(spark: SparkSession, path: str):
+    jvm = spark.sparkContext._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    return hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), hpath
+
+
+def exists(spark: SparkSession, path: str) -> bool:
+    fs, hpath = _fs(spark, path)
+    return bool(fs.exists(hpath))
+
+
+def delete(spark: SparkSession, path: str) -> None:
+    fs, hpath = _fs(spark, path)
+    if fs.exists(hpath):
+        fs.delete(hpath, True)
+
+
+def rename(spark: SparkSession, src: str, dst: str) -> None:
+    fs, hsrc = _fs(spark, src)
+    _, hdst = _fs(spark, dst)
+    parent = hdst.getParent()
+    if parent is not None and not fs.exists(parent):
+        fs.mkdirs(parent)
+    if not fs.rename(hsrc, hdst):
+        raise OSError(f"could not rename {src} to {dst}")
+
+
+def write_text(spark: SparkSession, path: str, text: str) -> None:
+    fs, hpath = _fs(spark, path)
+    out = fs.create(hpath, True)
+    try:
+        out.write(bytearray(text.encode("utf-8")))
+    finally:
+        out.close()
+
+
+def read_text(spark: SparkSession, path: str) -> str:
+    fs, hpath = _fs(spark, path)
+    jvm = spark.sparkContext._jvm
+    stream = fs.open(hpath)
+    try:
+        return jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
+    finally:
+        stream.close()
+
+
+def write_json(spark: SparkSession, path: str, payload: Any) -> None:
+    write_text(spark, path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_manifest(spark: SparkSession, output: str) -> dict[str, Any] | None:
+    """The manifest of a finished output, or None when there is none."""
+    path = f"{output}/{MANIFEST}"
+    if not exists(spark, path):
+        return None
+    return json.loads(read_text(spark, path))
+
+
+@contextlib.contextmanager
+def atomic_output(spark: SparkSession, output: str) -> Iterator[str]:
+    """Yield a temporary directory; on success replace ``output`` with it.
+
+    The temporary directory sits beside ``output`` (same file system, so the
+    rename is cheap); on failure it is removed and ``output`` is untouched.
+    """
+    tmp = f"{output.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        yield tmp
+    except BaseException:
+        delete(spark, tmp)
+        raise
+    old = f"{output.rstrip('/')}.old-{uuid.uuid4().hex[:8]}"
+    had_old = exists(spark, output)
+    if had_old:
+        rename(spark, output, old)
+    rename(spark, tmp, output)
+    if had_old:
+        delete(spark, old)
+    log.info("wrote %s", output)

@@ -1,0 +1,281 @@
+"""Stage runners: the one layer that knows output paths.
+
+Each ``run_<stage>(spark, cfg)`` reads its inputs, calls the library's pure
+DataFrame functions and writes its outputs atomically with a manifest
+(``_manifest.json``) that records the config hash of the sections it depends
+on, fingerprints of its inputs, row accounting and timings.  A stage whose
+manifest matches the current config and inputs is skipped; ``force=True``
+reruns it.  Jobs in ``jobs/`` and the pipeline call these.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from recsys_spark import __version__
+from recsys_spark import generate as gen
+from recsys_spark import ingest as ing
+from recsys_spark import split as spl
+from recsys_spark.config import Config
+from recsys_spark.io import fs
+from recsys_spark.io.datasets import DataFormatError, dataset_spec, parse_file, read_dataset
+from recsys_spark.schemas import (
+    COL_ITEM,
+    COL_ITEM_ID,
+    COL_USER,
+    COL_USER_ID,
+    ITEM_MAP,
+    NEGATIVES,
+    QUARANTINE,
+    RATINGS,
+    USER_MAP,
+)
+
+log = logging.getLogger(__name__)
+
+
+# -- fingerprints and manifests ----------------------------------------------
+def fingerprint(spark: SparkSession, path: str) -> str:
+    """Hash of an input: its manifest's id for a stage output, else file names, sizes and mtimes."""
+    manifest = fs.read_manifest(spark, path)
+    if manifest is not None and "output_id" in manifest:
+        return manifest["output_id"]
+    jvm = spark.sparkContext._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    hfs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    if not hfs.exists(hpath):
+        return "missing"
+    it = hfs.listFiles(hpath, True)
+    entries = []
+    while it.hasNext():
+        st = it.next()
+        entries.append(f"{st.getPath().getName()}:{st.getLen()}:{st.getModificationTime()}")
+    return hashlib.sha256("\n".join(sorted(entries)).encode()).hexdigest()[:16]
+
+
+def _up_to_date(spark: SparkSession, output: str, config_hash: str, inputs: dict[str, str]) -> dict | None:
+    manifest = fs.read_manifest(spark, output)
+    if manifest is None:
+        return None
+    if manifest.get("config_hash") != config_hash or manifest.get("inputs") != inputs:
+        return None
+    return manifest
+
+
+def run_stage(
+    spark: SparkSession,
+    cfg: Config,
+    stage: str,
+    output: str,
+    sections: tuple[str, ...],
+    input_paths: list[str],
+    body: Callable[[str], dict[str, Any]],
+    force: bool = False,
+) -> dict[str, Any]:
+    """Run ``body(tmp_dir)`` unless ``output`` is up to date; write its manifest atomically.
+
+    ``body`` writes its tables under ``tmp_dir`` and returns the manifest's
+    ``counts``.  The returned manifest has ``skipped`` set when nothing ran.
+    """
+    config_hash = cfg.section_hash(*sections)
+    inputs = {p: fingerprint(spark, p) for p in input_paths}
+    if not force:
+        manifest = _up_to_date(spark, output, config_hash, inputs)
+        if manifest is not None:
+            log.info("%s: up to date at %s (config %s), skipped", stage, output, config_hash)
+            return {**manifest, "skipped": True}
+    log.info("%s: running -> %s", stage, output)
+    start = time.perf_counter()
+    with fs.atomic_output(spark, output) as tmp:
+        counts = body(tmp)
+        wall = round(time.perf_counter() - start, 3)
+        manifest = {
+            "stage": stage,
+            "version": __version__,
+            "config_hash": config_hash,
+            "config": {s: cfg.to_dict()[s] for s in sections},
+            "inputs": inputs,
+            "counts": counts,
+            "wall_s": wall,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        manifest["output_id"] = hashlib.sha256(
+            f"{config_hash}|{sorted(inputs.items())}|{manifest['created']}".encode()
+        ).hexdigest()[:16]
+        fs.write_json(spark, f"{tmp}/{fs.MANIFEST}", manifest)
+    log.info("%s: done in %.1fs", stage, wall)
+    return {**manifest, "skipped": False}
+
+
+def _write(df: DataFrame, path: str, partitions: int | None = None) -> None:
+    if partitions:
+        df = df.coalesce(partitions)
+    df.write.mode("error").parquet(path)
+
+
+# -- generate ------------------------------------------------------------------
+def run_generate(spark: SparkSession, cfg: Config, force: bool = False) -> dict[str, Any]:
+    """Write the synthetic dataset as raw CSV files (ml-latest layout + users.csv)."""
+    output = cfg.dataset_path
+
+    def body(tmp: str) -> dict[str, Any]:
+        tables = gen.generate(spark, cfg.generate)
+        counts = {}
+        for name, df in tables.items():
+            df = df.persist(StorageLevel.MEMORY_AND_DISK)
+            n_files = max(1, cfg.generate.n_ratings // 2_000_000) if name == "ratings" else 1
+            df.coalesce(n_files).write.option("header", True).option("quote", '"').csv(f"{tmp}/{name}.csv")
+            counts[name] = df.count()
+            df.unpersist()
+        log.info("generated %s", counts)
+        return counts
+
+    return run_stage(spark, cfg, "generate", output, ("generate",), [], body, force)
+
+
+# -- ingest --------------------------------------------------------------------
+def run_ingest(spark: SparkSession, cfg: Config, force: bool = False) -> dict[str, Any]:
+    """Raw files -> validated Parquet tables, id maps, quarantine and row accounting."""
+    spec = dataset_spec(cfg)
+    output = cfg.stage_path("ingest")
+    input_paths = [f.path for f in spec.files.values()]
+
+    def body(tmp: str) -> dict[str, Any]:
+        parsed = read_dataset(spark, spec)
+        result = ing.ingest_tables(parsed, (spec.rating_min, spec.rating_max), spec.numeric_ids)
+        rejected = f"{output}.rejected/{QUARANTINE}"
+        try:
+            ing.check_accounting(result.counts, cfg.ingest.max_quarantine_fraction, rejected)
+        except ing.IngestError:
+            fs.delete(spark, rejected)
+            _write(result.quarantine, rejected, 1)
+            raise
+        for name, df in result.tables.items():
+            _write(df, f"{tmp}/{name}")
+        _write(result.quarantine, f"{tmp}/{QUARANTINE}", 1)
+        return {
+            "tables": result.counts,
+            "users": spark.read.parquet(f"{tmp}/{USER_MAP}").count(),
+            "items": spark.read.parquet(f"{tmp}/{ITEM_MAP}").count(),
+            "ratings": result.counts["ratings"][ing.KEPT],
+            "rating_scale": [spec.rating_min, spec.rating_max],
+        }
+
+    return run_stage(spark, cfg, "ingest", output, ("dataset", "ingest"), input_paths, body, force)
+
+
+def read_ingested(spark: SparkSession, cfg: Config, table: str = RATINGS) -> DataFrame:
+    path = cfg.stage_path("ingest", table)
+    if not fs.exists(spark, path):
+        raise FileNotFoundError(f"{path} not found: run the ingest stage first (recsys-spark ingest)")
+    return spark.read.parquet(path)
+
+
+# -- split -----------------------------------------------------------------------
+def split_name(cfg: Config) -> str:
+    return cfg.split.protocol
+
+
+def run_split(spark: SparkSession, cfg: Config, force: bool = False) -> dict[str, Any]:
+    """Persist train/valid/test (and sampled negatives) for the configured protocol."""
+    output = cfg.stage_path("splits", split_name(cfg))
+    ingest_out = cfg.stage_path("ingest")
+    s = cfg.split
+    extra_inputs = []
+    if s.protocol == "ml100k_folds":
+        spec = dataset_spec(cfg)
+        if not spec.folds:
+            raise ValueError(f"split.protocol = 'ml100k_folds' needs dataset.kind = 'ml-100k', not {cfg.dataset.kind!r}")
+        extra_inputs = [f.path for k in s.folds for f in spec.folds[k]]
+
+    def body(tmp: str) -> dict[str, Any]:
+        ratings = spark.read.parquet(f"{ingest_out}/{RATINGS}")
+        if s.protocol == "ml100k_folds":
+            return _write_folds(spark, cfg, ratings, tmp)
+        assigned = spl.split_ratings(ratings, s.protocol, s.ratio, s.seed, s.valid_ratio)
+        assigned = assigned.persist(StorageLevel.MEMORY_AND_DISK)
+        counts = _write_parts(assigned, tmp)
+        counts["input"] = ratings.count()
+        _check_split_counts(counts)
+        if s.n_negatives:
+            n_items = spark.read.parquet(f"{ingest_out}/{ITEM_MAP}").count()
+            test = spark.read.parquet(f"{tmp}/{spl.TEST}")
+            neg, short = spl.sample_negatives(test, ratings, n_items, s.n_negatives, s.seed)
+            _write(neg, f"{tmp}/{NEGATIVES}")
+            counts["negatives"] = spark.read.parquet(f"{tmp}/{NEGATIVES}").count()
+            counts["negatives_short_rows"] = short
+        assigned.unpersist()
+        return counts
+
+    return run_stage(spark, cfg, "split", output, ("split",), [ingest_out, *extra_inputs], body, force)
+
+
+def _write_parts(assigned: DataFrame, tmp: str, prefix: str = "") -> dict[str, int]:
+    counts = {
+        r[spl.COL_PART]: r["count"] for r in assigned.groupBy(spl.COL_PART).count().collect()
+    }  # at most three rows
+    for name, df in spl.parts(assigned).items():
+        _write(df, f"{tmp}/{prefix}{name}")
+    return {p: counts.get(p, 0) for p in (spl.TRAIN, spl.VALID, spl.TEST)}
+
+
+def _check_split_counts(counts: dict[str, int]) -> None:
+    total = counts[spl.TRAIN] + counts[spl.VALID] + counts[spl.TEST]
+    if total != counts["input"]:
+        raise RuntimeError(f"split accounting broken: {counts['input']} rows in, {total} rows out ({counts})")
+
+
+def _write_folds(spark: SparkSession, cfg: Config, ratings: DataFrame, tmp: str) -> dict[str, Any]:
+    """The canonical ML-100K folds, mapped to the ingested indices.
+
+    A fold row that fails validation or whose user or item ingest quarantined
+    (absent from the side tables) is left out *and counted* per fold
+    (``<part>_dropped``); the manifest keeps ``read = kept + dropped``.
+    """
+    spec = dataset_spec(cfg)
+    umap = spark.read.parquet(cfg.stage_path("ingest", USER_MAP))
+    imap = spark.read.parquet(cfg.stage_path("ingest", ITEM_MAP))
+    counts: dict[str, Any] = {}
+    for k in cfg.split.folds:
+        fold_counts = {}
+        for part, fspec in zip((spl.TRAIN, spl.TEST), spec.folds[k], strict=True):
+            parsed, n_read = parse_file(spark, fspec, "ratings")
+            events = ing.validate_events(parsed, True, (spec.rating_min, spec.rating_max))
+            mapped = (
+                events.where(F.col("reason").isNull())
+                .join(umap, COL_USER_ID, "left")
+                .join(imap, COL_ITEM_ID, "left")
+            )
+            ok = mapped.where(F.col(COL_USER).isNotNull() & F.col(COL_ITEM).isNotNull())
+            path = f"{tmp}/u{k}/{part}"
+            _write(ok.select(*[F.col(c).cast(ratings.schema[c].dataType) for c in ratings.columns]), path)
+            kept = spark.read.parquet(path).count()
+            fold_counts[part] = kept
+            fold_counts[f"{part}_read"] = n_read
+            fold_counts[f"{part}_dropped"] = n_read - kept
+            if n_read - kept > 0:
+                log.warning("fold u%d %s: %d rows refer to quarantined users/items", k, part, n_read - kept)
+        counts[f"u{k}"] = fold_counts
+    return counts
+
+
+def read_split(spark: SparkSession, cfg: Config, part: str, fold: int | None = None) -> DataFrame:
+    base = cfg.stage_path("splits", split_name(cfg))
+    path = f"{base}/u{fold}/{part}" if fold is not None else f"{base}/{part}"
+    if not fs.exists(spark, path):
+        raise FileNotFoundError(f"{path} not found: run the split stage first (recsys-spark split)")
+    return spark.read.parquet(path)
+
+
+STAGES = {"generate": run_generate, "ingest": run_ingest, "split": run_split}
+
+__all__ = ["DataFormatError", "STAGES", "fingerprint", "read_ingested", "read_split", "run_stage"]
