@@ -119,13 +119,23 @@ def generate(spark: SparkSession, cfg: GenerateConfig) -> dict[str, DataFrame]:
         .withColumn("b_u", _normal(s, "b_u", uid) * 0.35)
         .withColumn("start", F.lit(T0) + (_unif(s, "start", uid) * SPAN * 0.7).cast("long"))
     )
+    # ratings per user: a minimum plus a share of the rest by weight, capped at
+    # half the catalogue; what the cap cuts off is handed to the uncapped users
+    cap = max(cfg.min_ratings_per_user, n_i // 2)
     total_w = users.agg(F.sum("w")).first()[0]  # a scalar
     spare = cfg.n_ratings - n_u * cfg.min_ratings_per_user
-    cap = max(cfg.min_ratings_per_user, n_i // 3)
-    n_r = F.least(F.lit(cap), F.lit(cfg.min_ratings_per_user) + F.floor(F.col("w") / total_w * spare)).cast("int")
+    n0 = F.lit(cfg.min_ratings_per_user) + F.col("w") / total_w * spare
+    users = users.withColumn("n0", n0)
+    agg = users.agg(
+        F.sum(F.least(F.lit(cap), F.col("n0"))).alias("capped"),
+        F.sum(F.when(F.col("n0") < cap, F.col("w"))).alias("w_free"),
+    ).first()  # scalars
+    deficit = max(0.0, cfg.n_ratings - agg["capped"])
+    extra = F.col("w") / F.lit(agg["w_free"] or 1.0) * deficit
+    n_r = F.least(F.lit(cap), F.floor(F.col("n0") + F.when(F.col("n0") < cap, extra).otherwise(0))).cast("int")
     users = users.withColumn("n_r", n_r).withColumn(
         # oversample so that distinct items after de-duplication reach n_r
-        "draws", (F.col("n_r") * (1.2 + 3.0 * F.col("n_r") / n_i) + 10).cast("int")
+        "draws", (F.col("n_r") * (1.2 + 4.0 * F.col("n_r") / n_i) + 10).cast("int")
     )
 
     # -- rating events --------------------------------------------------------

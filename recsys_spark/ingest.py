@@ -92,7 +92,7 @@ def _id_checks(col: str, what: str, numeric: bool) -> list[tuple[Column, Column]
 def canonical_id(col: str, numeric: bool) -> Column:
     """Raw id as the string used in the maps ('007' and '7' are one numeric id)."""
     c = F.trim(F.col(col))
-    return c.cast("long").cast("string") if numeric else c
+    return c.try_cast("long").cast("string") if numeric else c
 
 
 def _int_checks(col: str, what: str, nullable: bool) -> list[tuple[Column, Column]]:
@@ -106,7 +106,7 @@ def _int_checks(col: str, what: str, nullable: bool) -> list[tuple[Column, Colum
 
 def _order_key(col: str) -> list[Column]:
     # numeric ids in numeric order, other ids after them in string order
-    return [F.col(col).cast("long").asc_nulls_last(), F.col(col)]
+    return [F.col(col).try_cast("long").asc_nulls_last(), F.col(col)]
 
 
 def build_id_map(ids: DataFrame, id_col: str, idx_col: str) -> DataFrame:
@@ -132,7 +132,7 @@ def validate_items(parsed: DataFrame, numeric: bool) -> DataFrame:
         COL_SOURCE_FILE, COL_LINE_NO, COL_RAW, COL_REASON, _STATUS, COL_ITEM_ID,
         F.col("title").alias(COL_TITLE),
         genres.alias(COL_GENRES),
-        F.when(year.rlike(r"^\d{4}$"), year.cast("int")).alias(COL_YEAR),
+        F.when(year.rlike(r"^\d{4}$"), year.try_cast("int")).alias(COL_YEAR),
     )  # fmt: skip
 
 
@@ -149,7 +149,7 @@ def validate_users(parsed: DataFrame, numeric: bool) -> DataFrame:
     return df.select(
         COL_SOURCE_FILE, COL_LINE_NO, COL_RAW, COL_REASON, _STATUS, COL_USER_ID,
         blank_to_null("gender").alias(COL_GENDER),
-        blank_to_null("age").cast("int").alias(COL_AGE),
+        blank_to_null("age").try_cast("int").alias(COL_AGE),
         blank_to_null("occupation").alias(COL_OCCUPATION),
         blank_to_null("zip").alias(COL_ZIP),
     )  # fmt: skip
@@ -173,7 +173,7 @@ def validate_events(parsed: DataFrame, numeric: bool, rating_scale: tuple[float,
     if rating_scale is not None:
         lo, hi = rating_scale
         r = F.trim(F.col("rating"))
-        value = r.cast("double")
+        value = r.try_cast("double")
         checks += [
             (r.isNull() | (r == ""), F.lit("missing rating")),
             (value.isNull() | F.isnan(value), F.concat(F.lit("unparsable rating: "), _quoted(r))),
@@ -189,7 +189,7 @@ def validate_events(parsed: DataFrame, numeric: bool, rating_scale: tuple[float,
         cols.append(t.alias(COL_TAG))
     checks += _int_checks("timestamp", "timestamp", nullable=True)
     ts = F.trim(F.col("timestamp"))
-    cols.append(F.when(ts != "", ts.cast("long")).alias(COL_TIMESTAMP))
+    cols.append(F.when(ts != "", ts.try_cast("long")).alias(COL_TIMESTAMP))
     reason = F.coalesce(F.col(COL_REASON), _first_reason(*checks))
     return parsed.select(
         *cols,

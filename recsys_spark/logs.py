@@ -12,13 +12,19 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def setup_logging(job: str, level: int = logging.INFO) -> logging.Logger:
-    """Configure root logging once for a job process and return the job's logger."""
-    root = logging.getLogger()
-    if not root.handlers:
+    """Send the project's logs (``recsys_spark.*``) to stderr; return the job's logger.
+
+    The handler sits on the ``recsys_spark`` logger rather than the root, so it
+    works the same whether or not Spark or a notebook configured the root.
+    """
+    pkg = logging.getLogger("recsys_spark")
+    if not any(getattr(h, "_recsys", False) for h in pkg.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(FORMAT, datefmt="%H:%M:%S"))
-        root.addHandler(handler)
-    root.setLevel(level)
+        handler._recsys = True  # type: ignore[attr-defined]
+        pkg.addHandler(handler)
+    pkg.setLevel(level)
+    pkg.propagate = False
     logging.getLogger("py4j").setLevel(logging.WARNING)
     return logging.getLogger(f"recsys_spark.jobs.{job}")
 

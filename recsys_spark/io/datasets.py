@@ -362,6 +362,13 @@ def read_dataset(spark: SparkSession, spec: DatasetSpec) -> dict[str, tuple[Data
 
     The DataFrames are lazy; the file-level checks run eagerly (small aggregates).
     """
+    from recsys_spark.io.lines import path_exists
+
+    missing = [f.path for f in spec.files.values() if not path_exists(spark, f.path)]
+    if missing:
+        raise FileNotFoundError(
+            f"dataset {spec.name!r} ({spec.kind}): input file(s) not found: {', '.join(missing)}"
+        )
     tables = {}
     for table, fspec in spec.files.items():
         log.info("reading %s from %s", table, fspec.path)

@@ -10,7 +10,7 @@ data reaches the driver and no Python worker touches the rows.
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recsys_spark.schemas import COL_LINE_NO, COL_RAW, COL_SOURCE_FILE
@@ -44,33 +44,45 @@ def read_lines(spark: SparkSession, path: str, encoding: str = "UTF-8") -> DataF
 def _number_within_files(df: DataFrame) -> DataFrame:
     # Within one partition rows keep file order; a file split into several
     # chunks has its chunks in partition order (Spark packs splits in offset
-    # order).  Offsets: rows of the same file in earlier partitions.  The scan
-    # is deterministic, so the two passes over it see the same partitions.
+    # order).  Offset of a chunk: rows of the same file in earlier partitions.
+    # The scan is deterministic, so both passes over it see the same partitions.
+    spark = df.sparkSession
     chunks = df.groupBy(COL_SOURCE_FILE, _PID).agg(F.min(_MID).alias("_first"), F.count("*").alias("_n"))
-    w = Window.partitionBy(COL_SOURCE_FILE).orderBy(_PID).rowsBetween(Window.unboundedPreceding, -1)
-    chunks = chunks.withColumn("_offset", F.coalesce(F.sum("_n").over(w), F.lit(0))).drop("_n")
-    out = df.join(F.broadcast(chunks), [COL_SOURCE_FILE, _PID]).select(
+    rows = sorted(chunks.collect(), key=lambda r: (r[COL_SOURCE_FILE], r[_PID]))  # one row per file chunk
+    offsets, seen = [], {}
+    for r in rows:
+        done = seen.get(r[COL_SOURCE_FILE], 0)
+        offsets.append((r[COL_SOURCE_FILE], r[_PID], r["_first"], done))
+        seen[r[COL_SOURCE_FILE]] = done + r["_n"]
+    table = spark.createDataFrame(
+        offsets, f"{COL_SOURCE_FILE} string, {_PID} int, _first long, _offset long"
+    )
+    return df.join(F.broadcast(table), [COL_SOURCE_FILE, _PID]).select(
         COL_SOURCE_FILE,
         (F.col("_offset") + F.col(_MID) - F.col("_first") + 1).alias(COL_LINE_NO),
         COL_RAW,
     )
-    return out
 
 
 def with_contiguous_index(df: DataFrame, order_cols: list, name: str) -> DataFrame:
     """Add ``name``: 0..n-1 in the order of ``order_cols`` (an int32 column).
 
-    A global sort then per-partition offsets; scales to any number of rows
-    without gathering them in one partition.
+    A global sort then per-partition offsets (one small row per partition
+    reaches the driver); scales to any number of rows without gathering them
+    in one partition.  ``order_cols`` must order the rows uniquely.
     """
+    spark = df.sparkSession
     ordered = df.orderBy(*order_cols).select(
         "*", F.spark_partition_id().alias(_PID), F.monotonically_increasing_id().alias(_MID)
     ).persist()
-    parts = ordered.groupBy(_PID).agg(F.min(_MID).alias("_first"), F.count("*").alias("_n"))
-    w = Window.orderBy(_PID).rowsBetween(Window.unboundedPreceding, -1)
-    parts = parts.withColumn("_offset", F.coalesce(F.sum("_n").over(w), F.lit(0))).drop("_n")
-    return ordered.join(F.broadcast(parts), _PID).select(
-        *[c for c in df.columns],
+    parts = ordered.groupBy(_PID).agg(F.min(_MID).alias("_first"), F.count("*").alias("_n")).collect()
+    offsets, done = [], 0
+    for r in sorted(parts, key=lambda r: r[_PID]):
+        offsets.append((r[_PID], r["_first"], done))
+        done += r["_n"]
+    table = spark.createDataFrame(offsets, f"{_PID} int, _first long, _offset long")
+    return ordered.join(F.broadcast(table), _PID).select(
+        *df.columns,
         (F.col("_offset") + F.col(_MID) - F.col("_first")).cast("int").alias(name),
     )
 

@@ -1,0 +1,70 @@
+"""Shared fixtures: one local[2] Spark session per test session, data helpers."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory):
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    local_dir = tmp_path_factory.mktemp("spark-local")
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("recsys-spark-tests")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.default.parallelism", "2")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.local.dir", str(local_dir))
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.driver.memory", "2g")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    session.sparkContext.setCheckpointDir(str(tmp_path_factory.mktemp("checkpoints")))
+    yield session
+    session.stop()
+
+
+def data_dir() -> Path | None:
+    d = os.environ.get("RECSYS_DATA_DIR")
+    return Path(d) if d else None
+
+
+@pytest.fixture(scope="session")
+def movielens_dir():
+    """RECSYS_DATA_DIR with the shared MovieLens sets; under CI=true their absence fails."""
+    d = data_dir()
+    needed = ["ml-100k/u.data", "ml-latest-small/ratings.csv"]
+    if d is None or not all((d / n).is_file() for n in needed):
+        msg = f"MovieLens data not found under RECSYS_DATA_DIR={d} (need {needed})"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return d
+
+
+@pytest.fixture
+def cfg_factory(tmp_path):
+    """Build a Config whose outputs go to a temporary directory."""
+    from recsys_spark.config import load_config
+
+    def make(*overrides: str):
+        return load_config(None, [f"paths.output={str(tmp_path / 'output')!r}".replace("'", '"'), *overrides])
+
+    return make
+
+
+def write(path: Path, text: str, encoding: str = "utf-8") -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text.encode(encoding))
+    return str(path)

@@ -1,0 +1,74 @@
+"""ingest and split through spark-submit.sh, in local[2] and local-cluster[2,1,1024]."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from recsys_spark.stages import run_generate
+from tests.conftest import ROOT
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SMALL = [
+    "generate.n_users=80", "generate.n_items=120", "generate.n_ratings=3000",
+    "generate.min_ratings_per_user=5", "generate.rank=3",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def raw_data(spark, tmp_path_factory):
+    from recsys_spark.config import load_config
+
+    out = tmp_path_factory.mktemp("gen")
+    cfg = load_config(None, [f'paths.output="{out}"', *SMALL])
+    run_generate(spark, cfg)
+    return cfg.dataset_path
+
+
+def submit(master, job, *args, timeout=600):
+    env = {**os.environ, "PYTHON": sys.executable, "PYSPARK_PYTHON": sys.executable}
+    cmd = [str(ROOT / "spark-submit.sh"), "--master", master, "--conf", "spark.ui.enabled=false", job, *args]
+    # spark-submit merges the Python driver's stderr into its stdout
+    return subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("master", ["local[2]", "local-cluster[2,1,1024]"])
+def test_ingest_and_split(master, raw_data, tmp_path):
+    raw = tmp_path / "raw"
+    shutil.copytree(raw_data, raw)
+    common = [
+        "--config", str(ROOT / "conf" / "local.toml"),
+        "--set", f'paths.output="{tmp_path / "out"}"',
+        "--set", f'dataset.path="{raw}"',
+        "--set", "split.n_negatives=5", *[x for s in SMALL for x in ("--set", s)],
+    ]  # fmt: skip
+    res = submit(master, "ingest", *common)
+    assert res.returncode == 0, res.stdout[-3000:]
+    # the session reports the master spark-submit gave it, not the config's
+    assert f"master={master}" in res.stdout
+    res = submit(master, "split", *common)
+    assert res.returncode == 0, res.stdout[-3000:]
+
+    ingest = json.loads((tmp_path / "out/generated/ingest/_manifest.json").read_text())
+    split = json.loads((tmp_path / "out/generated/splits/stratified/_manifest.json").read_text())
+    r = ingest["counts"]["tables"]["ratings"]
+    assert r["read"] == r["kept"] + r["quarantined"] + r["deduplicated"] > 2500
+    c = split["counts"]
+    assert c["train"] + c["valid"] + c["test"] == c["input"] == r["kept"]
+    assert c["negatives"] == 5 * c["test"]
+
+    # a rerun with the same config skips
+    res = submit(master, "split", *common)
+    assert res.returncode == 0 and "skipped" in res.stdout
+
+
+def test_bad_input_under_spark_submit_is_one_clear_line(tmp_path):
+    res = submit("local[2]", "ingest", "--set", "dataset.kind=ml-100k", "--set", f'dataset.path="{tmp_path}/none"')
+    assert res.returncode == 2
+    assert "ERROR recsys_spark.jobs.ingest: ingest failed: dataset 'ml-100k' (ml-100k): input file(s) not found" in res.stdout
+    assert "none/u.data" in res.stdout and "none/u.item" in res.stdout
+    assert "Traceback" not in res.stdout

@@ -1,0 +1,31 @@
+"""The command line: bad configuration gives one clear line and exit code 2."""
+
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def run(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "recsys_spark.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_config_typo_is_reported_without_a_stack_trace(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[split]\nsede = 1\n")
+    res = run("split", "--config", str(p))
+    assert res.returncode == 2
+    assert "unknown key 'split.sede'" in res.stderr and str(p) in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_unknown_command():
+    res = run("frobnicate")
+    assert res.returncode == 2 and "usage: recsys-spark" in res.stderr
+
+
+def test_help_lists_commands():
+    res = run("--help")
+    assert res.returncode == 0 and "ingest" in res.stdout and "pipeline" in res.stdout

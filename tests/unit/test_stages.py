@@ -1,0 +1,83 @@
+"""Stage runner: manifests, skipping, atomic outputs; the pipeline on tiny generated data."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from recsys_spark import stages
+from recsys_spark.ingest import IngestError
+from recsys_spark.pipeline import run_pipeline
+from tests.conftest import write
+
+SMALL = (
+    "generate.n_users=60", "generate.n_items=80", "generate.n_ratings=1500",
+    "generate.min_ratings_per_user=5", "generate.rank=3",
+)  # fmt: skip
+
+
+def test_failed_stage_leaves_no_output(spark, cfg_factory):
+    cfg = cfg_factory()
+    out = cfg.stage_path("x")
+
+    def body(tmp):
+        spark.range(3).write.parquet(f"{tmp}/t")
+        raise RuntimeError("killed half way")
+
+    with pytest.raises(RuntimeError):
+        stages.run_stage(spark, cfg, "x", out, ("split",), [], body)
+    parent = Path(out).parent
+    assert not Path(out).exists()
+    assert not any(p.name.startswith("x.tmp") for p in parent.iterdir()) if parent.exists() else True
+
+
+def test_stage_skips_when_up_to_date_and_reruns_on_change(spark, cfg_factory, tmp_path):
+    src = write(tmp_path / "in.txt", "a\n")
+    calls = []
+
+    def body(tmp):
+        calls.append(1)
+        spark.range(2).write.parquet(f"{tmp}/t")
+        return {"n": 2}
+
+    cfg = cfg_factory()
+    out = cfg.stage_path("y")
+    first = stages.run_stage(spark, cfg, "y", out, ("split",), [src], body)
+    second = stages.run_stage(spark, cfg, "y", out, ("split",), [src], body)
+    assert (first["skipped"], second["skipped"], len(calls)) == (False, True, 1)
+    manifest = json.loads((Path(out) / "_manifest.json").read_text())
+    assert manifest["counts"] == {"n": 2} and manifest["config"]["split"]["seed"] == 42
+    stages.run_stage(spark, cfg_factory("split.seed=7"), "y", out, ("split",), [src], body)
+    assert len(calls) == 2
+    write(tmp_path / "in.txt", "changed input\n")
+    stages.run_stage(spark, cfg_factory("split.seed=7"), "y", out, ("split",), [src], body)
+    assert len(calls) == 3
+
+
+def test_pipeline_reruns_only_affected_stages(spark, cfg_factory):
+    cfg = cfg_factory(*SMALL)
+    first = run_pipeline(spark, cfg)
+    assert [m["skipped"] for m in first.values()] == [False, False, False]
+    train = spark.read.parquet(cfg.stage_path("splits", "stratified", "train")).collect()
+    second = run_pipeline(spark, cfg)
+    assert [m["skipped"] for m in second.values()] == [True, True, True]
+    assert sorted(spark.read.parquet(cfg.stage_path("splits", "stratified", "train")).collect()) == sorted(train)
+    third = run_pipeline(spark, cfg_factory(*SMALL, "split.seed=7"))
+    assert {k: m["skipped"] for k, m in third.items()} == {"generate": True, "ingest": True, "split": False}
+    fourth = run_pipeline(spark, cfg_factory(*SMALL, "split.seed=7", "ingest.max_quarantine_fraction=0.5"))
+    assert {k: m["skipped"] for k, m in fourth.items()} == {"generate": True, "ingest": False, "split": False}
+    counts = fourth["ingest"]["counts"]["tables"]["ratings"]
+    assert counts["read"] == counts["kept"] + counts["quarantined"] + counts["deduplicated"]
+
+
+def test_ingest_refuses_too_many_bad_rows_and_keeps_them_for_inspection(spark, cfg_factory, tmp_path):
+    root = tmp_path / "ml"
+    write(root / "ratings.csv", "userId,movieId,rating,timestamp\n1,1,4,5\n1,2,9,5\n2,1,x,5\n")
+    write(root / "movies.csv", "movieId,title,genres\n1,A (1990),Drama\n2,B (1991),Drama\n")
+    write(root / "tags.csv", "userId,movieId,tag,timestamp\n1,1,fun,5\n")
+    cfg = cfg_factory("dataset.kind=ml-latest", f'dataset.path="{root}"', "dataset.name=bad")
+    with pytest.raises(IngestError, match=r"ratings: 2 of 3 rows .* quarantined"):
+        stages.run_ingest(spark, cfg)
+    assert not Path(cfg.stage_path("ingest")).exists()
+    rejected = spark.read.parquet(cfg.stage_path("ingest") + ".rejected/quarantine")
+    assert sorted(r["line_no"] for r in rejected.collect()) == [3, 4]
