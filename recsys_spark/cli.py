@@ -108,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         width = max(map(len, stages))
         lines = [f"  {s.ljust(width)}  {DESCRIPTIONS[s]}" for s in stages]
         msg = "usage: recsys-spark COMMAND [--config FILE] [--set KEY=VALUE ...]\n\ncommands:\n" + "\n".join(lines)
-        print(msg, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)  # noqa: T201
-        return 0 if argv and argv[0] in ("-h", "--help") else EXIT_BAD_INPUT
+        asked = bool(argv) and argv[0] in ("-h", "--help")
+        (sys.stdout if asked else sys.stderr).write(msg + "\n")
+        return 0 if asked else EXIT_BAD_INPUT
     return run_job(argv[0], argv[1:])
 
 

@@ -206,8 +206,13 @@ def parse_file(spark: SparkSession, spec: FileSpec, table: str) -> tuple[DataFra
     n_fields = len(columns)
 
     data = lines.filter(F.col(COL_LINE_NO) > 1) if spec.header is not None else lines
-    # whitespace-separated files: ignore leading/trailing blanks
-    raw = F.trim(F.col(COL_RAW)) if spec.sep == r"\s+" else F.col(COL_RAW)
+    # whitespace-separated files ignore leading/trailing blanks; tab-separated
+    # files tolerate trailing blanks (a stray trailing tab is not a field)
+    raw = F.col(COL_RAW)
+    if spec.sep == r"\s+":
+        raw = F.trim(raw)
+    elif spec.sep == "\t":
+        raw = F.regexp_replace(raw, r"\s+$", "")
     parts = F.split(raw, spec.sep, -1)
     out = data.select(COL_SOURCE_FILE, COL_LINE_NO, COL_RAW, parts.alias("_f"))
     reason = (
@@ -280,7 +285,7 @@ def _resolve_columns(spec: FileSpec, stats: list[dict], table: str) -> list[str]
 def _split_first(line: str | None, spec: FileSpec) -> list[str]:
     if line is None:
         return []
-    text = line.strip() if spec.sep == r"\s+" else line
+    text = line.strip() if spec.sep == r"\s+" else line.rstrip() if spec.sep == "\t" else line
     return re.split(spec.sep, text)
 
 

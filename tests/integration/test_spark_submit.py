@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +73,62 @@ def test_bad_input_under_spark_submit_is_one_clear_line(tmp_path):
     assert "ERROR recsys_spark.jobs.ingest: ingest failed: dataset 'ml-100k' (ml-100k): input file(s) not found" in res.stdout
     assert "none/u.data" in res.stdout and "none/u.item" in res.stdout
     assert "Traceback" not in res.stdout
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def standalone_master(tmp_path):
+    """A throw-away standalone master + one worker on 127.0.0.1 (pip pyspark ships no sbin start scripts)."""
+    import time
+
+    import pyspark
+
+    spark_class = str(Path(pyspark.__file__).parent / "bin" / "spark-class")
+    port = _free_port()
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_WORKER_DIR": str(tmp_path / "work")}
+    logs = (tmp_path / "master.log").open("w"), (tmp_path / "worker.log").open("w")
+    master = subprocess.Popen(
+        [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port), "--webui-port", "0"],
+        env=env, stdout=logs[0], stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"spark://127.0.0.1:{port}"
+    worker = subprocess.Popen(
+        [spark_class, "org.apache.spark.deploy.worker.Worker", url, "--cores", "2", "--memory", "2g", "--webui-port", "0"],
+        env=env, stdout=logs[1], stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 90
+        while "Successfully registered with master" not in (tmp_path / "worker.log").read_text():
+            if time.time() > deadline or worker.poll() is not None or master.poll() is not None:
+                pytest.fail("standalone master/worker did not start:\n" + (tmp_path / "worker.log").read_text()[-2000:])
+            time.sleep(1)
+        yield url
+    finally:
+        for p in (worker, master):
+            p.terminate()
+        for p in (worker, master):
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for f in logs:
+            f.close()
+
+
+def test_ingest_on_a_standalone_master(standalone_master, raw_data, tmp_path):
+    args = [
+        "--config", str(ROOT / "conf" / "local.toml"),
+        "--set", f'paths.output="{tmp_path / "out"}"', "--set", f'dataset.path="{raw_data}"',
+    ]  # fmt: skip
+    res = submit(standalone_master, "ingest", *args)
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert f"master={standalone_master}" in res.stdout
+    manifest = json.loads((tmp_path / "out/generated/ingest/_manifest.json").read_text())
+    assert manifest["counts"]["ratings"] > 2500

@@ -1,0 +1,62 @@
+"""The shared MovieLens copies: known counts after ingest, the canonical folds.
+
+These read $RECSYS_DATA_DIR; under CI=true a missing dataset fails the test.
+The shared copies carry a few rating rows that refer to users/items absent
+from the dataset's own tables; ingest quarantines them with that reason.
+"""
+
+import pytest
+from pyspark.sql import functions as F
+
+from recsys_spark.config import load_config
+from recsys_spark.stages import run_ingest, run_split
+
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    return tmp_path_factory.mktemp("realdata")
+
+
+def cfg(out, data_dir, *overrides):
+    return load_config(None, [f'paths.output="{out}"', f'paths.data_dir="{data_dir}"', *overrides])
+
+
+def test_ml100k_counts_and_folds(spark, movielens_dir, out):
+    c = cfg(out, movielens_dir, "dataset.kind=ml-100k", "split.protocol=ml100k_folds")
+    m = run_ingest(spark, c)["counts"]
+    assert (m["ratings"], m["users"], m["items"]) == (100_000, 943, 1_682)
+    r = m["tables"]["ratings"]
+    assert r["read"] == 100_003 and r["quarantined"] == 3 and r["deduplicated"] == 0
+    assert r["reasons"] == {"unknown user": 3}
+    q = spark.read.parquet(c.stage_path("ingest", "quarantine")).collect()
+    assert all(row["reason"] == "unknown user: '0' is not in users" for row in q)
+    assert all(row["source_file"].endswith("u.data") and row["line_no"] for row in q)
+
+    items = spark.read.parquet(c.stage_path("ingest", "items"))
+    toy = items.where(F.col("item_id") == "1").first()
+    assert toy["title"] == "Toy Story (1995)" and toy["year"] == 1995
+    assert sorted(toy["genres"]) == ["Animation", "Children's", "Comedy"]
+    users = spark.read.parquet(c.stage_path("ingest", "users"))
+    assert users.where(F.col("age").isNull()).count() == 0
+
+    folds = run_split(spark, c)["counts"]
+    for k in range(1, 6):
+        assert (folds[f"u{k}"]["train"], folds[f"u{k}"]["test"]) == (80_000, 20_000)
+        assert folds[f"u{k}"]["train_dropped"] == folds[f"u{k}"]["test_dropped"] == 0
+    train = spark.read.parquet(c.stage_path("splits", "ml100k_folds", "u1", "train"))
+    test = spark.read.parquet(c.stage_path("splits", "ml100k_folds", "u1", "test"))
+    assert train.join(test, ["user_idx", "item_idx"]).count() == 0
+
+
+def test_ml_latest_small_counts(spark, movielens_dir, out):
+    c = cfg(out, movielens_dir, "dataset.kind=ml-latest", "dataset.name=ml-latest-small")
+    m = run_ingest(spark, c)["counts"]
+    assert (m["ratings"], m["users"], m["items"]) == (100_836, 610, 9_742)
+    r = m["tables"]["ratings"]
+    assert r["quarantined"] == 1 and r["reasons"] == {"unknown item": 1}
+    assert m["tables"]["tags"]["kept"] == 3_683
+    ratings = spark.read.parquet(c.stage_path("ingest", "ratings"))
+    stats = ratings.agg(F.min("rating"), F.max("rating"), F.max("user_idx"), F.max("item_idx")).first()
+    assert tuple(stats) == (0.5, 5.0, 609, 9_741)
