@@ -1,0 +1,182 @@
+"""Evaluation metrics, computed in Spark (nothing proportional to the data is collected).
+
+Rating metrics (:func:`rating_metrics`), over every test row:
+
+* RMSE = sqrt(mean((r - p)^2)), MAE = mean(|r - p|).  Every test row must
+  have a prediction: a missing one raises (models fall back instead of
+  dropping); the number of rows each ``source`` answered is reported.
+
+Ranking metrics (:func:`ranking_metrics`) at cut-off ``k``.  For user ``u``:
+``L`` = the first ``k`` recommendations by rank (fewer when the model
+returned fewer), ``R`` = the relevant items (every test item of ``u``, or
+those with rating >= ``relevance_threshold``).  Users with an empty ``R`` are
+not evaluated; a user with relevant items but no recommendations scores 0
+everywhere.  Ranks are the model's (ties already broken by the model).
+
+* precision@k = |L ∩ R| / k  (the denominator is k even when |L| < k)
+* recall@k    = |L ∩ R| / |R|
+* ndcg@k      = DCG / IDCG, DCG = sum over hits at rank i of 1/log2(i+1),
+  IDCG = sum_{i=1}^{min(k, |R|)} 1/log2(i+1)            (binary relevance)
+* ndcg_graded@k: gains ``2^rel - 1`` with ``rel`` the test rating; IDCG from
+  the user's test ratings sorted descending
+* map@k       = sum over hits at rank i of (hits up to i)/i, divided by min(k, |R|)
+* map         = the same sum over the full list given, divided by |R|
+* hr@k        = 1 if |L ∩ R| > 0 else 0
+* mrr@k       = 1 / (rank of the first hit), 0 when there is none
+
+All are means over evaluated users; per-user values come back too.
+
+Beyond accuracy (over the recommendation lists, all users that got one):
+
+* coverage  = distinct recommended items / catalogue size
+* novelty   = mean over recommended (user, item) of ``-log2(p_i)``, with
+  ``p_i = (users who rated i in training + 1) / (n_users + 1)``
+* diversity = mean over users of the mean pairwise distance ``1 - cos`` of
+  the items' feature sets (cosine of binary vectors: |A∩B| / sqrt(|A||B|),
+  0 when either set is empty); lists with fewer than 2 items are skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from recsys_spark.schemas import (
+    COL_ITEM,
+    COL_PREDICTION,
+    COL_RANK,
+    COL_RATING,
+    COL_SOURCE,
+    COL_USER,
+    require_columns,
+)
+
+
+class MetricError(ValueError):
+    pass
+
+
+def rating_metrics(predictions: DataFrame, truth: DataFrame) -> dict:
+    """RMSE, MAE over every row of ``truth``; raises when a test row has no prediction."""
+    require_columns(predictions, [COL_USER, COL_ITEM, COL_PREDICTION], "predictions")
+    require_columns(truth, [COL_USER, COL_ITEM, COL_RATING], "test data")
+    extra = [COL_SOURCE] if COL_SOURCE in predictions.columns else []
+    pred = predictions.select(COL_USER, COL_ITEM, COL_PREDICTION, *extra)
+    joined = truth.select(COL_USER, COL_ITEM, COL_RATING).join(pred, [COL_USER, COL_ITEM], "left")
+    err = F.col(COL_RATING) - F.col(COL_PREDICTION)
+    row = joined.agg(
+        F.count("*").alias("n"),
+        F.count(COL_PREDICTION).alias("scored"),
+        F.sqrt(F.avg(err * err)).alias("rmse"),
+        F.avg(F.abs(err)).alias("mae"),
+    ).first()  # scalars
+    if row["n"] != row["scored"]:
+        raise MetricError(f"{row['n'] - row['scored']} of {row['n']} test rows have no prediction")
+    out = {"rmse": row["rmse"], "mae": row["mae"], "n": row["n"]}
+    if COL_SOURCE in pred.columns:
+        out["sources"] = {r[COL_SOURCE]: r["count"] for r in joined.groupBy(COL_SOURCE).count().collect()}  # few
+    return out
+
+
+@dataclass
+class RankingResult:
+    metrics: dict[str, float]
+    per_user: DataFrame  # user_idx and one column per metric
+
+
+def _dcg_ideal(n: F.Column) -> F.Column:
+    return F.aggregate(
+        F.sequence(F.lit(1), F.greatest(n, F.lit(1))),
+        F.lit(0.0),
+        lambda acc, i: acc + F.when(i <= n, 1.0 / F.log2(i + 1)).otherwise(0.0),
+    )
+
+
+def ranking_metrics(
+    topn: DataFrame, truth: DataFrame, k: int = 10, relevance_threshold: float | None = None
+) -> RankingResult:
+    """Precision/Recall/NDCG/MAP/HR/MRR at ``k`` (see module docstring), means and per user."""
+    require_columns(topn, [COL_USER, COL_ITEM, COL_RANK], "recommendations")
+    require_columns(truth, [COL_USER, COL_ITEM], "test data")
+    rel = truth
+    if relevance_threshold is not None:
+        rel = rel.where(F.col(COL_RATING) >= relevance_threshold)
+    graded = COL_RATING in rel.columns
+    rel = rel.select(COL_USER, COL_ITEM, *([COL_RATING] if graded else [])).dropDuplicates([COL_USER, COL_ITEM])
+    # per user: |R| and the ideal graded DCG (gains sorted descending)
+    gain = (F.pow(F.lit(2.0), F.col(COL_RATING)) - 1) if graded else F.lit(1.0)
+    w_ideal = Window.partitionBy(COL_USER).orderBy(F.desc("_gain"), F.asc(COL_ITEM))
+    ideal = (
+        rel.withColumn("_gain", gain)
+        .withColumn("_pos", F.row_number().over(w_ideal))
+        .groupBy(COL_USER)
+        .agg(
+            F.count("*").alias("n_rel"),
+            F.sum(F.when(F.col("_pos") <= k, F.col("_gain") / F.log2(F.col("_pos") + 1)).otherwise(0.0)).alias("_idcg_g"),
+        )
+    )
+    recs = topn.select(COL_USER, COL_ITEM, COL_RANK)
+    hits = recs.join(rel.withColumn("_gain", gain), [COL_USER, COL_ITEM])
+    w = Window.partitionBy(COL_USER).orderBy(COL_RANK)
+    hits = hits.withColumn("_h", F.row_number().over(w))  # hits so far, at this rank
+    in_k = F.col(COL_RANK) <= k
+    per_hit = hits.groupBy(COL_USER).agg(
+        F.sum(F.when(in_k, 1).otherwise(0)).alias("_hits"),
+        F.sum(F.when(in_k, 1.0 / F.log2(F.col(COL_RANK) + 1)).otherwise(0.0)).alias("_dcg"),
+        F.sum(F.when(in_k, F.col("_gain") / F.log2(F.col(COL_RANK) + 1)).otherwise(0.0)).alias("_dcg_g"),
+        F.sum(F.when(in_k, F.col("_h") / F.col(COL_RANK)).otherwise(0.0)).alias("_ap_k"),
+        F.sum(F.col("_h") / F.col(COL_RANK)).alias("_ap"),
+        F.min(F.when(in_k, F.col(COL_RANK))).alias("_first"),
+    )
+    u = ideal.join(per_hit, COL_USER, "left").fillna(0, ["_hits", "_dcg", "_dcg_g", "_ap_k", "_ap"])
+    n_rel = F.col("n_rel")
+    per_user = u.select(
+        COL_USER,
+        (F.col("_hits") / k).alias(f"precision@{k}"),
+        (F.col("_hits") / n_rel).alias(f"recall@{k}"),
+        (F.col("_dcg") / _dcg_ideal(F.least(n_rel, F.lit(k)))).alias(f"ndcg@{k}"),
+        F.when(F.col("_idcg_g") > 0, F.col("_dcg_g") / F.col("_idcg_g")).otherwise(0.0).alias(f"ndcg_graded@{k}"),
+        (F.col("_ap_k") / F.least(n_rel, F.lit(k))).alias(f"map@{k}"),
+        (F.col("_ap") / n_rel).alias("map"),
+        F.when(F.col("_hits") > 0, 1.0).otherwise(0.0).alias(f"hr@{k}"),
+        F.coalesce(1.0 / F.col("_first"), F.lit(0.0)).alias(f"mrr@{k}"),
+    )
+    names = [c for c in per_user.columns if c != COL_USER]
+    row = per_user.agg(F.count("*").alias("users"), *[F.avg(c).alias(c) for c in names]).first()  # scalars
+    metrics = {c: (row[c] if row[c] is not None else 0.0) for c in names}
+    metrics["users"] = row["users"]
+    return RankingResult(metrics, per_user)
+
+
+def coverage(topn: DataFrame, n_catalog: int) -> float:
+    if n_catalog <= 0:
+        raise MetricError("catalogue size must be positive")
+    n = topn.select(COL_ITEM).distinct().count()
+    return n / n_catalog
+
+
+def novelty(topn: DataFrame, train: DataFrame) -> float:
+    n_users = train.select(COL_USER).distinct().count()
+    pop = train.groupBy(COL_ITEM).agg(F.countDistinct(COL_USER).alias("_c"))
+    joined = topn.select(COL_ITEM).join(pop, COL_ITEM, "left").fillna(0, ["_c"])
+    v = joined.agg(F.avg(-F.log2((F.col("_c") + 1) / (n_users + 1)))).first()[0]
+    return float(v) if v is not None else 0.0
+
+
+def diversity(topn: DataFrame, item_features: DataFrame, features_col: str = "genres") -> float:
+    """Intra-list diversity: mean over users of the mean pairwise ``1 - cos`` of feature sets."""
+    require_columns(item_features, [COL_ITEM, features_col], "item features")
+    feats = item_features.select(COL_ITEM, F.array_distinct(F.col(features_col)).alias("_f"))
+    lst = topn.select(COL_USER, COL_RANK, COL_ITEM).join(feats, COL_ITEM, "left")
+    a, b = lst.alias("a"), lst.alias("b")
+    pairs = a.join(b, (F.col("a." + COL_USER) == F.col("b." + COL_USER)) & (F.col("a." + COL_RANK) < F.col("b." + COL_RANK)))
+    fa, fb = F.coalesce(F.col("a._f"), F.array()), F.coalesce(F.col("b._f"), F.array())
+    inter = F.size(F.array_intersect(fa, fb))
+    denom = F.sqrt(F.size(fa) * F.size(fb))
+    cos = F.when(denom > 0, inter / denom).otherwise(0.0)
+    per_user = pairs.groupBy(F.col("a." + COL_USER).alias(COL_USER)).agg(F.avg(1 - cos).alias("_d"))
+    v = per_user.agg(F.avg("_d")).first()[0]
+    return float(v) if v is not None else 0.0
+
