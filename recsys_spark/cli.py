@@ -26,6 +26,7 @@ DESCRIPTIONS = {
     "split": "write train/valid/test (and sampled negatives) for the configured protocol",
     "pipeline": "run every stage in order, skipping those whose outputs are up to date",
     "download": "download a MovieLens archive and verify its SHA-256 (needs a network)",
+    "benchmark": "evaluate registered models on a fixed protocol (rating: ML-100K u1..u5; topn)",
 }
 
 
@@ -37,6 +38,13 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
         help="override a config key, e.g. --set split.seed=7 (repeatable)",
     )  # fmt: skip
     p.add_argument("--force", action="store_true", help="rerun even when the output is up to date")
+    if stage == "benchmark":
+        p.add_argument("protocol", choices=["rating", "topn"])
+        p.add_argument("--dataset", default="ml-100k", help="ml-100k, ml-latest-small, ml-1m, ml-25m, generated")
+        p.add_argument("--models", default="bias", help="comma-separated registered model names")
+        p.add_argument("--folds", default="1-5", help="rating protocol: folds, e.g. 1-5 or 1,3")
+        p.add_argument("--k", type=int, default=10, help="topn protocol: list length")
+        p.add_argument("--out", default=None, help="write the JSON result here")
     if stage == "download":
         p.add_argument("dataset", help="ml-100k, ml-1m, ml-latest-small, ml-25m or ml-32m")
         p.add_argument("--dest", default=None, help="directory (default: $RECSYS_DATA_DIR or ./data)")
@@ -69,6 +77,8 @@ def run_job(stage: str, argv: list[str] | None = None) -> int:
 
     spark = get_spark(cfg.spark, cfg.checkpoint_dir, f"recsys-spark {stage}")
     try:
+        if stage == "benchmark":
+            return _benchmark(spark, args, log)
         result = _stage_fn(stage)(spark, cfg, force=args.force)
         _log_result(log, stage, result)
         return 0
@@ -87,6 +97,21 @@ def _log_result(log: logging.Logger, stage: str, result: Any) -> None:
         for name, m in result.items():
             state = "skipped" if m.get("skipped") else f"{m.get('wall_s')}s"
             log.info("  %-10s %s", name, state)
+
+
+def _benchmark(spark, args: argparse.Namespace, log: logging.Logger) -> int:
+    from recsys_spark.benchmark import run_benchmark, summary_table, write_result
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    result = run_benchmark(
+        spark, args.protocol, args.dataset, models, folds=args.folds, k=args.k,
+        config=args.config, overrides=args.overrides,
+    )  # fmt: skip
+    write_result(result, args.out)
+    log.info("%s on %s:\n%s", args.protocol, args.dataset, summary_table(result))
+    if args.out:
+        log.info("wrote %s", args.out)
+    return 0
 
 
 def _download(cfg: Config, args: argparse.Namespace, log: logging.Logger) -> int:

@@ -60,3 +60,16 @@ def test_ml_latest_small_counts(spark, movielens_dir, out):
     ratings = spark.read.parquet(c.stage_path("ingest", "ratings"))
     stats = ratings.agg(F.min("rating"), F.max("rating"), F.max("user_idx"), F.max("item_idx")).first()
     assert tuple(stats) == (0.5, 5.0, 609, 9_741)
+
+
+def test_bias_baseline_matches_reference_on_canonical_folds(spark, movielens_dir, out):
+    """README claim: the bias baseline lands within 0.005 RMSE of the reference 0.9457 on u1..u5."""
+    from recsys_spark.benchmark import run_benchmark
+
+    res = run_benchmark(
+        spark, "rating", "ml-100k", ["bias"], folds="1-5",
+        overrides=[f'paths.output="{out}"', f'paths.data_dir="{movielens_dir}"'],
+    )  # fmt: skip
+    bias = res["models"]["bias"]
+    assert abs(bias["rmse"] - 0.9457) <= 0.005, bias["rmse"]
+    assert bias["rows"] == 100_000  # every test row of the five folds was scored

@@ -1,0 +1,205 @@
+"""``recsys-spark benchmark``: the fixed evaluation protocols, for any registered model.
+
+    recsys-spark benchmark rating --dataset ml-100k --folds 1-5 --models bias,item_mean --out r.json
+    recsys-spark benchmark topn --dataset ml-100k --models popularity --k 10 --out t.json
+
+* **rating**: MovieLens 100K canonical folds ``u1..u5``; every test row is
+  scored (fallbacks counted by ``source``, never dropped); RMSE and MAE per
+  fold and their mean.
+* **topn**: per-user stratified 75/25 split with seed 42; candidates are all
+  training items the user has not rated; every test item of the user is
+  relevant; Precision/Recall/NDCG/MAP/HR/MRR@k, catalogue coverage, novelty
+  and intra-list diversity (over genres).
+
+Datasets resolve under ``RECSYS_DATA_DIR``; ingest and split outputs are
+cached under ``paths.output`` like the pipeline's (a second run skips them).
+Times: ``fit_s`` fits and materializes the learned state, ``predict_s``
+computes and materializes the predictions (or top-N lists); both in seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+
+from recsys_spark import metrics as M
+from recsys_spark import registry, stages
+from recsys_spark.config import Config, SplitConfig, load_config
+from recsys_spark.recommender import RecommenderModel, Scale
+from recsys_spark.schemas import COL_USER
+
+log = logging.getLogger(__name__)
+
+TOPN_PROTOCOL = {"split": "stratified", "ratio": 0.75, "seed": 42, "candidates": "unrated training items"}
+
+
+def dataset_overrides(name: str) -> list[str]:
+    """``--dataset`` name -> config overrides (kind and folder name)."""
+    if name == "generated":
+        return ["dataset.kind=generated"]
+    if name in ("ml-100k", "ml-1m"):
+        return [f"dataset.kind={name}"]
+    if name.startswith("ml-latest") or name in ("ml-25m", "ml-32m", "ml-20m"):
+        return ["dataset.kind=ml-latest", f"dataset.name={name}"]
+    raise ValueError(f"unknown dataset {name!r}: use ml-100k, ml-1m, ml-latest-small, ml-25m, ml-32m or generated")
+
+
+def parse_folds(text: str) -> list[int]:
+    folds: list[int] = []
+    for part in text.split(","):
+        if "-" in part:
+            a, b = part.split("-", 1)
+            folds.extend(range(int(a), int(b) + 1))
+        else:
+            folds.append(int(part))
+    if not folds or any(f < 1 or f > 5 for f in folds):
+        raise ValueError(f"--folds must name folds 1..5, got {text!r}")
+    return folds
+
+
+def materialize(model: RecommenderModel) -> RecommenderModel:
+    for df in model._state().values():
+        df.persist(StorageLevel.MEMORY_AND_DISK).count()
+    return model
+
+
+def _timed_fit(name: str, cfg_scale: Scale, train: DataFrame) -> tuple[RecommenderModel, float]:
+    est = registry.build(name, cfg_scale)
+    t = time.perf_counter()
+    model = materialize(est.fit(train))
+    return model, time.perf_counter() - t
+
+
+def _scale(spark: SparkSession, cfg: Config) -> Scale:
+    m = stages.fs.read_manifest(spark, cfg.stage_path("ingest"))
+    lo, hi = m["counts"]["rating_scale"]
+    return Scale(lo, hi)
+
+
+def _with_split(cfg: Config, split: SplitConfig) -> Config:
+    """The protocol pins the split, whatever the config says."""
+    return dataclasses.replace(cfg, split=split)
+
+
+FALLBACK_SOURCES = ("global_mean", "user_bias", "item_bias")
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.fmean(values)
+
+
+def run_rating(spark: SparkSession, cfg: Config, models: list[str], folds: list[int]) -> dict[str, Any]:
+    if cfg.dataset.kind != "ml-100k":
+        raise ValueError("the rating protocol uses the canonical ML-100K folds: --dataset ml-100k")
+    cfg = _with_split(cfg, SplitConfig(protocol="ml100k_folds", folds=folds))
+    stages.run_ingest(spark, cfg)
+    stages.run_split(spark, cfg)
+    scale = _scale(spark, cfg)
+    out: dict[str, Any] = {"protocol": {"name": "rating", "dataset": cfg.dataset_name, "folds": [f"u{k}" for k in folds], "scale": [scale.lo, scale.hi]}, "models": {}}
+    for name in models:
+        per_fold = []
+        for k in folds:
+            train = stages.read_split(spark, cfg, "train", fold=k).persist()
+            test = stages.read_split(spark, cfg, "test", fold=k).persist()
+            model, fit_s = _timed_fit(name, scale, train)
+            t = time.perf_counter()
+            pred = model.predict(test.select("user_idx", "item_idx")).persist()
+            pred.count()
+            predict_s = time.perf_counter() - t
+            m = M.rating_metrics(pred, test)
+            fallback = 0 if name == "global_mean" else sum(v for s, v in m["sources"].items() if s in FALLBACK_SOURCES)
+            per_fold.append({"fold": f"u{k}", "rmse": m["rmse"], "mae": m["mae"], "rows": m["n"], "sources": m["sources"], "fallback_rows": fallback, "fit_s": round(fit_s, 3), "predict_s": round(predict_s, 3)})
+            log.info("%s u%d: rmse %.4f mae %.4f (fit %.1fs, predict %.1fs)", name, k, m["rmse"], m["mae"], fit_s, predict_s)
+            for df in (pred, train, test):
+                df.unpersist()
+        out["models"][name] = {
+            "rmse": _mean([f["rmse"] for f in per_fold]),
+            "mae": _mean([f["mae"] for f in per_fold]),
+            "fit_s": round(_mean([f["fit_s"] for f in per_fold]), 3),
+            "predict_s": round(_mean([f["predict_s"] for f in per_fold]), 3),
+            "fallback_rows": sum(f["fallback_rows"] for f in per_fold),
+            "rows": sum(f["rows"] for f in per_fold),
+            "folds": per_fold,
+        }
+    return out
+
+
+def run_topn(spark: SparkSession, cfg: Config, models: list[str], k: int) -> dict[str, Any]:
+    cfg = _with_split(cfg, SplitConfig(protocol="stratified", ratio=0.75, seed=42, valid_ratio=0.0, n_negatives=0))
+    stages.run_ingest(spark, cfg)
+    stages.run_split(spark, cfg)
+    scale = _scale(spark, cfg)
+    train = stages.read_split(spark, cfg, "train").persist()
+    test = stages.read_split(spark, cfg, "test").persist()
+    items = stages.read_ingested(spark, cfg, "items").persist()
+    n_catalog = items.count()
+    users = test.select(COL_USER).distinct().persist()
+    out: dict[str, Any] = {"protocol": {"name": "topn", "dataset": cfg.dataset_name, "k": k, **TOPN_PROTOCOL, "test_users": users.count(), "catalog": n_catalog}, "models": {}}
+    for name in models:
+        model, fit_s = _timed_fit(name, scale, train)
+        t = time.perf_counter()
+        top = model.recommend(users, k).persist()
+        top.count()
+        predict_s = time.perf_counter() - t
+        r = M.ranking_metrics(top, test, k)
+        res = {key: r.metrics[key] for key in (f"precision@{k}", f"recall@{k}", f"ndcg@{k}", f"map@{k}", f"hr@{k}", f"mrr@{k}")}
+        res.update(
+            {
+                "ndcg_graded": r.metrics[f"ndcg_graded@{k}"],
+                "users": r.metrics["users"],
+                "coverage": M.coverage(top, n_catalog),
+                "novelty": M.novelty(top, train),
+                "diversity": M.diversity(top, items),
+                "fit_s": round(fit_s, 3),
+                "predict_s": round(predict_s, 3),
+            }
+        )
+        log.info("%s: ndcg@%d %.4f precision@%d %.4f (fit %.1fs, recommend %.1fs)", name, k, res[f"ndcg@{k}"], k, res[f"precision@{k}"], fit_s, predict_s)
+        out["models"][name] = res
+        top.unpersist()
+    return out
+
+
+def run_benchmark(spark: SparkSession, protocol: str, dataset: str, models: list[str], folds: str = "1-5", k: int = 10, config: str | None = None, overrides: list[str] = ()) -> dict[str, Any]:
+    cfg = load_config(config, [*overrides, *dataset_overrides(dataset)])
+    for name in models:
+        if name not in registry.REGISTRY:
+            raise ValueError(f"unknown model {name!r}; registered: {', '.join(sorted(registry.REGISTRY))}")
+    if cfg.dataset.kind == "generated":
+        stages.run_generate(spark, cfg)
+    if protocol == "rating":
+        return run_rating(spark, cfg, models, parse_folds(folds))
+    if protocol == "topn":
+        return run_topn(spark, cfg, models, k)
+    raise ValueError(f"unknown protocol {protocol!r}: rating or topn")
+
+
+def write_result(result: dict[str, Any], out: str | None) -> None:
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2, sort_keys=False) + "\n")
+
+
+def summary_table(result: dict[str, Any]) -> str:
+    """A Markdown table of the means."""
+    proto = result["protocol"]
+    if proto["name"] == "rating":
+        lines = ["| model | RMSE | MAE | fit s | predict s | fallback rows |", "|---|---:|---:|---:|---:|---:|"]
+        for name, m in result["models"].items():
+            lines.append(f"| {name} | {m['rmse']:.4f} | {m['mae']:.4f} | {m['fit_s']:.2f} | {m['predict_s']:.2f} | {m['fallback_rows']} |")
+    else:
+        k = proto["k"]
+        cols = [f"precision@{k}", f"recall@{k}", f"ndcg@{k}", f"map@{k}", f"hr@{k}", f"mrr@{k}", "coverage", "novelty", "diversity"]
+        lines = ["| model | " + " | ".join(cols) + " | fit s | recommend s |", "|---|" + "---:|" * (len(cols) + 2)]
+        for name, m in result["models"].items():
+            lines.append(f"| {name} | " + " | ".join(f"{m[c]:.4f}" for c in cols) + f" | {m['fit_s']:.2f} | {m['predict_s']:.2f} |")
+    return "\n".join(lines)
+

@@ -1,0 +1,55 @@
+"""Models by name: each family adds itself with one entry.
+
+``build("bias", scale)`` returns an estimator configured from
+``conf/models/bias.toml`` (its ``[params]`` table) with any overrides applied.
+Unknown names and unknown parameters fail naming the model and the key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from recsys_spark.baselines import BiasBaseline, GlobalMean, ItemMean, Popularity, UserMean
+from recsys_spark.recommender import Recommender, Scale
+
+MODELS_DIR = Path(__file__).resolve().parents[1] / "conf" / "models"
+
+# name -> (factory(scale, **params), task): task says which protocols it serves
+REGISTRY: dict[str, tuple[Callable[..., Recommender], str]] = {
+    "global_mean": (lambda scale, **p: GlobalMean(scale=scale, **p), "rating+topn"),
+    "user_mean": (lambda scale, **p: UserMean(scale=scale, **p), "rating+topn"),
+    "item_mean": (lambda scale, **p: ItemMean(scale=scale, **p), "rating+topn"),
+    "popularity": (lambda scale, **p: Popularity(scale=scale, name="popularity", **p), "rating+topn"),
+    "popularity_mean": (lambda scale, **p: Popularity(scale=scale, name="popularity_mean", **p), "rating+topn"),
+    "bias": (lambda scale, **p: BiasBaseline(scale=scale, **p), "rating+topn"),
+}
+
+
+def register(name: str, factory: Callable[..., Recommender], task: str = "rating+topn") -> None:
+    REGISTRY[name] = (factory, task)
+
+
+def model_params(name: str, models_dir: Path = MODELS_DIR) -> dict[str, Any]:
+    """The tuned defaults of ``name`` from ``conf/models/<name>.toml`` ({} when absent)."""
+    path = models_dir / f"{name}.toml"
+    if not path.is_file():
+        return {}
+    data = tomllib.loads(path.read_text())
+    unknown = set(data) - {"params"}
+    if unknown:
+        raise ValueError(f"{path}: unknown table(s) {sorted(unknown)}; parameters go under [params]")
+    return dict(data.get("params", {}))
+
+
+def build(name: str, scale: Scale, overrides: dict[str, Any] | None = None, models_dir: Path = MODELS_DIR) -> Recommender:
+    if name not in REGISTRY:
+        raise ValueError(f"unknown model {name!r}; registered: {', '.join(sorted(REGISTRY))}")
+    factory, _ = REGISTRY[name]
+    params = {**model_params(name, models_dir), **(overrides or {})}
+    try:
+        return factory(scale, **params)
+    except TypeError as exc:
+        raise ValueError(f"model {name!r}: bad parameter in {models_dir / (name + '.toml')} or overrides: {exc}") from None

@@ -1,0 +1,62 @@
+"""The benchmark command's plumbing, and the top-N protocol on tiny generated data."""
+
+import json
+
+import pytest
+
+from recsys_spark import registry
+from recsys_spark.benchmark import dataset_overrides, parse_folds, run_benchmark, summary_table, write_result
+from recsys_spark.recommender import Scale
+
+SMALL = [
+    "generate.n_users=60", "generate.n_items=80", "generate.n_ratings=2400",
+    "generate.min_ratings_per_user=8", "generate.rank=3",
+]  # fmt: skip
+
+
+def test_parse_folds():
+    assert parse_folds("1-5") == [1, 2, 3, 4, 5]
+    assert parse_folds("1,3") == [1, 3]
+    with pytest.raises(ValueError, match="folds"):
+        parse_folds("0-6")
+
+
+def test_dataset_names():
+    assert dataset_overrides("ml-100k") == ["dataset.kind=ml-100k"]
+    assert dataset_overrides("ml-latest-small") == ["dataset.kind=ml-latest", "dataset.name=ml-latest-small"]
+    with pytest.raises(ValueError, match="unknown dataset"):
+        dataset_overrides("netflix")
+
+
+def test_registry_builds_tuned_defaults_and_rejects_typos():
+    bias = registry.build("bias", Scale(1, 5))
+    assert (bias.reg_user, bias.reg_item, bias.n_iter) == (15.0, 10.0, 10)
+    assert registry.build("popularity_mean", Scale()).kind == "mean"
+    with pytest.raises(ValueError, match="unknown model 'biass'"):
+        registry.build("biass", Scale())
+    with pytest.raises(ValueError, match="bad parameter"):
+        registry.build("bias", Scale(), {"reg_usr": 1})
+
+
+def test_topn_protocol_on_generated_data(spark, tmp_path):
+    out = tmp_path / "out"
+    res = run_benchmark(
+        spark, "topn", "generated", ["popularity", "global_mean"], k=5,
+        overrides=[f'paths.output="{out}"', *SMALL],
+    )  # fmt: skip
+    assert res["protocol"]["split"] == "stratified" and res["protocol"]["seed"] == 42
+    pop = res["models"]["popularity"]
+    for key in ("precision@5", "recall@5", "ndcg@5", "map@5", "hr@5", "mrr@5", "coverage", "novelty", "diversity"):
+        assert 0.0 <= pop[key] <= (1.0 if key != "novelty" else 50.0), key
+    assert pop["users"] == res["protocol"]["test_users"]
+    # popular items are popular in the test part too: popularity beats an arbitrary order
+    assert pop["ndcg@5"] > res["models"]["global_mean"]["ndcg@5"]
+    path = tmp_path / "r.json"
+    write_result(res, str(path))
+    assert json.loads(path.read_text())["models"]["popularity"]["ndcg@5"] == pop["ndcg@5"]
+    assert "| popularity |" in summary_table(res)
+
+
+def test_rating_protocol_needs_ml100k(spark, tmp_path):
+    with pytest.raises(ValueError, match="ML-100K"):
+        run_benchmark(spark, "rating", "generated", ["bias"], overrides=[f'paths.output="{tmp_path}"', *SMALL])
