@@ -45,7 +45,14 @@ from recsys_spark.recommender import (
     clip,
     topk_from_item_scores,
 )
-from recsys_spark.schemas import COL_ITEM, COL_PREDICTION, COL_RATING, COL_SCORE, COL_SOURCE, COL_USER
+from recsys_spark.schemas import (
+    COL_ITEM,
+    COL_PREDICTION,
+    COL_RATING,
+    COL_SCORE,
+    COL_SOURCE,
+    COL_USER,
+)
 
 log = logging.getLogger(__name__)
 

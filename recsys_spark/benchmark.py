@@ -30,9 +30,9 @@ from typing import Any
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 
-from recsys_spark import metrics as M
 from recsys_spark import registry, stages
 from recsys_spark.config import Config, SplitConfig, load_config
+from recsys_spark.evaluate import rating_report, topn_report
 from recsys_spark.recommender import RecommenderModel, Scale
 from recsys_spark.schemas import COL_USER
 
@@ -89,9 +89,6 @@ def _with_split(cfg: Config, split: SplitConfig) -> Config:
     return dataclasses.replace(cfg, split=split)
 
 
-FALLBACK_SOURCES = ("global_mean", "user_bias", "item_bias")
-
-
 def _mean(values: list[float]) -> float:
     return statistics.fmean(values)
 
@@ -114,9 +111,8 @@ def run_rating(spark: SparkSession, cfg: Config, models: list[str], folds: list[
             pred = model.predict(test.select("user_idx", "item_idx")).persist()
             pred.count()
             predict_s = time.perf_counter() - t
-            m = M.rating_metrics(pred, test)
-            fallback = 0 if name == "global_mean" else sum(v for s, v in m["sources"].items() if s in FALLBACK_SOURCES)
-            per_fold.append({"fold": f"u{k}", "rmse": m["rmse"], "mae": m["mae"], "rows": m["n"], "sources": m["sources"], "fallback_rows": fallback, "fit_s": round(fit_s, 3), "predict_s": round(predict_s, 3)})
+            m = rating_report(pred, test, primary_is_fallback=name == "global_mean")
+            per_fold.append({"fold": f"u{k}", **m, "fit_s": round(fit_s, 3), "predict_s": round(predict_s, 3)})
             log.info("%s u%d: rmse %.4f mae %.4f (fit %.1fs, predict %.1fs)", name, k, m["rmse"], m["mae"], fit_s, predict_s)
             for df in (pred, train, test):
                 df.unpersist()
@@ -149,19 +145,8 @@ def run_topn(spark: SparkSession, cfg: Config, models: list[str], k: int) -> dic
         top = model.recommend(users, k).persist()
         top.count()
         predict_s = time.perf_counter() - t
-        r = M.ranking_metrics(top, test, k)
-        res = {key: r.metrics[key] for key in (f"precision@{k}", f"recall@{k}", f"ndcg@{k}", f"map@{k}", f"hr@{k}", f"mrr@{k}")}
-        res.update(
-            {
-                "ndcg_graded": r.metrics[f"ndcg_graded@{k}"],
-                "users": r.metrics["users"],
-                "coverage": M.coverage(top, n_catalog),
-                "novelty": M.novelty(top, train),
-                "diversity": M.diversity(top, items),
-                "fit_s": round(fit_s, 3),
-                "predict_s": round(predict_s, 3),
-            }
-        )
+        res = topn_report(top, test, train, items, n_catalog, k)
+        res.update({"fit_s": round(fit_s, 3), "predict_s": round(predict_s, 3)})
         log.info("%s: ndcg@%d %.4f precision@%d %.4f (fit %.1fs, recommend %.1fs)", name, k, res[f"ndcg@{k}"], k, res[f"precision@{k}"], fit_s, predict_s)
         out["models"][name] = res
         top.unpersist()

@@ -56,15 +56,15 @@ class GenericConfig:
     format: Literal["csv", "tsv", "whitespace", "parquet"] = "csv"
     header: bool = True
     # logical column -> header name (header = true) or 0-based position
-    columns: dict[str, Union[str, int]] = field(
+    columns: dict[str, str | int] = field(
         default_factory=lambda: {"user": "userId", "item": "movieId", "rating": "rating", "timestamp": "timestamp"}
     )
     items: str = ""  # optional side table: item id, title, genres ('|'-separated)
-    items_columns: dict[str, Union[str, int]] = field(
+    items_columns: dict[str, str | int] = field(
         default_factory=lambda: {"item": "movieId", "title": "title", "genres": "genres"}
     )
     users: str = ""  # optional side table: user id, gender, age, occupation, zip
-    users_columns: dict[str, Union[str, int]] = field(
+    users_columns: dict[str, str | int] = field(
         default_factory=lambda: {"user": "userId", "gender": "gender", "age": "age", "occupation": "occupation", "zip": "zip"}
     )
 
@@ -123,6 +123,30 @@ class SplitConfig:
 
 
 @dataclass
+class ModelsConfig:
+    # registered model names the pipeline fits (parameters: conf/models/<name>.toml)
+    names: list[str] = field(default_factory=lambda: ["global_mean", "user_mean", "item_mean", "popularity", "bias"])
+    k: int = 10  # length of the top-N lists each model writes
+    models_dir: str = ""  # "" -> the project's conf/models
+
+
+@dataclass
+class EvaluateConfig:
+    k: int = 10
+    # blend (for now): the single model with the best value of this metric on the
+    # validation part; ranking metrics are maximized, rmse/mae minimized
+    select_metric: str = "ndcg@10"
+    relevance_threshold: float = 0.0  # 0 -> every test item is relevant
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    uri: str = ""  # "" -> $MLFLOW_TRACKING_URI, else sqlite:///<paths.output>/mlflow.db
+    experiment: str = "recsys-spark"
+
+
+@dataclass
 class Config:
     spark: SparkConfig = field(default_factory=SparkConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -130,6 +154,9 @@ class Config:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     # -- derived values ------------------------------------------------------
     @property
@@ -157,9 +184,11 @@ class Config:
     def checkpoint_dir(self) -> str:
         return self.spark.checkpoint_dir or f"{self.paths.output}/checkpoints"
 
-    def section_hash(self, *sections: str) -> str:
-        """Stable hash of the named sections (what a stage's output depends on)."""
-        payload = {s: dataclasses.asdict(getattr(self, s)) for s in sections}
+    def section_hash(self, *sections: str, extra: dict[str, Any] | None = None) -> str:
+        """Stable hash of the named sections (what a stage's output depends on) and ``extra``."""
+        payload: dict[str, Any] = {s: dataclasses.asdict(getattr(self, s)) for s in sections}
+        if extra:
+            payload["extra"] = extra
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
@@ -277,6 +306,9 @@ def _check_ranges(obj: Any, prefix: str, source: str) -> None:
     elif isinstance(obj, DatasetConfig):
         if (obj.rating_min or obj.rating_max) and obj.rating_min >= obj.rating_max:
             fail("rating_min", f"must be below rating_max ({obj.rating_min} >= {obj.rating_max})")
+    elif isinstance(obj, (ModelsConfig, EvaluateConfig)):
+        if obj.k <= 0:
+            fail("k", "must be > 0")
     elif isinstance(obj, SparkConfig):
         if obj.shuffle_partitions <= 0:
             fail("shuffle_partitions", "must be > 0")

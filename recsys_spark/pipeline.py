@@ -19,10 +19,16 @@ log = logging.getLogger(__name__)
 
 
 def pipeline_stages(cfg: Config) -> list[str]:
-    names = ["ingest", "split"]
+    names = ["ingest", "split", *[f"predict:{m}" for m in cfg.models.names], "blend", "evaluate"]
     if cfg.dataset.kind == "generated":
         names.insert(0, "generate")
     return names
+
+
+def run_named_stage(spark: SparkSession, cfg: Config, name: str, force: bool = False) -> dict[str, Any]:
+    if name.startswith("predict:"):
+        return stages.run_model(spark, cfg, name.split(":", 1)[1], force=force)
+    return stages.STAGES[name](spark, cfg, force=force)
 
 
 def run_pipeline(spark: SparkSession, cfg: Config, force: bool = False) -> dict[str, Any]:
@@ -31,7 +37,7 @@ def run_pipeline(spark: SparkSession, cfg: Config, force: bool = False) -> dict[
     names = pipeline_stages(cfg)
     for i, name in enumerate(names, 1):
         log.info("pipeline [%d/%d] %s", i, len(names), name)
-        results[name] = stages.STAGES[name](spark, cfg, force=force)
+        results[name] = run_named_stage(spark, cfg, name, force=force)
     ran = [n for n, m in results.items() if not m["skipped"]]
     log.info("pipeline finished: ran %s, skipped %s", ran or "nothing", [n for n in names if n not in ran] or "nothing")
     return results

@@ -11,26 +11,32 @@ reruns it.  Jobs in ``jobs/`` and the pipeline call these.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recsys_spark import __version__
+from recsys_spark import __version__, registry, tracking
+from recsys_spark import evaluate as ev
 from recsys_spark import generate as gen
 from recsys_spark import ingest as ing
 from recsys_spark import split as spl
 from recsys_spark.config import Config
 from recsys_spark.io import fs
 from recsys_spark.io.datasets import DataFormatError, dataset_spec, parse_file, read_dataset
+from recsys_spark.recommender import Scale
 from recsys_spark.schemas import (
     COL_ITEM,
     COL_ITEM_ID,
+    COL_MODEL,
     COL_USER,
     COL_USER_ID,
     ITEM_MAP,
@@ -80,13 +86,14 @@ def run_stage(
     input_paths: list[str],
     body: Callable[[str], dict[str, Any]],
     force: bool = False,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run ``body(tmp_dir)`` unless ``output`` is up to date; write its manifest atomically.
 
     ``body`` writes its tables under ``tmp_dir`` and returns the manifest's
     ``counts``.  The returned manifest has ``skipped`` set when nothing ran.
     """
-    config_hash = cfg.section_hash(*sections)
+    config_hash = cfg.section_hash(*sections, extra=extra)
     inputs = {p: fingerprint(spark, p) for p in input_paths}
     if not force:
         manifest = _up_to_date(spark, output, config_hash, inputs)
@@ -102,7 +109,7 @@ def run_stage(
             "stage": stage,
             "version": __version__,
             "config_hash": config_hash,
-            "config": {s: cfg.to_dict()[s] for s in sections},
+            "config": {**{s: cfg.to_dict()[s] for s in sections}, **({"extra": extra} if extra else {})},
             "inputs": inputs,
             "counts": counts,
             "wall_s": wall,
@@ -182,7 +189,11 @@ def read_ingested(spark: SparkSession, cfg: Config, table: str = RATINGS) -> Dat
 
 # -- split -----------------------------------------------------------------------
 def split_name(cfg: Config) -> str:
-    return cfg.split.protocol
+    """Folder of a split: the protocol plus a hash of its parameters, so that
+    splits with different ratios/seeds (the pipeline's, the benchmark's) coexist."""
+    if cfg.split.protocol == "ml100k_folds":
+        return "ml100k_folds"
+    return f"{cfg.split.protocol}-{cfg.section_hash('split')[:8]}"
 
 
 def run_split(spark: SparkSession, cfg: Config, force: bool = False) -> dict[str, Any]:
@@ -276,6 +287,171 @@ def read_split(spark: SparkSession, cfg: Config, part: str, fold: int | None = N
     return spark.read.parquet(path)
 
 
-STAGES = {"generate": run_generate, "ingest": run_ingest, "split": run_split}
+# -- models: fit, predict, recommend -----------------------------------------------
+def _scale(spark: SparkSession, cfg: Config) -> Scale:
+    manifest = fs.read_manifest(spark, cfg.stage_path("ingest"))
+    if manifest is None:
+        raise FileNotFoundError(f"{cfg.stage_path('ingest')} not found: run the ingest stage first")
+    lo, hi = manifest["counts"]["rating_scale"]
+    return Scale(lo, hi)
+
+
+def _models_dir(cfg: Config) -> Path:
+    return Path(cfg.models.models_dir) if cfg.models.models_dir else registry.MODELS_DIR
+
+
+def run_model(spark: SparkSession, cfg: Config, name: str, force: bool = False) -> dict[str, Any]:
+    """Fit ``name`` and write its predictions in the contract shapes.
+
+    ``valid/``: fitted on train, rating predictions for every valid row and
+    top-N for every valid user (the blend selects on these).  ``test/``: refitted
+    on train + valid, rating predictions for every test row and top-N for every
+    test user, unseen items only.  Row accounting: rows asked = rows predicted.
+    """
+    if name not in registry.REGISTRY:
+        raise ValueError(f"models.names: unknown model {name!r}; registered: {', '.join(sorted(registry.REGISTRY))}")
+    split_out = cfg.stage_path("splits", split_name(cfg))
+    output = cfg.stage_path("predictions", name)
+    models_dir = _models_dir(cfg)
+    params = registry.model_params(name, models_dir)
+    k = cfg.models.k
+
+    def body(tmp: str) -> dict[str, Any]:
+        scale = _scale(spark, cfg)
+        train = read_split(spark, cfg, spl.TRAIN)
+        valid = read_split(spark, cfg, spl.VALID)
+        test = read_split(spark, cfg, spl.TEST)
+        counts: dict[str, Any] = {}
+        for part, fit_on, target in (("valid", train, valid), ("test", train.unionByName(valid), test)):
+            n_rows = target.count()
+            if n_rows == 0:
+                counts[part] = {"rows": 0, "predicted": 0, "users": 0, "users_with_lists": 0}
+                continue
+            model = registry.build(name, scale, params, models_dir).fit(fit_on)
+            model.predict(target.select(COL_USER, COL_ITEM)).write.parquet(f"{tmp}/{part}/ratings")
+            users = target.select(COL_USER).distinct()
+            model.recommend(users, k).write.parquet(f"{tmp}/{part}/topn")
+            predicted = spark.read.parquet(f"{tmp}/{part}/ratings").count()
+            if predicted != n_rows:
+                raise RuntimeError(f"{name}: {n_rows} {part} rows asked, {predicted} predicted")
+            topn = spark.read.parquet(f"{tmp}/{part}/topn")
+            counts[part] = {
+                "rows": n_rows, "predicted": predicted, "users": users.count(),
+                "users_with_lists": topn.select(COL_USER).distinct().count(),
+            }  # fmt: skip
+            log.info("%s %s: %d rows predicted, top-%d for %d users", name, part, predicted, k, counts[part]["users_with_lists"])
+        return counts
+
+    extra = {"model": name, "params": params, "k": k}
+    return run_stage(spark, cfg, f"predict:{name}", output, (), [split_out], body, force, extra)
+
+
+def read_predictions(spark: SparkSession, cfg: Config, name: str, part: str, kind: str) -> DataFrame:
+    return spark.read.parquet(cfg.stage_path("predictions", name, part, kind))
+
+
+def _has_part(spark: SparkSession, cfg: Config, name: str, part: str) -> bool:
+    return fs.exists(spark, cfg.stage_path("predictions", name, part, "ratings"))
+
+
+def _report(spark: SparkSession, cfg: Config, name: str, part: str, truth: DataFrame, train: DataFrame, items: DataFrame, n_catalog: int, pred_root: str | None = None) -> dict[str, Any]:
+    root = pred_root or cfg.stage_path("predictions", name)
+    k = cfg.evaluate.k
+    thr = cfg.evaluate.relevance_threshold or None
+    ratings = spark.read.parquet(f"{root}/{part}/ratings")
+    topn = spark.read.parquet(f"{root}/{part}/topn")
+    rep = ev.rating_report(ratings, truth, primary_is_fallback=name == "global_mean")
+    rep.update(ev.topn_report(topn, truth, train, items, n_catalog, k, thr))
+    return rep
+
+
+# -- blend ------------------------------------------------------------------------
+def run_blend(spark: SparkSession, cfg: Config, force: bool = False) -> dict[str, Any]:
+    """For now: the single model that is best on the validation part, relabelled ``blend``."""
+    names = cfg.models.names
+    output = cfg.stage_path("blend")
+    metric = cfg.evaluate.select_metric
+
+    def body(tmp: str) -> dict[str, Any]:
+        valid = read_split(spark, cfg, spl.VALID)
+        train = read_split(spark, cfg, spl.TRAIN)
+        items = read_ingested(spark, cfg, "items")
+        n_catalog = items.count()
+        scores: dict[str, float] = {}
+        if valid.limit(1).count() == 0:
+            chosen = names[0]
+            log.warning("no validation rows (split.valid_ratio = 0): the blend takes the first model, %s", chosen)
+        else:
+            for name in names:
+                rep = _report(spark, cfg, name, "valid", valid, train, items, n_catalog)
+                if metric not in rep:
+                    raise ValueError(f"evaluate.select_metric = {metric!r} is not one of {sorted(k for k in rep if k != 'sources')}")
+                scores[name] = rep[metric]
+            chosen = names[0]
+            for name in names[1:]:
+                if ev.better(metric, scores[name], scores[chosen]):
+                    chosen = name
+            log.info("blend: %s is best on validation by %s (%s)", chosen, metric, {k: round(v, 4) for k, v in scores.items()})
+        for kind in ("ratings", "topn"):
+            df = read_predictions(spark, cfg, chosen, "test", kind).withColumn(COL_MODEL, F.lit("blend"))
+            df.write.parquet(f"{tmp}/test/{kind}")
+        return {"chosen": chosen, "select_metric": metric, "valid_scores": scores}
+
+    inputs = [cfg.stage_path("predictions", n) for n in names]
+    return run_stage(spark, cfg, "blend", output, ("evaluate",), inputs, body, force, {"models": names})
+
+
+# -- evaluate ----------------------------------------------------------------------
+def run_evaluate(spark: SparkSession, cfg: Config, force: bool = False) -> dict[str, Any]:
+    """Metrics of every model and the blend on the test part: Parquet + JSON + Markdown, MLflow."""
+    names = cfg.models.names
+    output = cfg.stage_path("evaluate")
+
+    def body(tmp: str) -> dict[str, Any]:
+        test = read_split(spark, cfg, spl.TEST).persist()
+        train = read_split(spark, cfg, spl.TRAIN).unionByName(read_split(spark, cfg, spl.VALID)).persist()
+        items = read_ingested(spark, cfg, "items").persist()
+        n_catalog = items.count()
+        rows: dict[str, dict[str, Any]] = {}
+        for name in names:
+            rows[name] = _report(spark, cfg, name, "test", test, train, items, n_catalog)
+        rows["blend"] = _report(spark, cfg, "blend", "test", test, train, items, n_catalog, pred_root=cfg.stage_path("blend"))
+        blend = fs.read_manifest(spark, cfg.stage_path("blend"))
+        flat = {m: {k: v for k, v in r.items() if k != "sources"} for m, r in rows.items()}
+        metric_names = sorted({k for r in flat.values() for k in r})
+        table = spark.createDataFrame(
+            [(m, *[float(r.get(c, float("nan"))) for c in metric_names]) for m, r in flat.items()],
+            "model string, " + ", ".join(f"`{c}` double" for c in metric_names),
+        )
+        table.coalesce(1).write.parquet(f"{tmp}/results")
+        payload = {"dataset": cfg.dataset_name, "split": split_name(cfg), "k": cfg.evaluate.k, "blend": blend["counts"], "models": rows}
+        md = (
+            f"# Results: {cfg.dataset_name}, split {split_name(cfg)}\n\n"
+            f"Test rows: {test.count()}; blend = {blend['counts']['chosen']} (best on validation by "
+            f"{blend['counts']['select_metric']}).\n\n" + ev.results_markdown(rows, cfg.evaluate.k)
+        )
+        fs.write_json(spark, f"{tmp}/results.json", payload)
+        fs.write_text(spark, f"{tmp}/results.md", md)
+        log.info("results:\n%s", md)
+        run_id = None
+        if cfg.tracking.enabled:
+            with tempfile.TemporaryDirectory() as local:
+                for fname, text in (("results.md", md), ("results.json", json.dumps(payload, indent=2, default=str))):
+                    Path(local, fname).write_text(text)
+                params = {**tracking.flatten("", {s: cfg.to_dict()[s] for s in ("dataset", "split", "models", "evaluate")})}
+                metrics = tracking.flatten("", flat)
+                run_id = tracking.log_run(cfg, f"evaluate {cfg.dataset_name}", params, metrics, [str(Path(local, "results.md")), str(Path(local, "results.json"))])
+        for df in (test, train, items):
+            df.unpersist()
+        return {"models": flat, "blend": blend["counts"]["chosen"], "mlflow_run_id": run_id}
+
+    inputs = [cfg.stage_path("predictions", n) for n in names] + [cfg.stage_path("blend")]
+    return run_stage(spark, cfg, "evaluate", output, ("evaluate", "tracking"), inputs, body, force, {"models": names})
+
+
+STAGES = {
+    "generate": run_generate, "ingest": run_ingest, "split": run_split,
+    "blend": run_blend, "evaluate": run_evaluate,
+}  # fmt: skip
 
 __all__ = ["DataFormatError", "STAGES", "fingerprint", "read_ingested", "read_split", "run_stage"]

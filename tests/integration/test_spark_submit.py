@@ -55,7 +55,9 @@ def test_ingest_and_split(master, raw_data, tmp_path):
     assert res.returncode == 0, res.stdout[-3000:]
 
     ingest = json.loads((tmp_path / "out/generated/ingest/_manifest.json").read_text())
-    split = json.loads((tmp_path / "out/generated/splits/stratified/_manifest.json").read_text())
+    (split_dir,) = (tmp_path / "out/generated/splits").iterdir()
+    assert split_dir.name.startswith("stratified-")
+    split = json.loads((split_dir / "_manifest.json").read_text())
     r = ingest["counts"]["tables"]["ratings"]
     assert r["read"] == r["kept"] + r["quarantined"] + r["deduplicated"] > 2500
     c = split["counts"]

@@ -5,7 +5,13 @@ import json
 import pytest
 
 from recsys_spark import registry
-from recsys_spark.benchmark import dataset_overrides, parse_folds, run_benchmark, summary_table, write_result
+from recsys_spark.benchmark import (
+    dataset_overrides,
+    parse_folds,
+    run_benchmark,
+    summary_table,
+    write_result,
+)
 from recsys_spark.recommender import Scale
 
 SMALL = [

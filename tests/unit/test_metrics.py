@@ -37,7 +37,7 @@ def reference(lists, rel, k):
         idcg_g = sum(g / math.log2(p + 2) for p, g in enumerate(gains[:k]))
         dcg_g = sum((2 ** R[i] - 1) / math.log2(p + 2) for p, i in enumerate(Lk) if i in R)
 
-        def ap(lst, denom):
+        def ap(lst, denom, R=R):
             h, s = 0, 0.0
             for p, i in enumerate(lst):
                 if i in R:

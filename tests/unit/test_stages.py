@@ -55,18 +55,37 @@ def test_stage_skips_when_up_to_date_and_reruns_on_change(spark, cfg_factory, tm
 
 
 def test_pipeline_reruns_only_affected_stages(spark, cfg_factory):
-    cfg = cfg_factory(*SMALL)
+    models = 'models.names=["popularity", "item_mean"]'
+    cfg = cfg_factory(*SMALL, models)
     first = run_pipeline(spark, cfg)
-    assert [m["skipped"] for m in first.values()] == [False, False, False]
-    train = spark.read.parquet(cfg.stage_path("splits", "stratified", "train")).collect()
+    names = ["generate", "ingest", "split", "predict:popularity", "predict:item_mean", "blend", "evaluate"]
+    assert list(first) == names
+    assert not any(m["skipped"] for m in first.values())
+    split_dir = stages.split_name(cfg)
+    train = spark.read.parquet(cfg.stage_path("splits", split_dir, "train")).collect()
+    results = json.loads(Path(cfg.stage_path("evaluate", "results.json")).read_text())
+    assert set(results["models"]) == {"popularity", "item_mean", "blend"}
+    assert first["evaluate"]["counts"]["mlflow_run_id"]
+    # the blend is whichever model scored best on validation, and scores like it on test
+    chosen = first["blend"]["counts"]["chosen"]
+    assert results["models"]["blend"]["ndcg@10"] == results["models"][chosen]["ndcg@10"]
+
     second = run_pipeline(spark, cfg)
-    assert [m["skipped"] for m in second.values()] == [True, True, True]
-    assert sorted(spark.read.parquet(cfg.stage_path("splits", "stratified", "train")).collect()) == sorted(train)
-    third = run_pipeline(spark, cfg_factory(*SMALL, "split.seed=7"))
-    assert {k: m["skipped"] for k, m in third.items()} == {"generate": True, "ingest": True, "split": False}
-    fourth = run_pipeline(spark, cfg_factory(*SMALL, "split.seed=7", "ingest.max_quarantine_fraction=0.5"))
-    assert {k: m["skipped"] for k, m in fourth.items()} == {"generate": True, "ingest": False, "split": False}
-    counts = fourth["ingest"]["counts"]["tables"]["ratings"]
+    assert all(m["skipped"] for m in second.values())
+    assert sorted(spark.read.parquet(cfg.stage_path("splits", split_dir, "train")).collect()) == sorted(train)
+    assert json.loads(Path(cfg.stage_path("evaluate", "results.json")).read_text()) == results
+
+    def ran(res):
+        return [k for k, m in res.items() if not m["skipped"]]
+
+    assert ran(run_pipeline(spark, cfg_factory(*SMALL, models, "evaluate.select_metric=rmse"))) == ["blend", "evaluate"]
+    added = 'models.names=["popularity", "item_mean", "global_mean"]'
+    assert ran(run_pipeline(spark, cfg_factory(*SMALL, added, "evaluate.select_metric=rmse"))) == [
+        "predict:global_mean", "blend", "evaluate",
+    ]  # fmt: skip
+    reseeded = run_pipeline(spark, cfg_factory(*SMALL, models, "split.seed=7"))
+    assert ran(reseeded) == names[2:]
+    counts = reseeded["ingest"]["counts"]["tables"]["ratings"]
     assert counts["read"] == counts["kept"] + counts["quarantined"] + counts["deduplicated"]
 
 

@@ -1,0 +1,53 @@
+"""Evaluation of predictions in the contract shapes, and the results table.
+
+:func:`topn_report` and :func:`rating_report` turn one model's outputs into a
+flat dict of metrics (see :mod:`recsys_spark.metrics` for the definitions);
+:func:`results_markdown` renders a table of several models.  Pure functions
+over DataFrames: the stages and the benchmark command both call them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyspark.sql import DataFrame
+
+from recsys_spark import metrics as M
+
+FALLBACK_SOURCES = ("global_mean", "user_bias", "item_bias")
+LOWER_IS_BETTER = ("rmse", "mae")
+
+
+def rating_report(predictions: DataFrame, truth: DataFrame, primary_is_fallback: bool = False) -> dict[str, Any]:
+    m = M.rating_metrics(predictions, truth)
+    sources = m.get("sources", {})
+    fallback = 0 if primary_is_fallback else sum(v for s, v in sources.items() if s in FALLBACK_SOURCES)
+    return {"rmse": m["rmse"], "mae": m["mae"], "rows": m["n"], "fallback_rows": fallback, "sources": sources}
+
+
+def topn_report(
+    topn: DataFrame, truth: DataFrame, train: DataFrame, items: DataFrame, n_catalog: int, k: int,
+    relevance_threshold: float | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    r = M.ranking_metrics(topn, truth, k, relevance_threshold)
+    out = {key: r.metrics[key] for key in (f"precision@{k}", f"recall@{k}", f"ndcg@{k}", f"map@{k}", f"hr@{k}", f"mrr@{k}")}
+    out["ndcg_graded"] = r.metrics[f"ndcg_graded@{k}"]
+    out["users"] = r.metrics["users"]
+    out["coverage"] = M.coverage(topn, n_catalog)
+    out["novelty"] = M.novelty(topn, train)
+    out["diversity"] = M.diversity(topn, items)
+    return out
+
+
+def better(metric: str, a: float, b: float) -> bool:
+    """Is ``a`` better than ``b`` for ``metric``?"""
+    return a < b if metric in LOWER_IS_BETTER else a > b
+
+
+def results_markdown(rows: dict[str, dict[str, Any]], k: int) -> str:
+    cols = ["rmse", "mae", f"precision@{k}", f"recall@{k}", f"ndcg@{k}", f"map@{k}", f"hr@{k}", f"mrr@{k}", "coverage", "novelty", "diversity"]
+    lines = ["| model | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for name, m in rows.items():
+        cells = [f"{m[c]:.4f}" if isinstance(m.get(c), (int, float)) else "" for c in cols]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
