@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
 from recsys_spark import metrics as M
 
@@ -27,9 +28,13 @@ def rating_report(predictions: DataFrame, truth: DataFrame, primary_is_fallback:
 
 def topn_report(
     topn: DataFrame, truth: DataFrame, train: DataFrame, items: DataFrame, n_catalog: int, k: int,
-    relevance_threshold: float | None = None,
+    relevance_threshold: float | None = None, per_user: list[DataFrame] | None = None, name: str = "",
 ) -> dict[str, Any]:  # fmt: skip
+    """Ranking and beyond-accuracy metrics; with ``per_user`` (a list), the per-user
+    metric values, tagged with ``model = name``, are appended to it (lazily)."""
     r = M.ranking_metrics(topn, truth, k, relevance_threshold)
+    if per_user is not None:
+        per_user.append(r.per_user.withColumn("model", F.lit(name)))
     out = {key: r.metrics[key] for key in (f"precision@{k}", f"recall@{k}", f"ndcg@{k}", f"map@{k}", f"hr@{k}", f"mrr@{k}")}
     out["ndcg_graded"] = r.metrics[f"ndcg_graded@{k}"]
     out["users"] = r.metrics["users"]

@@ -282,31 +282,28 @@ def ingest_tables(
     ratings = validate_events(parsed["ratings"][0], numeric_ids, rating_scale)
     tags = validate_events(parsed["tags"][0], numeric_ids, None) if "tags" in parsed else None
 
-    valid = lambda df: df.where(F.col(COL_REASON).isNull())  # noqa: E731
-    if items is not None:
-        item_map = build_id_map(items.where(F.col(_STATUS) == KEPT), COL_ITEM_ID, COL_ITEM)
-    else:
-        ids = valid(ratings).select(COL_ITEM_ID)
+    def catalogue(side: DataFrame | None, id_col: str, idx_col: str, what: str) -> DataFrame:
+        """Map ``id_col`` -> ``idx_col`` from the side table, else from valid events;
+        then mark events whose id is not in it.  Items go first, so that a
+        user seen only in ratings of unknown items gets no index."""
+        nonlocal ratings, tags
+        if side is not None:
+            ids = side.where(F.col(_STATUS) == KEPT)
+        else:
+            ids = ratings.where(F.col(COL_REASON).isNull()).select(id_col)
+            if tags is not None:
+                ids = ids.unionByName(tags.where(F.col(COL_REASON).isNull()).select(id_col))
+        id_map = build_id_map(ids, id_col, idx_col).persist(level)
+        where = f"{what}s" if side is not None else f"the {what} map"
+        ratings = _attach(ratings, id_map, id_col, idx_col, what, where)
         if tags is not None:
-            ids = ids.unionByName(valid(tags).select(COL_ITEM_ID))
-        item_map = build_id_map(ids, COL_ITEM_ID, COL_ITEM)
-    item_map = item_map.persist(level)
-    ratings = _attach(ratings, item_map, COL_ITEM_ID, COL_ITEM, "item", "items" if items is not None else "the item map")
-    if tags is not None:
-        tags = _attach(tags, item_map, COL_ITEM_ID, COL_ITEM, "item", "items" if items is not None else "the item map")
+            tags = _attach(tags, id_map, id_col, idx_col, what, where)
+        return id_map
 
-    if users is not None:
-        user_map = build_id_map(users.where(F.col(_STATUS) == KEPT), COL_USER_ID, COL_USER)
-    else:
-        ids = valid(ratings).select(COL_USER_ID)
-        if tags is not None:
-            ids = ids.unionByName(valid(tags).select(COL_USER_ID))
-        user_map = build_id_map(ids, COL_USER_ID, COL_USER)
-    user_map = user_map.persist(level)
-    ratings = _attach(ratings, user_map, COL_USER_ID, COL_USER, "user", "users" if users is not None else "the user map")
+    item_map = catalogue(items, COL_ITEM_ID, COL_ITEM, "item")
+    user_map = catalogue(users, COL_USER_ID, COL_USER, "user")
     classified["ratings"] = _dedup_latest(ratings).persist(level)
     if tags is not None:
-        tags = _attach(tags, user_map, COL_USER_ID, COL_USER, "user", "users" if users is not None else "the user map")
         classified["tags"] = _status_only(tags).persist(level)
 
     tables["ratings"] = _typed(classified["ratings"], RATINGS_SCHEMA)

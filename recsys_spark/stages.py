@@ -354,14 +354,17 @@ def _has_part(spark: SparkSession, cfg: Config, name: str, part: str) -> bool:
     return fs.exists(spark, cfg.stage_path("predictions", name, part, "ratings"))
 
 
-def _report(spark: SparkSession, cfg: Config, name: str, part: str, truth: DataFrame, train: DataFrame, items: DataFrame, n_catalog: int, pred_root: str | None = None) -> dict[str, Any]:
+def _report(
+    spark: SparkSession, cfg: Config, name: str, part: str, truth: DataFrame, train: DataFrame,
+    items: DataFrame, n_catalog: int, pred_root: str | None = None, per_user: list[DataFrame] | None = None,
+) -> dict[str, Any]:  # fmt: skip
     root = pred_root or cfg.stage_path("predictions", name)
     k = cfg.evaluate.k
     thr = cfg.evaluate.relevance_threshold or None
     ratings = spark.read.parquet(f"{root}/{part}/ratings")
     topn = spark.read.parquet(f"{root}/{part}/topn")
     rep = ev.rating_report(ratings, truth, primary_is_fallback=name == "global_mean")
-    rep.update(ev.topn_report(topn, truth, train, items, n_catalog, k, thr))
+    rep.update(ev.topn_report(topn, truth, train, items, n_catalog, k, thr, per_user=per_user, name=name))
     return rep
 
 
@@ -413,9 +416,17 @@ def run_evaluate(spark: SparkSession, cfg: Config, force: bool = False) -> dict[
         items = read_ingested(spark, cfg, "items").persist()
         n_catalog = items.count()
         rows: dict[str, dict[str, Any]] = {}
+        per_user: list[DataFrame] = []
         for name in names:
-            rows[name] = _report(spark, cfg, name, "test", test, train, items, n_catalog)
-        rows["blend"] = _report(spark, cfg, "blend", "test", test, train, items, n_catalog, pred_root=cfg.stage_path("blend"))
+            rows[name] = _report(spark, cfg, name, "test", test, train, items, n_catalog, per_user=per_user)
+        rows["blend"] = _report(
+            spark, cfg, "blend", "test", test, train, items, n_catalog, pred_root=cfg.stage_path("blend"), per_user=per_user
+        )
+        # per-user values of every model, for significance tests and slicing by user segment
+        union = per_user[0]
+        for df in per_user[1:]:
+            union = union.unionByName(df)
+        union.write.partitionBy("model").parquet(f"{tmp}/per_user")
         blend = fs.read_manifest(spark, cfg.stage_path("blend"))
         flat = {m: {k: v for k, v in r.items() if k != "sources"} for m, r in rows.items()}
         metric_names = sorted({k for r in flat.values() for k in r})

@@ -66,6 +66,10 @@ def test_pipeline_reruns_only_affected_stages(spark, cfg_factory):
     results = json.loads(Path(cfg.stage_path("evaluate", "results.json")).read_text())
     assert set(results["models"]) == {"popularity", "item_mean", "blend"}
     assert first["evaluate"]["counts"]["mlflow_run_id"]
+    per_user = spark.read.parquet(cfg.stage_path("evaluate", "per_user"))
+    assert {r["model"] for r in per_user.select("model").distinct().collect()} == {"popularity", "item_mean", "blend"}
+    n_test_users = spark.read.parquet(cfg.stage_path("splits", split_dir, "test")).select("user_idx").distinct().count()
+    assert per_user.where("model = 'blend'").count() == n_test_users
     # the blend is whichever model scored best on validation, and scores like it on test
     chosen = first["blend"]["counts"]["chosen"]
     assert results["models"]["blend"]["ndcg@10"] == results["models"][chosen]["ndcg@10"]
