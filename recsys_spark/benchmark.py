@@ -96,7 +96,8 @@ def _mean(values: list[float]) -> float:
 def run_rating(spark: SparkSession, cfg: Config, models: list[str], folds: list[int]) -> dict[str, Any]:
     if cfg.dataset.kind != "ml-100k":
         raise ValueError("the rating protocol uses the canonical ML-100K folds: --dataset ml-100k")
-    cfg = _with_split(cfg, SplitConfig(protocol="ml100k_folds", folds=folds))
+    # the split always holds all five folds (so a one-fold run does not invalidate it)
+    cfg = _with_split(cfg, SplitConfig(protocol="ml100k_folds"))
     stages.run_ingest(spark, cfg)
     stages.run_split(spark, cfg)
     scale = _scale(spark, cfg)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from recsys_spark.baselines import BiasBaseline, GlobalMean, ItemMean, Popularity, UserMean
+from recsys_spark.neighborhood import KNN
 from recsys_spark.recommender import Recommender, Scale
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "conf" / "models"
@@ -25,6 +26,8 @@ REGISTRY: dict[str, tuple[Callable[..., Recommender], str]] = {
     "popularity": (lambda scale, **p: Popularity(scale=scale, name="popularity", **p), "rating+topn"),
     "popularity_mean": (lambda scale, **p: Popularity(scale=scale, name="popularity_mean", **p), "rating+topn"),
     "bias": (lambda scale, **p: BiasBaseline(scale=scale, **p), "rating+topn"),
+    "item_knn": (lambda scale, **p: KNN(scale=scale, name="item_knn", user_based=False, **p), "rating+topn"),
+    "user_knn": (lambda scale, **p: KNN(scale=scale, name="user_knn", user_based=True, **p), "rating+topn"),
 }
 
 

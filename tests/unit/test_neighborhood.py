@@ -1,0 +1,135 @@
+"""Neighbourhood CF: similarities checked against numpy on dense co-rating vectors."""
+
+import itertools
+
+import numpy as np
+import pytest
+from pyspark.sql import functions as F
+
+from recsys_spark.neighborhood import KNN, similarities
+from recsys_spark.schemas import RATINGS_SCHEMA
+from tests.contract.model_contract import ModelContract
+
+RNG = np.random.default_rng(5)
+DENSE = np.where(RNG.random((12, 7)) < 0.6, RNG.integers(1, 6, (12, 7)), 0).astype(float)  # users x items, 0 = unrated
+
+
+@pytest.fixture(scope="module")
+def ratings(spark):
+    rows = [(u, i, float(DENSE[u, i]), 0) for u, i in zip(*np.nonzero(DENSE), strict=True)]
+    return spark.createDataFrame([tuple(int(x) if j < 2 else x for j, x in enumerate(r)) for r in rows], RATINGS_SCHEMA)
+
+
+def numpy_item_sim(kind, a, b):
+    co = (DENSE[:, a] > 0) & (DENSE[:, b] > 0)
+    x, y = DENSE[co, a], DENSE[co, b]
+    if kind == "cosine":
+        return float(x @ y / np.sqrt((x @ x) * (y @ y)))
+    if kind == "pearson":
+        if co.sum() < 2 or x.std() == 0 or y.std() == 0:
+            return 0.0
+        return float(np.corrcoef(x, y)[0, 1])
+    if kind == "adjusted_cosine":
+        means = np.array([DENSE[u][DENSE[u] > 0].mean() for u in range(DENSE.shape[0])])[co]
+        xa, ya = x - means, y - means
+        d = np.sqrt((xa @ xa) * (ya @ ya))
+        return float(xa @ ya / d) if d > 0 else 0.0
+    if kind == "jaccard":
+        na, nb = (DENSE[:, a] > 0).sum(), (DENSE[:, b] > 0).sum()
+        return float(co.sum() / (na + nb - co.sum()))
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["cosine", "pearson", "adjusted_cosine", "jaccard"])
+def test_item_similarities_match_numpy(ratings, kind):
+    table = similarities(ratings, similarity=kind, shrinkage=0.0)
+    got = {(r["a"], r["b"]): (r["sim"], r["support"]) for r in table.collect()}
+    for a, b in itertools.permutations(range(DENSE.shape[1]), 2):
+        co = int(((DENSE[:, a] > 0) & (DENSE[:, b] > 0)).sum())
+        if co == 0:
+            assert (a, b) not in got
+            continue
+        sim, support = got[(a, b)]
+        assert support == co
+        assert sim == pytest.approx(numpy_item_sim(kind, a, b), abs=1e-9), (a, b)
+
+
+def test_user_based_is_item_based_on_the_transpose(spark, ratings):
+    transposed = ratings.select(F.col("item_idx").alias("user_idx"), F.col("user_idx").alias("item_idx"), "rating", "timestamp")
+    a = sorted((r["a"], r["b"], round(r["sim"], 9)) for r in similarities(ratings, similarity="cosine", user_based=True, shrinkage=0).collect())
+    b = sorted((r["a"], r["b"], round(r["sim"], 9)) for r in similarities(transposed, similarity="cosine", shrinkage=0).collect())
+    assert a == b
+
+
+def test_shrinkage_support_cap_and_top_neighbors(ratings):
+    plain = {(r["a"], r["b"]): r for r in similarities(ratings, similarity="cosine", shrinkage=0).collect()}
+    shrunk = {(r["a"], r["b"]): r for r in similarities(ratings, similarity="cosine", shrinkage=10.0).collect()}
+    for key, r in plain.items():
+        n = r["support"]
+        assert shrunk[key]["sim"] == pytest.approx(r["sim"] * (n - 1) / (n - 1 + 10.0))
+    strong = similarities(ratings, similarity="cosine", shrinkage=0, min_support=5).collect()
+    assert strong and all(r["support"] >= 5 for r in strong)
+    # a cap of one rating per user leaves no co-ratings at all
+    assert similarities(ratings, similarity="cosine", cap=1).count() == 0
+    top = similarities(ratings, similarity="cosine", shrinkage=0, max_neighbors=2).collect()
+    per_a = {}
+    for r in top:
+        per_a.setdefault(r["a"], []).append(r["sim"])
+    for a, sims in per_a.items():
+        assert len(sims) <= 2
+        best = sorted((v["sim"] for (x, _), v in plain.items() if x == a), reverse=True)[:2]
+        assert sorted(sims, reverse=True) == pytest.approx(best)
+
+
+def test_prediction_by_hand(spark):
+    # items 0 and 1 co-rated by users 0, 1 (cosine 1 after shrinkage 0); user 2 rated only item 0
+    train = spark.createDataFrame([(0, 0, 4.0, 0), (0, 1, 4.0, 0), (1, 0, 2.0, 0), (1, 1, 2.0, 0), (2, 0, 3.0, 0)], RATINGS_SCHEMA)
+    model = KNN(similarity="cosine", centering="none", shrinkage=0.0, k=5).fit(train)
+    pairs = spark.createDataFrame([(2, 1), (9, 1)], "user_idx int, item_idx int")
+    got = {r["user_idx"]: (r["prediction"], r["source"]) for r in model.predict(pairs).collect()}
+    assert got[2] == (pytest.approx(3.0), "knn")  # the only neighbour user 2 rated: item 0, rating 3
+    assert got[9][1] == "item_bias"  # unknown user: the bias baseline answers and says so
+    top = model.recommend(spark.createDataFrame([(2,)], "user_idx int"), 3).collect()
+    assert [(r["item_idx"], r["rank"]) for r in top] == [(1, 1)]
+
+
+def test_bad_parameters(ratings):
+    with pytest.raises(ValueError, match="similarity"):
+        KNN(similarity="euclid").fit(ratings)
+    with pytest.raises(ValueError, match="centering"):
+        KNN(centering="median").fit(ratings)
+
+
+class TestItemKNN(ModelContract):
+    complete_lists = False
+
+    def make(self):
+        return KNN(k=3, scale=self.scale, name="item_knn")
+
+
+class TestUserKNN(ModelContract):
+    complete_lists = False
+
+    def make(self):
+        return KNN(user_based=True, similarity="pearson", centering="mean", k=3, scale=self.scale, name="user_knn")
+
+
+def test_pearson_baseline_matches_numpy(ratings):
+    from recsys_spark.baselines import BiasBaseline
+    from tests.unit.test_baselines import numpy_bias
+
+    rows = [(int(u), int(i), float(DENSE[u, i])) for u, i in zip(*np.nonzero(DENSE), strict=True)]
+    mu, bu, bi = numpy_bias(rows, 15.0, 10.0, 10)
+    resid = np.zeros_like(DENSE)
+    for u, i, r in rows:
+        resid[u, i] = r - mu - bu[u] - bi[i]
+    base = BiasBaseline().fit(ratings)
+    got = {(r["a"], r["b"]): r for r in similarities(ratings, similarity="pearson_baseline", shrinkage=5.0, base=base).collect()}
+    for a, b in itertools.permutations(range(DENSE.shape[1]), 2):
+        co = (DENSE[:, a] > 0) & (DENSE[:, b] > 0)
+        if not co.any():
+            continue
+        x, y = resid[co, a], resid[co, b]
+        n = co.sum()
+        expected = x @ y / np.sqrt((x @ x) * (y @ y)) * (n - 1) / (n - 1 + 5.0)
+        assert got[(a, b)]["sim"] == pytest.approx(expected, abs=1e-9)
