@@ -46,8 +46,22 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from recsys_spark.baselines import B_I, B_U, BiasBaseline, BiasTableModel
-from recsys_spark.recommender import Recommender, RecommenderModel, Scale, as_predictions, clip, rank_candidates
-from recsys_spark.schemas import COL_ITEM, COL_PREDICTION, COL_RATING, COL_SCORE, COL_SOURCE, COL_USER
+from recsys_spark.recommender import (
+    Recommender,
+    RecommenderModel,
+    Scale,
+    as_predictions,
+    clip,
+    rank_candidates,
+)
+from recsys_spark.schemas import (
+    COL_ITEM,
+    COL_PREDICTION,
+    COL_RATING,
+    COL_SCORE,
+    COL_SOURCE,
+    COL_USER,
+)
 from recsys_spark.split import hash_uniform
 
 log = logging.getLogger(__name__)
