@@ -250,7 +250,3 @@ class BiasBaseline(Recommender):
         score = bi.select(COL_ITEM, F.col(B_I).alias(COL_SCORE))
         return BiasTableModel(self.name, mu, self.scale or Scale(), bu, bi, score, _seen(train), "bias")
 
-
-def load_model(path: str) -> RecommenderModel:
-    """Load any saved baseline."""
-    return BiasTableModel.load(path)

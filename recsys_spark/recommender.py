@@ -39,8 +39,6 @@ from recsys_spark.schemas import (
     COL_SCORE,
     COL_SOURCE,
     COL_USER,
-    PREDICTIONS_SCHEMA,
-    TOPN_SCHEMA,
     require_columns,
 )
 
@@ -173,14 +171,6 @@ class Recommender(ABC):
     @staticmethod
     def _check_train(train: DataFrame) -> None:
         require_columns(train, [COL_USER, COL_ITEM, COL_RATING], "training data")
-
-
-def empty_predictions(spark: SparkSession) -> DataFrame:
-    return spark.createDataFrame([], PREDICTIONS_SCHEMA)
-
-
-def empty_topn(spark: SparkSession) -> DataFrame:
-    return spark.createDataFrame([], TOPN_SCHEMA)
 
 
 __all__ = [

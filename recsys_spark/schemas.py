@@ -29,7 +29,6 @@ COL_GENDER = "gender"
 COL_AGE = "age"
 COL_OCCUPATION = "occupation"
 COL_ZIP = "zip"
-COL_LABEL = "label"
 
 # quarantine / provenance
 COL_TABLE = "table"
@@ -46,7 +45,6 @@ TAGS = "tags"
 USER_MAP = "user_map"
 ITEM_MAP = "item_map"
 QUARANTINE = "quarantine"
-SPLIT_PARTS = ("train", "valid", "test")
 NEGATIVES = "negatives"
 
 # -- schemas ----------------------------------------------------------------

@@ -350,10 +350,6 @@ def read_predictions(spark: SparkSession, cfg: Config, name: str, part: str, kin
     return spark.read.parquet(cfg.stage_path("predictions", name, part, kind))
 
 
-def _has_part(spark: SparkSession, cfg: Config, name: str, part: str) -> bool:
-    return fs.exists(spark, cfg.stage_path("predictions", name, part, "ratings"))
-
-
 def _report(
     spark: SparkSession, cfg: Config, name: str, part: str, truth: DataFrame, train: DataFrame,
     items: DataFrame, n_catalog: int, pred_root: str | None = None, per_user: list[DataFrame] | None = None,
