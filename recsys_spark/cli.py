@@ -38,6 +38,7 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
         help="override a config key, e.g. --set split.seed=7 (repeatable)",
     )  # fmt: skip
     p.add_argument("--force", action="store_true", help="rerun even when the output is up to date")
+    p.add_argument("--verbose", "-v", action="store_true", help="debug logging (with tracebacks of input errors)")
     if stage == "benchmark":
         p.add_argument("protocol", choices=["rating", "topn"])
         p.add_argument("--dataset", default="ml-100k", help="ml-100k, ml-latest-small, ml-1m, ml-25m, generated")
@@ -62,7 +63,7 @@ def _stage_fn(stage: str) -> Callable[..., Any]:
 def run_job(stage: str, argv: list[str] | None = None) -> int:
     """Parse arguments, load config, get the session, run one stage, stop. Returns the exit code."""
     args = build_parser(stage).parse_args(argv)
-    log = setup_logging(stage)
+    log = setup_logging(stage, logging.DEBUG if args.verbose else logging.INFO)
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as exc:
@@ -84,6 +85,7 @@ def run_job(stage: str, argv: list[str] | None = None) -> int:
         return 0
     except (DataFormatError, IngestError, FileNotFoundError, ValueError) as exc:
         log.error("%s failed: %s", stage, exc)
+        log.debug("traceback of the failure above", exc_info=True)  # shown with --verbose
         return EXIT_BAD_INPUT
     finally:
         spark.stop()

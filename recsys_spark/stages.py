@@ -140,7 +140,10 @@ def run_generate(spark: SparkSession, cfg: Config, force: bool = False) -> dict[
         for name, df in tables.items():
             df = df.persist(StorageLevel.MEMORY_AND_DISK)
             n_files = max(1, cfg.generate.n_ratings // 2_000_000) if name == "ratings" else 1
-            df.coalesce(n_files).write.option("header", True).option("quote", '"').csv(f"{tmp}/{name}.csv")
+            # RFC 4180 quoting (a quote inside a field is doubled), as the ml-latest reader expects
+            df.coalesce(n_files).write.option("header", True).option("quote", '"').option("escape", '"').csv(
+                f"{tmp}/{name}.csv"
+            )
             counts[name] = df.count()
             df.unpersist()
         log.info("generated %s", counts)
