@@ -102,7 +102,7 @@ log.info("saved %s", png)
 
 # COMMAND ----------
 
-scale = stages._scale(spark, cfg)
+scale = stages.rating_scale(spark, cfg)
 train = stages.read_split(spark, cfg, "train").unionByName(stages.read_split(spark, cfg, "valid")).cache()
 test = stages.read_split(spark, cfg, "test").cache()
 items = stages.read_ingested(spark, cfg, "items").cache()

@@ -78,12 +78,6 @@ def _timed_fit(name: str, cfg_scale: Scale, train: DataFrame) -> tuple[Recommend
     return model, time.perf_counter() - t
 
 
-def _scale(spark: SparkSession, cfg: Config) -> Scale:
-    m = stages.fs.read_manifest(spark, cfg.stage_path("ingest"))
-    lo, hi = m["counts"]["rating_scale"]
-    return Scale(lo, hi)
-
-
 def _with_split(cfg: Config, split: SplitConfig) -> Config:
     """The protocol pins the split, whatever the config says."""
     return dataclasses.replace(cfg, split=split)
@@ -100,7 +94,7 @@ def run_rating(spark: SparkSession, cfg: Config, models: list[str], folds: list[
     cfg = _with_split(cfg, SplitConfig(protocol="ml100k_folds"))
     stages.run_ingest(spark, cfg)
     stages.run_split(spark, cfg)
-    scale = _scale(spark, cfg)
+    scale = stages.rating_scale(spark, cfg)
     out: dict[str, Any] = {"protocol": {"name": "rating", "dataset": cfg.dataset_name, "folds": [f"u{k}" for k in folds], "scale": [scale.lo, scale.hi]}, "models": {}}
     for name in models:
         per_fold = []
@@ -133,7 +127,7 @@ def run_topn(spark: SparkSession, cfg: Config, models: list[str], k: int) -> dic
     cfg = _with_split(cfg, SplitConfig(protocol="stratified", ratio=0.75, seed=42, valid_ratio=0.0, n_negatives=0))
     stages.run_ingest(spark, cfg)
     stages.run_split(spark, cfg)
-    scale = _scale(spark, cfg)
+    scale = stages.rating_scale(spark, cfg)
     train = stages.read_split(spark, cfg, "train").persist()
     test = stages.read_split(spark, cfg, "test").persist()
     items = stages.read_ingested(spark, cfg, "items").persist()

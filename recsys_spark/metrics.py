@@ -38,6 +38,7 @@ Beyond accuracy (over the recommendation lists, all users that got one):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from pyspark.sql import DataFrame, Window
@@ -66,17 +67,23 @@ def rating_metrics(predictions: DataFrame, truth: DataFrame) -> dict:
     pred = predictions.select(COL_USER, COL_ITEM, COL_PREDICTION, *extra)
     joined = truth.select(COL_USER, COL_ITEM, COL_RATING).join(pred, [COL_USER, COL_ITEM], "left")
     err = F.col(COL_RATING) - F.col(COL_PREDICTION)
-    row = joined.agg(
+    # one pass: sums per answering source (a handful of rows), combined here
+    keys = [COL_SOURCE] if extra else []
+    groups = joined.groupBy(*keys).agg(
         F.count("*").alias("n"),
         F.count(COL_PREDICTION).alias("scored"),
-        F.sqrt(F.avg(err * err)).alias("rmse"),
-        F.avg(F.abs(err)).alias("mae"),
-    ).first()  # scalars
-    if row["n"] != row["scored"]:
-        raise MetricError(f"{row['n'] - row['scored']} of {row['n']} test rows have no prediction")
-    out = {"rmse": row["rmse"], "mae": row["mae"], "n": row["n"]}
-    if COL_SOURCE in pred.columns:
-        out["sources"] = {r[COL_SOURCE]: r["count"] for r in joined.groupBy(COL_SOURCE).count().collect()}  # few
+        F.sum(err * err).alias("sse"),
+        F.sum(F.abs(err)).alias("sae"),
+    ).collect()
+    n = sum(g["n"] for g in groups)
+    scored = sum(g["scored"] for g in groups)
+    if n != scored:
+        raise MetricError(f"{n - scored} of {n} test rows have no prediction")
+    sse = sum(g["sse"] or 0.0 for g in groups)
+    sae = sum(g["sae"] or 0.0 for g in groups)
+    out = {"rmse": math.sqrt(sse / n) if n else None, "mae": sae / n if n else None, "n": n}
+    if extra:
+        out["sources"] = {g[COL_SOURCE]: g["n"] for g in groups}
     return out
 
 

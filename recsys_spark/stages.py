@@ -291,7 +291,8 @@ def read_split(spark: SparkSession, cfg: Config, part: str, fold: int | None = N
 
 
 # -- models: fit, predict, recommend -----------------------------------------------
-def _scale(spark: SparkSession, cfg: Config) -> Scale:
+def rating_scale(spark: SparkSession, cfg: Config) -> Scale:
+    """The dataset's declared rating scale, as ingest recorded it."""
     manifest = fs.read_manifest(spark, cfg.stage_path("ingest"))
     if manifest is None:
         raise FileNotFoundError(f"{cfg.stage_path('ingest')} not found: run the ingest stage first")
@@ -320,7 +321,7 @@ def run_model(spark: SparkSession, cfg: Config, name: str, force: bool = False) 
     k = cfg.models.k
 
     def body(tmp: str) -> dict[str, Any]:
-        scale = _scale(spark, cfg)
+        scale = rating_scale(spark, cfg)
         train = read_split(spark, cfg, spl.TRAIN)
         valid = read_split(spark, cfg, spl.VALID)
         test = read_split(spark, cfg, spl.TEST)
