@@ -24,6 +24,7 @@ DESCRIPTIONS = {
     "generate": "generate the synthetic MovieLens-shaped dataset as raw CSV",
     "ingest": "validate raw files into Parquet tables, id maps and a quarantine table",
     "split": "write train/valid/test (and sampled negatives) for the configured protocol",
+    "neighbors": "write the kNN neighbour table (a, b, sim, support) of neighbors.model to Parquet",
     "pipeline": "run every stage in order, skipping those whose outputs are up to date",
     "download": "download a MovieLens archive and verify its SHA-256 (needs a network)",
     "benchmark": "evaluate registered models on a fixed protocol (rating: ML-100K u1..u5; topn)",

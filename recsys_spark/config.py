@@ -131,6 +131,13 @@ class ModelsConfig:
 
 
 @dataclass
+class NeighborsConfig:
+    # the neighbour-table job: a registered kNN model whose conf/models/<model>.toml defines the table
+    model: str = "item_knn"
+    max_neighbors: int = 100  # neighbours kept per entity in the exported table (0: all)
+
+
+@dataclass
 class EvaluateConfig:
     k: int = 10
     # blend (for now): the single model with the best value of this metric on the
@@ -155,6 +162,7 @@ class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
+    neighbors: NeighborsConfig = field(default_factory=NeighborsConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 

@@ -7,6 +7,9 @@ over its co-raters ``C`` with transformed ratings ``x``, ``y``:
 
 ======================  ====================================================
 ``cosine``              sum(xy) / sqrt(sum(x^2) sum(y^2)), raw ratings
+``vector_cosine``       cosine of the whole rating vectors (unrated = 0):
+                        norms over all ratings, not only co-rated ones;
+                        the one LSH approximates (``recsys_spark.lsh``)
 ``pearson``             Pearson correlation over ``C`` (means over ``C``)
 ``adjusted_cosine``     cosine of ratings centred by the *other* side's mean
                         (for item-item: each user's mean)
@@ -41,11 +44,14 @@ import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+import numpy as np
+import pandas as pd
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from recsys_spark.baselines import B_I, B_U, BiasBaseline, BiasTableModel
+from recsys_spark.lsh import lsh_similarities
 from recsys_spark.recommender import (
     Recommender,
     RecommenderModel,
@@ -66,14 +72,15 @@ from recsys_spark.split import hash_uniform
 
 log = logging.getLogger(__name__)
 
-SIMILARITIES = ("cosine", "pearson", "adjusted_cosine", "pearson_baseline", "jaccard")
+SIMILARITIES = ("cosine", "vector_cosine", "pearson", "adjusted_cosine", "pearson_baseline", "jaccard")
+KERNELS = ("join", "blocks")
 A, B, SIM, SUPPORT = "a", "b", "sim", "support"
 
 
 def _transformed(ratings: DataFrame, similarity: str, key: str, entity: str, base: BiasTableModel | None) -> DataFrame:
     """(key, entity, x): the value each rating contributes to the pair statistics."""
     r = ratings.select(COL_USER, COL_ITEM, COL_RATING)
-    if similarity in ("cosine", "pearson"):
+    if similarity in ("cosine", "vector_cosine", "pearson"):
         x = F.col(COL_RATING)
     elif similarity == "jaccard":
         x = F.lit(1.0)
@@ -89,32 +96,111 @@ def _transformed(ratings: DataFrame, similarity: str, key: str, entity: str, bas
     return r.select(F.col(key).alias("_k"), F.col(entity).alias("_e"), x.alias("_x"))
 
 
+STATS = ("support", "sxy", "sxx", "syy", "sx", "sy")
+STATS_SCHEMA = "a int, b int, support long, sxy double, sxx double, syy double, sx double, sy double"
+
+
+def block_pair_stats(keys: np.ndarray, entities: np.ndarray, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Co-rating statistics of every entity pair ``a < b`` within one block of keys (scipy).
+
+    With ``X`` the keys x entities matrix of ``x`` and ``B`` its indicator,
+    ``support = B'B``, ``sxy = X'X``, ``sxx = (X*X)'B``, ``sx = X'B`` (and
+    ``syy``/``sy`` the transposes), read at the co-rated pairs of the upper
+    triangle.  Pure numpy/scipy: the Spark kernel runs it per block and the
+    single-process reference runs it once on everything.
+    """
+    from scipy import sparse
+
+    ents, ej = np.unique(entities, return_inverse=True)  # sorted: local a < b <=> global a < b
+    _, ki = np.unique(keys, return_inverse=True)
+    shape = (int(ki.max()) + 1 if len(ki) else 0, len(ents))
+    X = sparse.csr_matrix((x.astype(np.float64), (ki, ej)), shape=shape)
+    Bm = sparse.csr_matrix((np.ones(len(x)), (ki, ej)), shape=shape)
+    co = sparse.triu((Bm.T @ Bm).tocsr(), k=1).tocoo()
+    rows, cols = co.row, co.col
+
+    def at(m: Any, r: np.ndarray, c: np.ndarray) -> np.ndarray:
+        return np.asarray(m.tocsr()[r, c]).ravel() if len(r) else np.zeros(0)
+
+    xt = X.T.tocsr()
+    sxx_b, sx_b = (X.multiply(X)).T.tocsr() @ Bm, xt @ Bm
+    return {
+        A: ents[rows].astype(np.int32), B: ents[cols].astype(np.int32), "support": co.data.astype(np.int64),
+        "sxy": at(xt @ X, rows, cols), "sxx": at(sxx_b, rows, cols), "syy": at(sxx_b, cols, rows),
+        "sx": at(sx_b, rows, cols), "sy": at(sx_b, cols, rows),
+    }  # fmt: skip
+
+
+def _stats_join(t: DataFrame, salt_threshold: int | None) -> DataFrame:
+    """The reference: one self-join on the key, statistics summed per pair.
+
+    ``salt_threshold`` splits each key with more than that many rows over
+    ``ceil(n / salt_threshold)`` salts: the left side takes one salt per row,
+    the right side is replicated to every salt of its key, so each pair is
+    still generated exactly once but a heavy key's pairs spread over tasks.
+    """
+    if salt_threshold:
+        n = F.count("*").over(Window.partitionBy("_k"))
+        t = t.withColumn("_ns", F.greatest(F.lit(1), F.ceil(n / F.lit(salt_threshold))).cast("int"))
+        left = t.select("_k", F.pmod(F.xxhash64("_e"), F.col("_ns")).cast("int").alias("_s"), F.col("_e").alias(A), F.col("_x").alias("_xa"))
+        right = t.select("_k", F.explode(F.sequence(F.lit(0), F.col("_ns") - 1)).alias("_s"), F.col("_e").alias(B), F.col("_x").alias("_xb"))
+        pairs = left.join(right, ["_k", "_s"])
+    else:
+        left = t.select("_k", F.col("_e").alias(A), F.col("_x").alias("_xa"))
+        right = t.select("_k", F.col("_e").alias(B), F.col("_x").alias("_xb"))
+        pairs = left.join(right, "_k")
+    return pairs.where(F.col(A) < F.col(B)).groupBy(A, B).agg(
+        F.count("*").alias("support"),
+        F.sum(F.col("_xa") * F.col("_xb")).alias("sxy"),
+        F.sum(F.col("_xa") * F.col("_xa")).alias("sxx"),
+        F.sum(F.col("_xb") * F.col("_xb")).alias("syy"),
+        F.sum("_xa").alias("sx"),
+        F.sum("_xb").alias("sy"),
+    )
+
+
+def _stats_blocks(t: DataFrame, n_blocks: int) -> DataFrame:
+    """The fast kernel: keys hashed into blocks, each block's statistics by sparse products in Python.
+
+    Every pair's partial statistics leave a block already summed over the
+    block's keys; one shuffle sums them across blocks.
+    """
+
+    def kernel(pdf: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame(block_pair_stats(pdf["_k"].to_numpy(), pdf["_e"].to_numpy(), pdf["_x"].to_numpy()))
+
+    blocks = t.withColumn("_blk", F.pmod(F.xxhash64(F.lit(7), "_k"), F.lit(n_blocks)))
+    partial = blocks.groupBy("_blk").applyInPandas(kernel, STATS_SCHEMA)
+    return partial.groupBy(A, B).agg(*[F.sum(c).alias(c) for c in STATS])
+
+
 def similarities(
     ratings: DataFrame, *, similarity: str = "pearson_baseline", user_based: bool = False,
     shrinkage: float = 100.0, min_support: int = 1, cap: int | None = None, seed: int = 42,
     max_neighbors: int | None = None, threshold: float | None = None, base: BiasTableModel | None = None,
+    kernel: str = "join", salt_threshold: int | None = None, block_rows: int = 200_000,
 ) -> DataFrame:  # fmt: skip
     """The neighbour table ``(a, b, sim, support)``, both directions, top ``max_neighbors`` per ``a``.
 
     ``a``/``b`` are item indices (item-item) or user indices (user-user).
+    ``kernel="join"`` is the reference (partitioned self-join);
+    ``kernel="blocks"`` computes the same statistics with scipy sparse
+    products per block of about ``block_rows`` ratings.
     """
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     key, entity = (COL_ITEM, COL_USER) if user_based else (COL_USER, COL_ITEM)
     t = _transformed(ratings, similarity, key, entity, base)
     if cap is not None:
         w = Window.partitionBy("_k").orderBy(hash_uniform(seed, "_k", "_e"), "_e")
         t = t.withColumn("_r", F.row_number().over(w)).where(F.col("_r") <= cap).drop("_r")
     t = t.persist(StorageLevel.MEMORY_AND_DISK)
-    left = t.select("_k", F.col("_e").alias(A), F.col("_x").alias("_xa"))
-    right = t.select("_k", F.col("_e").alias(B), F.col("_x").alias("_xb"))
-    pairs = left.join(right, "_k").where(F.col(A) < F.col(B))
-    stats = pairs.groupBy(A, B).agg(
-        F.count("*").alias(SUPPORT),
-        F.sum(F.col("_xa") * F.col("_xb")).alias("sxy"),
-        F.sum(F.col("_xa") * F.col("_xa")).alias("sxx"),
-        F.sum(F.col("_xb") * F.col("_xb")).alias("syy"),
-        F.sum("_xa").alias("sx"),
-        F.sum("_xb").alias("sy"),
-    ).where(F.col(SUPPORT) >= min_support)
+    if kernel == "join":
+        stats = _stats_join(t, salt_threshold)
+    else:
+        n_blocks = max(t.sparkSession.sparkContext.defaultParallelism, -(-t.count() // block_rows))
+        stats = _stats_blocks(t, n_blocks)
+    stats = stats.where(F.col(SUPPORT) >= min_support)
     n = F.col(SUPPORT)
     if similarity == "pearson":
         num = n * F.col("sxy") - F.col("sx") * F.col("sy")
@@ -126,10 +212,18 @@ def similarities(
         )
         num = n.cast("double")
         den = F.col("_na") + F.col("_nb") - n
+    elif similarity == "vector_cosine":  # missing ratings as zeros: norms over all of each entity's ratings
+        norms = t.groupBy("_e").agg(F.sqrt(F.sum(F.col("_x") ** 2)).alias("_n"))
+        stats = stats.join(norms.select(F.col("_e").alias(A), F.col("_n").alias("_na")), A).join(
+            norms.select(F.col("_e").alias(B), F.col("_n").alias("_nb")), B
+        )
+        num = F.col("sxy")
+        den = F.col("_na") * F.col("_nb")
     else:  # cosine of the transformed values
         num = F.col("sxy")
         den = F.sqrt(F.col("sxx") * F.col("syy"))
-    sim = F.when(den > 0, num / den).otherwise(F.lit(0.0))
+    # rounding can leave a pearson denominator a hair above 0 for constant vectors
+    sim = F.when(den > 1e-12, num / den).otherwise(F.lit(0.0))
     if shrinkage > 0 and similarity != "jaccard":
         sim = sim * (n - 1) / (n - 1 + shrinkage)
     one_way = stats.select(A, B, sim.alias(SIM), SUPPORT)
@@ -189,6 +283,8 @@ class KNNModel(RecommenderModel):
             cand = target.join(r.select(COL_USER, F.col(COL_ITEM).alias(B), COL_RATING, "_c"), COL_USER)
             cand = cand.join(self.neighbors.select(F.col(A).alias(COL_ITEM), B, SIM), [COL_ITEM, B])
         cand = cand.where(F.col(SIM) > 0)
+        if self.params.get("amplification", 1.0) != 1.0:
+            cand = cand.withColumn(SIM, F.pow(F.col(SIM), F.lit(float(self.params["amplification"]))))
         w = Window.partitionBy(COL_USER, COL_ITEM).orderBy(F.desc(SIM), F.asc(B))
         top = cand.withColumn("_r", F.row_number().over(w)).where(F.col("_r") <= k)
         agg = top.groupBy(COL_USER, COL_ITEM).agg(
@@ -204,7 +300,7 @@ class KNNModel(RecommenderModel):
         )
         min_k = self.params["min_k"]
         use = F.col("n_neighbors").isNotNull() & (F.col("n_neighbors") >= min_k) & F.col("_t").isNotNull()
-        knn = F.coalesce(F.col("_t"), F.lit(0.0)) + F.col("_num") / F.col("_den")
+        knn = F.coalesce(F.col("_t"), F.lit(0.0)) + F.col("_num") / (F.col("_den") + F.lit(float(self.params.get("damping", 0.0))))
         pred = F.when(use, clip(knn, self.scale)).otherwise(F.col("_fb"))
         source = F.when(use, F.lit("knn")).otherwise(F.col("_fbs"))
         res = pairs.select(COL_USER, COL_ITEM).join(
@@ -244,7 +340,7 @@ class KNN(Recommender):
     """Neighbourhood CF (see the module docstring).  ``user_based`` picks the direction."""
 
     user_based: bool = False
-    similarity: Literal["cosine", "pearson", "adjusted_cosine", "pearson_baseline", "jaccard"] = "pearson_baseline"
+    similarity: Literal["cosine", "vector_cosine", "pearson", "adjusted_cosine", "pearson_baseline", "jaccard"] = "pearson_baseline"
     k: int = 40
     min_k: int = 1
     shrinkage: float = 100.0
@@ -252,7 +348,16 @@ class KNN(Recommender):
     cap: int | None = None  # ratings per key used for pair generation (None: all)
     max_neighbors: int | None = None  # neighbours kept per entity (None: all)
     threshold: float | None = None
+    kernel: Literal["join", "blocks"] = "join"
+    salt_threshold: int | None = None  # join kernel: split keys with more rows over salts
+    block_rows: int = 200_000  # blocks kernel: ratings per block
+    neighbors: Literal["exact", "lsh"] = "exact"  # lsh: approximate (jaccard / vector_cosine only)
+    num_hash_tables: int = 8
+    bucket_length: float | None = None
+    min_sim: float = 0.05  # lsh: the join threshold
     centering: Literal["none", "mean", "baseline"] = "baseline"
+    damping: float = 0.0
+    amplification: float = 1.0
     seed: int = 42
     reg_user: float = 15.0  # the bias baseline used for centring and fallback
     reg_item: float = 10.0
@@ -261,21 +366,39 @@ class KNN(Recommender):
 
     def fit(self, train: DataFrame) -> KNNModel:
         self._check_train(train)
+        self._check_params()
+        ratings = train.select(COL_USER, COL_ITEM, COL_RATING).persist(StorageLevel.MEMORY_AND_DISK)
+        base, neighbors = self.neighbor_table(ratings)
+        neighbors = neighbors.localCheckpoint()
+        params = {
+            "name": self.name, "user_based": self.user_based, "k": self.k, "min_k": self.min_k,
+            "centering": self.centering, "similarity": self.similarity,
+            "damping": self.damping, "amplification": self.amplification,
+        }  # fmt: skip
+        return KNNModel(self.name, params, neighbors, ratings, base)
+
+    def _check_params(self) -> None:
         if self.similarity not in SIMILARITIES:
             raise ValueError(f"similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
         if self.centering not in ("none", "mean", "baseline"):
             raise ValueError(f"centering must be none, mean or baseline, got {self.centering!r}")
+        if self.neighbors not in ("exact", "lsh"):
+            raise ValueError(f"neighbors must be exact or lsh, got {self.neighbors!r}")
         if self.k < 1 or self.min_k < 1:
             raise ValueError("k and min_k must be >= 1")
-        ratings = train.select(COL_USER, COL_ITEM, COL_RATING).persist(StorageLevel.MEMORY_AND_DISK)
+
+    def neighbor_table(self, ratings: DataFrame) -> tuple[BiasTableModel, DataFrame]:
+        """The bias baseline and the (lazy) neighbour table ``(a, b, sim, support)`` of ``ratings``."""
         base = BiasBaseline(reg_user=self.reg_user, reg_item=self.reg_item, scale=self.scale or Scale(), name=self.name).fit(ratings)
-        neighbors = similarities(
+        if self.neighbors == "lsh":
+            return base, lsh_similarities(
+                ratings, similarity=self.similarity, user_based=self.user_based, num_hash_tables=self.num_hash_tables,
+                bucket_length=self.bucket_length, min_sim=self.min_sim, shrinkage=self.shrinkage,
+                min_support=self.min_support, max_neighbors=self.max_neighbors, seed=self.seed,
+            )  # fmt: skip
+        return base, similarities(
             ratings, similarity=self.similarity, user_based=self.user_based, shrinkage=self.shrinkage,
             min_support=self.min_support, cap=self.cap, seed=self.seed, max_neighbors=self.max_neighbors,
-            threshold=self.threshold, base=base,
-        ).localCheckpoint()  # fmt: skip
-        params = {
-            "name": self.name, "user_based": self.user_based, "k": self.k, "min_k": self.min_k,
-            "centering": self.centering, "similarity": self.similarity,
-        }  # fmt: skip
-        return KNNModel(self.name, params, neighbors, ratings, base)
+            threshold=self.threshold, base=base, kernel=self.kernel, salt_threshold=self.salt_threshold,
+            block_rows=self.block_rows,
+        )  # fmt: skip

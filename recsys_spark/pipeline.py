@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 def pipeline_stages(cfg: Config) -> list[str]:
     names = ["ingest", "split", *[f"predict:{m}" for m in cfg.models.names], "blend", "evaluate"]
+    if cfg.neighbors.model in cfg.models.names:  # export the table of the kNN model the pipeline fits
+        names.insert(2, "neighbors")
     if cfg.dataset.kind == "generated":
         names.insert(0, "generate")
     return names

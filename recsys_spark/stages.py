@@ -350,6 +350,50 @@ def run_model(spark: SparkSession, cfg: Config, name: str, force: bool = False) 
     return run_stage(spark, cfg, f"predict:{name}", output, (), [split_out], body, force, extra)
 
 
+def run_neighbors(spark: SparkSession, cfg: Config, force: bool = False) -> dict[str, Any]:
+    """Write the neighbour table ``(a, b, sim, support)`` of ``neighbors.model`` over train + valid.
+
+    Accounting: ``ratings`` in, ``ratings_paired`` (after the per-key cap) used
+    for pair generation, ``entities`` with at least one rating and
+    ``entities_with_neighbors``; ``pairs`` rows written.
+    """
+    from recsys_spark.neighborhood import KNN
+
+    name = cfg.neighbors.model
+    if name not in registry.REGISTRY:
+        raise ValueError(f"neighbors.model: unknown model {name!r}; registered: {', '.join(sorted(registry.REGISTRY))}")
+    split_out = cfg.stage_path("splits", split_name(cfg))
+    output = cfg.stage_path("neighbors", name)
+    models_dir = _models_dir(cfg)
+    params = {**registry.model_params(name, models_dir), "max_neighbors": cfg.neighbors.max_neighbors or None}
+    if not isinstance(registry.build(name, Scale(), {}, models_dir), KNN):
+        raise ValueError(f"neighbors.model: {name!r} is not a neighbourhood model")
+
+    def body(tmp: str) -> dict[str, Any]:
+        est = registry.build(name, rating_scale(spark, cfg), params, models_dir)
+        assert isinstance(est, KNN)
+        ratings = read_split(spark, cfg, spl.TRAIN).unionByName(read_split(spark, cfg, spl.VALID))
+        ratings = ratings.select(COL_USER, COL_ITEM, "rating").persist(StorageLevel.MEMORY_AND_DISK)
+        key, entity = (COL_ITEM, COL_USER) if est.user_based else (COL_USER, COL_ITEM)
+        _, table = est.neighbor_table(ratings)
+        _write(table, f"{tmp}/table")
+        written = spark.read.parquet(f"{tmp}/table")
+        per_key = ratings.groupBy(key).count()
+        paired = per_key.agg(F.sum(F.least(F.col("count"), F.lit(est.cap)) if est.cap else F.col("count"))).first()[0]
+        counts = {
+            "ratings": ratings.count(), "ratings_paired": int(paired or 0),
+            "entities": ratings.select(entity).distinct().count(),
+            "entities_with_neighbors": written.select("a").distinct().count(), "pairs": written.count(),
+            "direction": "user-user" if est.user_based else "item-item",
+        }  # fmt: skip
+        log.info("neighbors %s: %d pairs for %d of %d entities", name, counts["pairs"], counts["entities_with_neighbors"], counts["entities"])
+        ratings.unpersist()
+        return counts
+
+    extra = {"model": name, "params": params}
+    return run_stage(spark, cfg, "neighbors", output, ("neighbors",), [split_out], body, force, extra)
+
+
 def read_predictions(spark: SparkSession, cfg: Config, name: str, part: str, kind: str) -> DataFrame:
     return spark.read.parquet(cfg.stage_path("predictions", name, part, kind))
 
@@ -461,7 +505,7 @@ def run_evaluate(spark: SparkSession, cfg: Config, force: bool = False) -> dict[
 
 
 STAGES = {
-    "generate": run_generate, "ingest": run_ingest, "split": run_split,
+    "generate": run_generate, "ingest": run_ingest, "split": run_split, "neighbors": run_neighbors,
     "blend": run_blend, "evaluate": run_evaluate,
 }  # fmt: skip
 

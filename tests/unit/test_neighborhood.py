@@ -133,3 +133,52 @@ def test_pearson_baseline_matches_numpy(ratings):
         n = co.sum()
         expected = x @ y / np.sqrt((x @ x) * (y @ y)) * (n - 1) / (n - 1 + 5.0)
         assert got[(a, b)]["sim"] == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.fixture(scope="module")
+def generated(spark):
+    """A few thousand generated ratings with heavy users (Zipf-ish activity)."""
+    rng = np.random.default_rng(11)
+    rows = set()
+    for u in range(60):
+        n = int(min(80, 3 + rng.pareto(1.2) * 6))
+        for i in rng.choice(120, size=n, replace=False, p=np.arange(120, 0, -1) / np.arange(120, 0, -1).sum()):
+            rows.add((u, int(i)))
+    data = [(u, i, float(rng.integers(1, 6)), 0) for u, i in sorted(rows)]
+    return spark.createDataFrame(data, RATINGS_SCHEMA).cache()
+
+
+def _table(df):
+    return {(r["a"], r["b"]): (r["sim"], r["support"]) for r in df.collect()}
+
+
+@pytest.mark.parametrize("kind", ["cosine", "pearson", "adjusted_cosine", "pearson_baseline", "jaccard"])
+@pytest.mark.parametrize("user_based", [False, True])
+def test_blocks_kernel_and_salted_join_agree_with_the_join(generated, kind, user_based):
+    from recsys_spark.baselines import BiasBaseline
+
+    base = BiasBaseline().fit(generated) if kind == "pearson_baseline" else None
+    common = dict(similarity=kind, user_based=user_based, shrinkage=25.0, base=base, cap=50, min_support=2)
+    ref = _table(similarities(generated, **common))
+    assert len(ref) > 100
+    for other in (
+        similarities(generated, kernel="blocks", block_rows=500, **common),  # many blocks: cross-block sums
+        similarities(generated, salt_threshold=7, **common),  # heavy keys spread over salts
+    ):
+        got = _table(other)
+        assert got.keys() == ref.keys()
+        for key, (sim, support) in ref.items():
+            assert got[key][1] == support
+            assert got[key][0] == pytest.approx(sim, abs=1e-9), key
+
+
+def test_block_pair_stats_by_hand():
+    from recsys_spark.neighborhood import block_pair_stats
+
+    # user 0 rated items 3 (x=1) and 5 (x=2); user 1 rated 3 (x=4), 5 (x=-1) and 9 (x=3)
+    s = block_pair_stats(np.array([0, 0, 1, 1, 1]), np.array([3, 5, 3, 5, 9]), np.array([1.0, 2.0, 4.0, -1.0, 3.0]))
+    got = {(a, b): {k: s[k][j] for k in ("support", "sxy", "sxx", "syy", "sx", "sy")} for j, (a, b) in enumerate(zip(s["a"], s["b"], strict=True))}
+    assert got[(3, 5)] == {"support": 2, "sxy": 1 * 2 + 4 * -1, "sxx": 1 + 16, "syy": 4 + 1, "sx": 5, "sy": 1}
+    assert got[(3, 9)] == {"support": 1, "sxy": 12, "sxx": 16, "syy": 9, "sx": 4, "sy": 3}
+    assert got[(5, 9)] == {"support": 1, "sxy": -3, "sxx": 1, "syy": 9, "sx": -1, "sy": 3}
+    assert len(got) == 3

@@ -104,3 +104,21 @@ def test_ingest_refuses_too_many_bad_rows_and_keeps_them_for_inspection(spark, c
     assert not Path(cfg.stage_path("ingest")).exists()
     rejected = spark.read.parquet(cfg.stage_path("ingest") + ".rejected/quarantine")
     assert sorted(r["line_no"] for r in rejected.collect()) == [3, 4]
+
+
+def test_neighbors_stage_writes_the_table_and_accounts_for_its_rows(spark, cfg_factory):
+    cfg = cfg_factory(*SMALL, "neighbors.max_neighbors=5")
+    for stage in ("generate", "ingest", "split"):
+        stages.STAGES[stage](spark, cfg)
+    first = stages.run_neighbors(spark, cfg)
+    c = first["counts"]
+    table = spark.read.parquet(cfg.stage_path("neighbors", "item_knn", "table"))
+    assert table.columns == ["a", "b", "sim", "support"]
+    assert c["pairs"] == table.count() > 0 and c["direction"] == "item-item"
+    assert table.groupBy("a").count().agg({"count": "max"}).first()[0] <= 5
+    train = stages.read_split(spark, cfg, "train").unionByName(stages.read_split(spark, cfg, "valid"))
+    assert c["ratings"] == c["ratings_paired"] == train.count()  # no cap configured
+    assert c["entities"] == train.select("item_idx").distinct().count() >= c["entities_with_neighbors"]
+    assert stages.run_neighbors(spark, cfg)["skipped"]
+    with pytest.raises(ValueError, match="not a neighbourhood model"):
+        stages.run_neighbors(spark, cfg_factory(*SMALL, 'neighbors.model="bias"'))
