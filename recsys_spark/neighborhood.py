@@ -97,38 +97,121 @@ def _transformed(ratings: DataFrame, similarity: str, key: str, entity: str, bas
 
 
 STATS = ("support", "sxy", "sxx", "syy", "sx", "sy")
-STATS_SCHEMA = "a int, b int, support long, sxy double, sxx double, syy double, sx double, sy double"
+TABLE_SCHEMA = "a int, b int, sim double, support long"
 
 
-def block_pair_stats(keys: np.ndarray, entities: np.ndarray, x: np.ndarray) -> dict[str, np.ndarray]:
-    """Co-rating statistics of every entity pair ``a < b`` within one block of keys (scipy).
+def block_pair_stats(
+    keys_p: np.ndarray, ents_p: np.ndarray, x_p: np.ndarray,
+    keys_q: np.ndarray, ents_q: np.ndarray, x_q: np.ndarray, same: bool,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """Co-rating statistics of every co-rated pair ``a`` in block p, ``b`` in block q (scipy).
 
-    With ``X`` the keys x entities matrix of ``x`` and ``B`` its indicator,
-    ``support = B'B``, ``sxy = X'X``, ``sxx = (X*X)'B``, ``sx = X'B`` (and
-    ``syy``/``sy`` the transposes), read at the co-rated pairs of the upper
-    triangle.  Pure numpy/scipy: the Spark kernel runs it per block and the
-    single-process reference runs it once on everything.
+    With ``Xp``/``Xq`` the keys x entities matrices of ``x`` and ``Bp``/``Bq``
+    their indicators: ``support = Bp'Bq``, ``sxy = Xp'Xq``, ``sxx =
+    (Xp*Xp)'Bq``, ``syy = Bp'(Xq*Xq)``, ``sx = Xp'Bq``, ``sy = Bp'Xq``, read at
+    the co-rated pairs; ``same`` (p is q) keeps ``a < b`` only.  Also returns
+    each entity's rating count and vector norm (``n_a``/``n_b``,
+    ``norm_a``/``norm_b``), which need the whole column: a block holds it.
+    Pure numpy/scipy, so the single-process reference runs it on everything.
     """
     from scipy import sparse
 
-    ents, ej = np.unique(entities, return_inverse=True)  # sorted: local a < b <=> global a < b
-    _, ki = np.unique(keys, return_inverse=True)
-    shape = (int(ki.max()) + 1 if len(ki) else 0, len(ents))
-    X = sparse.csr_matrix((x.astype(np.float64), (ki, ej)), shape=shape)
-    Bm = sparse.csr_matrix((np.ones(len(x)), (ki, ej)), shape=shape)
-    co = sparse.triu((Bm.T @ Bm).tocsr(), k=1).tocoo()
-    rows, cols = co.row, co.col
+    kk = np.unique(np.concatenate([keys_p, keys_q]))
 
-    def at(m: Any, r: np.ndarray, c: np.ndarray) -> np.ndarray:
-        return np.asarray(m.tocsr()[r, c]).ravel() if len(r) else np.zeros(0)
+    def matrices(keys: np.ndarray, ents: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, Any, Any]:
+        uniq, ej = np.unique(ents, return_inverse=True)  # sorted: local order = global order
+        ki = np.searchsorted(kk, keys)
+        shape = (len(kk), len(uniq))
+        xm = sparse.csc_matrix((x.astype(np.float64), (ki, ej)), shape=shape)
+        bm = sparse.csc_matrix((np.ones(len(x)), (ki, ej)), shape=shape)
+        return uniq, xm, bm
 
-    xt = X.T.tocsr()
-    sxx_b, sx_b = (X.multiply(X)).T.tocsr() @ Bm, xt @ Bm
+    up, xp, bp = matrices(keys_p, ents_p, x_p)
+    uq, xq, bq = (up, xp, bp) if same else matrices(keys_q, ents_q, x_q)
+    co = (bp.T @ bq).tocsr()
+    if same:
+        co = sparse.triu(co, k=1).tocsr()
+    co.sum_duplicates()  # canonical: sorted indices, so row-major linear keys are sorted
+    r = np.repeat(np.arange(co.shape[0]), np.diff(co.indptr))
+    c = co.indices
+    ncol = co.shape[1]
+    keys_co = r.astype(np.int64) * ncol + c
+
+    def at(m: Any) -> np.ndarray:
+        """``m``'s values at the co-rated pairs (a product drops the zeros it computes)."""
+        m = m.tocsr()
+        m.sum_duplicates()
+        keys_m = np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr)) * ncol + m.indices
+        pos = np.minimum(np.searchsorted(keys_m, keys_co), max(len(keys_m) - 1, 0))
+        out = np.zeros(len(keys_co))
+        if len(keys_m):
+            hit = keys_m[pos] == keys_co
+            out[hit] = m.data[pos[hit]]
+        return out
+
+    xpt, bpt = xp.T.tocsr(), bp.T.tocsr()
+    n_p, norm_p = np.diff(xp.indptr), np.sqrt(np.asarray(xp.multiply(xp).sum(axis=0)).ravel())
+    n_q, norm_q = np.diff(xq.indptr), np.sqrt(np.asarray(xq.multiply(xq).sum(axis=0)).ravel())
     return {
-        A: ents[rows].astype(np.int32), B: ents[cols].astype(np.int32), "support": co.data.astype(np.int64),
-        "sxy": at(xt @ X, rows, cols), "sxx": at(sxx_b, rows, cols), "syy": at(sxx_b, cols, rows),
-        "sx": at(sx_b, rows, cols), "sy": at(sx_b, cols, rows),
+        A: up[r].astype(np.int32), B: uq[c].astype(np.int32), "support": np.rint(co.data).astype(np.int64),
+        "sxy": at(xpt @ xq), "sxx": at(xp.multiply(xp).T.tocsr() @ bq), "syy": at(bpt @ xq.multiply(xq)),
+        "sx": at(xpt @ bq), "sy": at(bpt @ xq),
+        "n_a": n_p[r], "n_b": n_q[c], "norm_a": norm_p[r], "norm_b": norm_q[c],
     }  # fmt: skip
+
+
+def finalize_stats(s: dict[str, np.ndarray], similarity: str, shrinkage: float, min_support: int) -> dict[str, np.ndarray]:
+    """numpy twin of the Spark finalisation in :func:`similarities`: (a, b, sim, support) one way."""
+    n = s["support"].astype(np.float64)
+    keep = s["support"] >= min_support
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if similarity == "pearson":
+            num = n * s["sxy"] - s["sx"] * s["sy"]
+            den = np.sqrt((n * s["sxx"] - s["sx"] ** 2) * (n * s["syy"] - s["sy"] ** 2))
+        elif similarity == "jaccard":
+            num, den = n, s["n_a"] + s["n_b"] - n
+        elif similarity == "vector_cosine":
+            num, den = s["sxy"], s["norm_a"] * s["norm_b"]
+        else:
+            num, den = s["sxy"], np.sqrt(s["sxx"] * s["syy"])
+        sim = np.where(den > 1e-12, num / den, 0.0)
+    if shrinkage > 0 and similarity != "jaccard":
+        sim = sim * (n - 1) / (n - 1 + shrinkage)
+    return {A: s[A][keep], B: s[B][keep], SIM: sim[keep], SUPPORT: s["support"][keep]}
+
+
+def top_k_per_a(a: np.ndarray, b: np.ndarray, sim: np.ndarray, k: int | None) -> np.ndarray:
+    """Indices of each ``a``'s ``k`` best rows (sim descending, then b ascending), as the Spark window."""
+    if k is None or len(a) == 0:
+        return np.arange(len(a))
+    order = np.lexsort((b, -sim, a))
+    sa = a[order]
+    starts = np.r_[0, np.flatnonzero(sa[1:] != sa[:-1]) + 1]
+    rank = np.arange(len(sa)) - np.repeat(starts, np.diff(np.r_[starts, len(sa)]))
+    return order[rank < k]
+
+
+def both_directions(t: dict[str, np.ndarray], threshold: float | None, k: int | None) -> dict[str, np.ndarray]:
+    """One-way pairs -> (a, b) and (b, a), thresholded, each side's top ``k``."""
+    out = {A: np.concatenate([t[A], t[B]]), B: np.concatenate([t[B], t[A]]),
+           SIM: np.concatenate([t[SIM], t[SIM]]), SUPPORT: np.concatenate([t[SUPPORT], t[SUPPORT]])}  # fmt: skip
+    if threshold is not None:
+        keep = out[SIM] >= threshold
+        out = {c: v[keep] for c, v in out.items()}
+    idx = top_k_per_a(out[A], out[B], out[SIM], k)
+    return {c: v[idx] for c, v in out.items()}
+
+
+def _cap(df: DataFrame, key: str, entity: str, cap: int, seed: int) -> DataFrame:
+    """At most ``cap`` rows per ``key``: those with the smallest seeded hash of (key, entity)."""
+    w = Window.partitionBy(key).orderBy(hash_uniform(seed, key, entity), entity)
+    return df.withColumn("_r", F.row_number().over(w)).where(F.col("_r") <= cap).drop("_r")
+
+
+def cap_ratings(ratings: DataFrame, cap: int, seed: int = 42, user_based: bool = False) -> DataFrame:
+    """The ratings :func:`similarities` pairs up under ``cap`` (same rows, same seed)."""
+    key, entity = (COL_ITEM, COL_USER) if user_based else (COL_USER, COL_ITEM)
+    return _cap(ratings, key, entity, cap, seed)
 
 
 def _stats_join(t: DataFrame, salt_threshold: int | None) -> DataFrame:
@@ -159,48 +242,67 @@ def _stats_join(t: DataFrame, salt_threshold: int | None) -> DataFrame:
     )
 
 
-def _stats_blocks(t: DataFrame, n_blocks: int) -> DataFrame:
-    """The fast kernel: keys hashed into blocks, each block's statistics by sparse products in Python.
+def _table_blocks(
+    t: DataFrame, n_blocks: int, similarity: str, shrinkage: float, min_support: int,
+    threshold: float | None, max_neighbors: int | None,
+) -> DataFrame:  # fmt: skip
+    """The fast kernel: an entity-block join, each block pair computed by sparse products in Python.
 
-    Every pair's partial statistics leave a block already summed over the
-    block's keys; one shuffle sums them across blocks.
+    Entities are split into ``n_blocks`` blocks (``entity mod n_blocks``);
+    every rating is sent to the ``n_blocks`` block pairs ``(p, q)``, ``p <= q``,
+    its block takes part in.  A task holds whole columns of both blocks, so it
+    computes each of its pairs completely (no partial sums to shuffle),
+    finalises the similarity and keeps a partial top-k per entity; one window
+    over at most ``n_blocks * k`` candidates per entity makes it exact.
     """
 
     def kernel(pdf: pd.DataFrame) -> pd.DataFrame:
-        return pd.DataFrame(block_pair_stats(pdf["_k"].to_numpy(), pdf["_e"].to_numpy(), pdf["_x"].to_numpy()))
+        p, q = int(pdf["_p"].iat[0]), int(pdf["_q"].iat[0])
+        blk = pdf["_e"].to_numpy() % n_blocks
+        mp, mq = blk == p, blk == q
+        cols = [pdf[c].to_numpy() for c in ("_k", "_e", "_x")]
+        stats = block_pair_stats(*[c[mp] for c in cols], *[c[mq] for c in cols], same=p == q)
+        one_way = finalize_stats(stats, similarity, shrinkage, min_support)
+        return pd.DataFrame(both_directions(one_way, threshold, max_neighbors))
 
-    blocks = t.withColumn("_blk", F.pmod(F.xxhash64(F.lit(7), "_k"), F.lit(n_blocks)))
-    partial = blocks.groupBy("_blk").applyInPandas(kernel, STATS_SCHEMA)
-    return partial.groupBy(A, B).agg(*[F.sum(c).alias(c) for c in STATS])
+    e_blk = F.pmod(F.col("_e"), F.lit(n_blocks)).cast("int")
+    other = F.explode(F.sequence(F.lit(0), F.lit(n_blocks - 1))).alias("_o")
+    rep = t.select("_k", "_e", "_x", e_blk.alias("_b"), other)
+    rep = rep.select("_k", "_e", "_x", F.least("_b", "_o").alias("_p"), F.greatest("_b", "_o").alias("_q"))
+    table = rep.groupBy("_p", "_q").applyInPandas(kernel, TABLE_SCHEMA)
+    if max_neighbors is not None and n_blocks > 1:
+        w = Window.partitionBy(A).orderBy(F.desc(SIM), F.asc(B))
+        table = table.withColumn("_r", F.row_number().over(w)).where(F.col("_r") <= max_neighbors).drop("_r")
+    return table
 
 
 def similarities(
     ratings: DataFrame, *, similarity: str = "pearson_baseline", user_based: bool = False,
     shrinkage: float = 100.0, min_support: int = 1, cap: int | None = None, seed: int = 42,
     max_neighbors: int | None = None, threshold: float | None = None, base: BiasTableModel | None = None,
-    kernel: str = "join", salt_threshold: int | None = None, block_rows: int = 200_000,
+    kernel: str = "join", salt_threshold: int | None = None, block_entities: int = 3000, n_blocks: int | None = None,
 ) -> DataFrame:  # fmt: skip
     """The neighbour table ``(a, b, sim, support)``, both directions, top ``max_neighbors`` per ``a``.
 
     ``a``/``b`` are item indices (item-item) or user indices (user-user).
     ``kernel="join"`` is the reference (partitioned self-join);
-    ``kernel="blocks"`` computes the same statistics with scipy sparse
-    products per block of about ``block_rows`` ratings.
+    ``kernel="blocks"`` computes the same table with scipy sparse products
+    per pair of entity blocks of about ``block_entities`` entities each
+    (``n_blocks`` overrides the count).
     """
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     key, entity = (COL_ITEM, COL_USER) if user_based else (COL_USER, COL_ITEM)
     t = _transformed(ratings, similarity, key, entity, base)
     if cap is not None:
-        w = Window.partitionBy("_k").orderBy(hash_uniform(seed, "_k", "_e"), "_e")
-        t = t.withColumn("_r", F.row_number().over(w)).where(F.col("_r") <= cap).drop("_r")
+        t = _cap(t, "_k", "_e", cap, seed)
     t = t.persist(StorageLevel.MEMORY_AND_DISK)
-    if kernel == "join":
-        stats = _stats_join(t, salt_threshold)
-    else:
-        n_blocks = max(t.sparkSession.sparkContext.defaultParallelism, -(-t.count() // block_rows))
-        stats = _stats_blocks(t, n_blocks)
-    stats = stats.where(F.col(SUPPORT) >= min_support)
+    if kernel == "blocks":
+        if n_blocks is None:
+            n_ent = t.agg(F.max("_e")).first()[0]
+            n_blocks = max(2, -(-((n_ent or 0) + 1) // block_entities))
+        return _table_blocks(t, n_blocks, similarity, shrinkage, min_support, threshold, max_neighbors)
+    stats = _stats_join(t, salt_threshold).where(F.col(SUPPORT) >= min_support)
     n = F.col(SUPPORT)
     if similarity == "pearson":
         num = n * F.col("sxy") - F.col("sx") * F.col("sy")
@@ -350,7 +452,7 @@ class KNN(Recommender):
     threshold: float | None = None
     kernel: Literal["join", "blocks"] = "join"
     salt_threshold: int | None = None  # join kernel: split keys with more rows over salts
-    block_rows: int = 200_000  # blocks kernel: ratings per block
+    block_entities: int = 3000  # blocks kernel: entities per block
     neighbors: Literal["exact", "lsh"] = "exact"  # lsh: approximate (jaccard / vector_cosine only)
     num_hash_tables: int = 8
     bucket_length: float | None = None
@@ -400,5 +502,5 @@ class KNN(Recommender):
             ratings, similarity=self.similarity, user_based=self.user_based, shrinkage=self.shrinkage,
             min_support=self.min_support, cap=self.cap, seed=self.seed, max_neighbors=self.max_neighbors,
             threshold=self.threshold, base=base, kernel=self.kernel, salt_threshold=self.salt_threshold,
-            block_rows=self.block_rows,
+            block_entities=self.block_entities,
         )  # fmt: skip

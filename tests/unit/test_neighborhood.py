@@ -162,7 +162,7 @@ def test_blocks_kernel_and_salted_join_agree_with_the_join(generated, kind, user
     ref = _table(similarities(generated, **common))
     assert len(ref) > 100
     for other in (
-        similarities(generated, kernel="blocks", block_rows=500, **common),  # many blocks: cross-block sums
+        similarities(generated, kernel="blocks", n_blocks=3, **common),  # block pairs (0,0)..(2,2)
         similarities(generated, salt_threshold=7, **common),  # heavy keys spread over salts
     ):
         got = _table(other)
@@ -176,9 +176,27 @@ def test_block_pair_stats_by_hand():
     from recsys_spark.neighborhood import block_pair_stats
 
     # user 0 rated items 3 (x=1) and 5 (x=2); user 1 rated 3 (x=4), 5 (x=-1) and 9 (x=3)
-    s = block_pair_stats(np.array([0, 0, 1, 1, 1]), np.array([3, 5, 3, 5, 9]), np.array([1.0, 2.0, 4.0, -1.0, 3.0]))
-    got = {(a, b): {k: s[k][j] for k in ("support", "sxy", "sxx", "syy", "sx", "sy")} for j, (a, b) in enumerate(zip(s["a"], s["b"], strict=True))}
-    assert got[(3, 5)] == {"support": 2, "sxy": 1 * 2 + 4 * -1, "sxx": 1 + 16, "syy": 4 + 1, "sx": 5, "sy": 1}
-    assert got[(3, 9)] == {"support": 1, "sxy": 12, "sxx": 16, "syy": 9, "sx": 4, "sy": 3}
-    assert got[(5, 9)] == {"support": 1, "sxy": -3, "sxx": 1, "syy": 9, "sx": -1, "sy": 3}
+    keys, ents, x = np.array([0, 0, 1, 1, 1]), np.array([3, 5, 3, 5, 9]), np.array([1.0, 2.0, 4.0, -1.0, 3.0])
+    names = ("support", "sxy", "sxx", "syy", "sx", "sy", "n_a", "n_b")
+
+    def as_dict(s):
+        return {(a, b): {k: s[k][j] for k in names} for j, (a, b) in enumerate(zip(s["a"], s["b"], strict=True))}
+
+    got = as_dict(block_pair_stats(keys, ents, x, keys, ents, x, same=True))
+    assert got[(3, 5)] == {"support": 2, "sxy": 1 * 2 + 4 * -1, "sxx": 1 + 16, "syy": 4 + 1, "sx": 5, "sy": 1, "n_a": 2, "n_b": 2}
+    assert got[(3, 9)] == {"support": 1, "sxy": 12, "sxx": 16, "syy": 9, "sx": 4, "sy": 3, "n_a": 2, "n_b": 1}
+    assert got[(5, 9)] == {"support": 1, "sxy": -3, "sxx": 1, "syy": 9, "sx": -1, "sy": 3, "n_a": 2, "n_b": 1}
     assert len(got) == 3
+    # two blocks, {3, 9} and {5}: every cross pair, both orders of ids allowed
+    p, q = np.isin(ents, [3, 9]), ents == 5
+    cross = as_dict(block_pair_stats(keys[p], ents[p], x[p], keys[q], ents[q], x[q], same=False))
+    assert set(cross) == {(3, 5), (9, 5)}
+    assert cross[(9, 5)] == {"support": 1, "sxy": -3, "sxx": 9, "syy": 1, "sx": 3, "sy": -1, "n_a": 1, "n_b": 2}
+
+
+def test_blocks_kernel_top_k_and_threshold_match_the_join(generated):
+    common = dict(similarity="cosine", shrinkage=10.0, max_neighbors=4, threshold=0.05)
+    ref = _table(similarities(generated, **common))
+    got = _table(similarities(generated, kernel="blocks", n_blocks=4, **common))
+    assert got.keys() == ref.keys()
+    assert all(got[key][0] == pytest.approx(v[0], abs=1e-9) for key, v in ref.items())
