@@ -62,6 +62,7 @@ from recsys_spark.recommender import (
 )
 from recsys_spark.schemas import (
     COL_ITEM,
+    COL_MODEL,
     COL_PREDICTION,
     COL_RATING,
     COL_SCORE,
@@ -365,7 +366,8 @@ class KNNModel(RecommenderModel):
             COL_USER, COL_ITEM, COL_RATING, (F.lit(self.base.mu) + F.col(B_U) + F.col(B_I)).alias("_c")
         )
 
-    def predict(self, pairs: DataFrame) -> DataFrame:
+    def predict_with_confidence(self, pairs: DataFrame) -> DataFrame:
+        """The prediction contract plus ``n_neighbors`` (neighbours used) and ``sim_sum`` (their summed similarity); both 0 on a fallback."""
         user_based, k = self.params["user_based"], self.params["k"]
         target = pairs.select(COL_USER, COL_ITEM).dropDuplicates()
         r = self._centred()
@@ -405,10 +407,18 @@ class KNNModel(RecommenderModel):
         knn = F.coalesce(F.col("_t"), F.lit(0.0)) + F.col("_num") / (F.col("_den") + F.lit(float(self.params.get("damping", 0.0))))
         pred = F.when(use, clip(knn, self.scale)).otherwise(F.col("_fb"))
         source = F.when(use, F.lit("knn")).otherwise(F.col("_fbs"))
+        conf = [
+            F.when(use, F.col("n_neighbors")).otherwise(F.lit(0)).cast("int").alias("n_neighbors"),
+            F.when(use, F.col("_den")).otherwise(F.lit(0.0)).alias("sim_sum"),
+        ]
         res = pairs.select(COL_USER, COL_ITEM).join(
-            out.select(COL_USER, COL_ITEM, pred.alias(COL_PREDICTION), source.alias(COL_SOURCE)), [COL_USER, COL_ITEM], "left"
+            out.select(COL_USER, COL_ITEM, pred.alias(COL_PREDICTION), source.alias(COL_SOURCE), *conf), [COL_USER, COL_ITEM], "left"
         )
-        return as_predictions(res, self.name)
+        typed = as_predictions(res, self.name).columns
+        return res.withColumn(COL_MODEL, F.lit(self.name)).select(*typed, "n_neighbors", "sim_sum")
+
+    def predict(self, pairs: DataFrame) -> DataFrame:
+        return as_predictions(self.predict_with_confidence(pairs), self.name)
 
     def recommend(self, users: DataFrame, k: int = 10) -> DataFrame:
         u = users.select(COL_USER).distinct()

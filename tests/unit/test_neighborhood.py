@@ -89,8 +89,25 @@ def test_prediction_by_hand(spark):
     got = {r["user_idx"]: (r["prediction"], r["source"]) for r in model.predict(pairs).collect()}
     assert got[2] == (pytest.approx(3.0), "knn")  # the only neighbour user 2 rated: item 0, rating 3
     assert got[9][1] == "item_bias"  # unknown user: the bias baseline answers and says so
+    conf = {r["user_idx"]: (r["n_neighbors"], r["sim_sum"]) for r in model.predict_with_confidence(pairs).collect()}
+    assert conf == {2: (1, pytest.approx(1.0)), 9: (0, 0.0)}
     top = model.recommend(spark.createDataFrame([(2,)], "user_idx int"), 3).collect()
     assert [(r["item_idx"], r["rank"]) for r in top] == [(1, 1)]
+
+
+def test_damping_and_k_by_hand(spark):
+    # user 3 rated items 0 (5.0) and 1 (1.0); both are cosine-1 neighbours of item 2 (co-rated by users 0, 1)
+    rows = [(u, i, r, 0) for u, (a, b) in ((0, (4.0, 4.0)), (1, (2.0, 2.0))) for i, r in ((0, a), (1, a), (2, b))]
+    train = spark.createDataFrame([*rows, (3, 0, 5.0, 0), (3, 1, 1.0, 0)], RATINGS_SCHEMA)
+    pair = spark.createDataFrame([(3, 2)], "user_idx int, item_idx int")
+
+    def predict(**kw):
+        return KNN(similarity="cosine", centering="none", shrinkage=0.0, **kw).fit(train).predict_with_confidence(pair).first()
+
+    assert predict(k=5)["prediction"] == pytest.approx((5.0 + 1.0) / 2)
+    assert predict(k=5, damping=1.0)["prediction"] == pytest.approx((5.0 + 1.0) / (2 + 1.0))
+    one = predict(k=1)  # a tie at sim 1: the lower item id (0, rated 5) wins
+    assert (one["prediction"], one["n_neighbors"]) == (pytest.approx(5.0), 1)
 
 
 def test_bad_parameters(ratings):
