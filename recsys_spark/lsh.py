@@ -51,8 +51,10 @@ def lsh_similarities(
     """Approximate neighbour table ``(a, b, sim, support)``, both directions, top ``max_neighbors`` per ``a``.
 
     ``min_sim`` is the join threshold (pairs less similar are never returned);
-    ``bucket_length`` (vector_cosine) defaults to ``2 / sqrt(#keys)``, about two
-    standard deviations of a unit vector's random projection.
+    ``bucket_length`` (vector_cosine) defaults to ``0.5 / sqrt(#keys)``, half
+    a standard deviation of a random unit vector's projection: MLlib's
+    ``BucketedRandomProjectionLSH`` ORs its tables (no AND of several
+    projections), so wider buckets make nearly every pair collide.
     """
     if similarity not in LSH_SIMILARITIES:
         raise ValueError(f"approximate neighbours support {LSH_SIMILARITIES}, got {similarity!r}")
@@ -79,7 +81,7 @@ def lsh_similarities(
         lsh = MinHashLSH(inputCol="features", outputCol="hashes", numHashTables=num_hash_tables, seed=seed)
         max_dist = 1.0 - min_sim
     else:
-        bl = bucket_length if bucket_length is not None else 2.0 / math.sqrt(dim)
+        bl = bucket_length if bucket_length is not None else 0.5 / math.sqrt(dim)
         lsh = BucketedRandomProjectionLSH(inputCol="features", outputCol="hashes", numHashTables=num_hash_tables, bucketLength=bl, seed=seed)
         max_dist = math.sqrt(max(0.0, 2.0 * (1.0 - min_sim)))
     model = lsh.fit(vecs)

@@ -1,9 +1,19 @@
 """User- and item-based collaborative filtering with partitioned Spark joins.
 
-Similarities are computed from co-rating statistics accumulated per pair in
-one self-join on the shared key (users for item-item, items for user-user),
-never as a dense matrix and never on the driver.  For each pair ``(a, b)``
-over its co-raters ``C`` with transformed ratings ``x``, ``y``:
+Similarities are computed from co-rating statistics per pair, never as a
+dense matrix and never on the driver, by one of two kernels that give the
+same table:
+
+* ``kernel="join"`` (the reference): one self-join on the shared key (users
+  for item-item, items for user-user), statistics summed per pair by a
+  group-by; ``salt_threshold`` spreads the pairs of heavy keys over salts.
+* ``kernel="blocks"``: an entity-block join; each task holds whole columns of
+  two entity blocks and computes their pairs with scipy sparse products
+  (:func:`block_pair_stats`), finalises them and keeps a partial top-k, so
+  only candidates leave the task.  Tests check it against the join.
+
+For each pair ``(a, b)`` over its co-raters ``C`` with transformed ratings
+``x``, ``y``:
 
 ======================  ====================================================
 ``cosine``              sum(xy) / sqrt(sum(x^2) sum(y^2)), raw ratings
@@ -28,10 +38,13 @@ partitions); ``threshold`` drops weaker neighbours.
 
 Prediction for ``(u, i)`` (item-based; user-based swaps the roles): among
 the neighbours of ``i`` that ``u`` rated, the ``k`` most similar with positive
-similarity; ``pred = base(u, i) + sum(sim * (r_uj - base(u, j))) / sum(sim)``
-with ``base`` = 0 (``centering="none"``), the neighbour's mean
-(``"mean"``), or the bias baseline (``"baseline"``).  When no neighbour
-qualifies the bias baseline answers (``source`` says which part did).
+similarity; ``pred = base(u, i) + sum(sim * (r_uj - base(u, j))) / (sum(sim)
++ damping)`` with ``base`` = 0 (``centering="none"``), the neighbour's mean
+(``"mean"``), or the bias baseline (``"baseline"``); ``damping`` pulls
+predictions resting on few, weak neighbours towards ``base``.  When no
+neighbour qualifies the bias baseline answers (``source`` says which part
+did); ``predict_with_confidence`` adds ``n_neighbors`` and ``sim_sum``.
+``neighbors="lsh"`` takes the table from :mod:`recsys_spark.lsh` instead.
 
 Top-N: unseen candidates are scored by the summed similarity to the items the
 user rated (item-based), or by the similarity-weighted ratings of the user's

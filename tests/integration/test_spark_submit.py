@@ -68,6 +68,12 @@ def test_ingest_and_split(master, raw_data, tmp_path):
     res = submit(master, "split", *common)
     assert res.returncode == 0 and "skipped" in res.stdout
 
+    if master.startswith("local-cluster"):  # the block kernel's Python runs in separate executor JVMs
+        res = submit(master, "neighborhood", *common, "--set", "neighbors.max_neighbors=10")
+        assert res.returncode == 0, res.stdout[-3000:]
+        nb = json.loads((tmp_path / "out/generated/neighbors/item_knn/_manifest.json").read_text())["counts"]
+        assert nb["pairs"] > 0 and nb["ratings"] == c["train"] + c["valid"]
+
 
 def test_bad_input_under_spark_submit_is_one_clear_line(tmp_path):
     res = submit("local[2]", "ingest", "--set", "dataset.kind=ml-100k", "--set", f'dataset.path="{tmp_path}/none"')

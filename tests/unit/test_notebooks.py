@@ -17,3 +17,21 @@ def test_week4_baselines(spark, tmp_path):
     assert rows["bias"]["rmse"] < 1.5
     assert rows["popularity"]["ndcg@5"] > 0
     assert (tmp_path / "week4_generated_data.png").stat().st_size > 1000
+
+
+def test_week5_collaborative_filtering(spark, tmp_path):
+    ns = run_notebook(
+        "week5_collaborative_filtering", dataset="generated", output=str(tmp_path), models="popularity,item_knn,user_knn",
+        k="5", cap="30",
+        overrides="generate.n_users=60;generate.n_items=80;generate.n_ratings=2400;generate.min_ratings_per_user=8",
+    )  # fmt: skip
+    rows = ns["rows"]
+    assert set(rows) == {"popularity", "item_knn", "user_knn"}
+    assert rows["item_knn"]["rmse"] < 1.5 and rows["user_knn"]["rmse"] < 1.5
+    # the kernels agree and the cap only ever lowers the pair count
+    assert ns["agree"]["only_one"] == 0 and ns["agree"]["max_abs_diff"] < 1e-9
+    for full, capped in ns["pairs"].values():
+        assert 0 < capped <= full
+    assert all(0.0 <= r <= 1.0 for r in ns["recall"].values())
+    assert ns["explain"].count() > 0
+    assert (tmp_path / "week5_generated_similarities.png").stat().st_size > 1000
