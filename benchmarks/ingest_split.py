@@ -21,14 +21,15 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import run_child  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,7 +66,7 @@ def child(name: str, out: str, shuffle_partitions: int) -> None:
         gen = run_generate(spark, cfg, force=True)
         result["generate_s"] = round(time.perf_counter() - t, 1)
         result["generated"] = gen["counts"]
-    print("MARK ingest-start", flush=True)  # noqa: T201 - protocol line for the parent
+    print("MARK ingest", flush=True)  # noqa: T201 - protocol line for the parent
     t = time.perf_counter()
     ing = run_ingest(spark, cfg, force=True)
     result["ingest_s"] = round(time.perf_counter() - t, 1)
@@ -82,51 +83,13 @@ def child(name: str, out: str, shuffle_partitions: int) -> None:
     print("RESULT " + json.dumps(result), flush=True)  # noqa: T201
 
 
-def tree_rss(proc: psutil.Process) -> tuple[int, int]:
-    """(driver Python RSS, JVM RSS) in bytes; Python workers the JVM forks are not the driver."""
-    py = jvm = 0
-    try:
-        py = proc.memory_info().rss
-        for p in proc.children(recursive=False):
-            if Path(p.exe()).name == "java":
-                jvm += p.memory_info().rss
-    except psutil.Error:
-        pass
-    return py, jvm
-
-
 def run_one(name: str, shuffle_partitions: int) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as out:
         cmd = [sys.executable, __file__, "--child", name, "--scratch", out, "--shuffle-partitions", str(shuffle_partitions)]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        ps = psutil.Process(proc.pid)
-        peak = {"py": 0, "jvm": 0, "phase": "generate"}
-        stop = threading.Event()
-
-        def sample() -> None:
-            while not stop.is_set():
-                py, jvm = tree_rss(ps)
-                if peak["phase"] == "ingest":  # only ingest + split count
-                    peak["py"] = max(peak["py"], py)
-                    peak["jvm"] = max(peak["jvm"], jvm)
-                time.sleep(0.2)
-
-        th = threading.Thread(target=sample, daemon=True)
-        th.start()
-        result = None
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if line.startswith("MARK ingest-start"):
-                peak["phase"] = "ingest"
-            elif line.startswith("RESULT "):
-                result = json.loads(line[len("RESULT "):])
-        proc.wait()
-        stop.set()
-        th.join()
-        if proc.returncode != 0 or result is None:
-            raise SystemExit(f"{name}: child failed with exit code {proc.returncode}")
-        result["peak_driver_python_mib"] = round(peak["py"] / 2**20)
-        result["peak_driver_jvm_rss_mib"] = round(peak["jvm"] / 2**20)
+        result, peaks = run_child(cmd, ROOT, name)
+        py, jvm = peaks.get("ingest", (0, 0))  # only ingest + split count
+        result["peak_driver_python_mib"] = round(py / 2**20)
+        result["peak_driver_jvm_rss_mib"] = round(jvm / 2**20)
         return result
 
 

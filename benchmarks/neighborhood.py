@@ -30,9 +30,7 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -43,7 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from ingest_split import overrides_for, tree_rss  # noqa: E402
+from harness import run_child  # noqa: E402
+from ingest_split import overrides_for  # noqa: E402
 
 SIMILARITY = "pearson"
 SHRINKAGE = 100.0
@@ -131,38 +130,12 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
            "--neighbors", str(args.neighbors), "--kernels", args.kernels, "--shuffle-partitions", str(args.shuffle_partitions)]  # fmt: skip
     if args.no_scipy:
         cmd.append("--no-scipy")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    ps = psutil.Process(proc.pid)
-    peak = {"phase": "setup", "spark_py": 0, "spark_jvm": 0, "scipy_py": 0}
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            py, jvm = tree_rss(ps)
-            if peak["phase"] == "spark":
-                peak["spark_py"], peak["spark_jvm"] = max(peak["spark_py"], py), max(peak["spark_jvm"], jvm)
-            elif peak["phase"] == "scipy":
-                peak["scipy_py"] = max(peak["scipy_py"], py)
-            time.sleep(0.2)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    result = None
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("MARK "):
-            peak["phase"] = line.split()[1]
-        elif line.startswith("RESULT "):
-            result = json.loads(line[len("RESULT ") :])
-    proc.wait()
-    stop.set()
-    th.join()
-    if proc.returncode != 0 or result is None:
-        raise SystemExit(f"{name}: child failed with exit code {proc.returncode}")
-    result["peak_driver_python_mib"] = round(peak["spark_py"] / 2**20)
-    result["peak_driver_jvm_rss_mib"] = round(peak["spark_jvm"] / 2**20)
+    result, peaks = run_child(cmd, ROOT, name)
+    py, jvm = peaks.get("spark", (0, 0))
+    result["peak_driver_python_mib"] = round(py / 2**20)
+    result["peak_driver_jvm_rss_mib"] = round(jvm / 2**20)
     if not args.no_scipy:
-        result["peak_scipy_process_mib"] = round(peak["scipy_py"] / 2**20)
+        result["peak_scipy_process_mib"] = round(peaks.get("scipy", (0, 0))[0] / 2**20)
     return result
 
 
