@@ -110,7 +110,6 @@ def _transformed(ratings: DataFrame, similarity: str, key: str, entity: str, bas
     return r.select(F.col(key).alias("_k"), F.col(entity).alias("_e"), x.alias("_x"))
 
 
-STATS = ("support", "sxy", "sxx", "syy", "sx", "sy")
 TABLE_SCHEMA = "a int, b int, sim double, support long"
 
 
@@ -481,8 +480,8 @@ class KNN(Recommender):
     bucket_length: float | None = None
     min_sim: float = 0.05  # lsh: the join threshold
     centering: Literal["none", "mean", "baseline"] = "baseline"
-    damping: float = 0.0
-    amplification: float = 1.0
+    damping: float = 0.0  # added to the denominator: pulls thin neighbourhoods towards the centring term
+    amplification: float = 1.0  # case amplification: sim ** amplification (Breese et al.); 1 = off
     seed: int = 42
     reg_user: float = 15.0  # the bias baseline used for centring and fallback
     reg_item: float = 10.0
