@@ -29,16 +29,17 @@ from pyspark.ml.linalg import SparseVector, VectorUDT
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from recsys_spark.schemas import COL_ITEM, COL_RATING, COL_USER
+from recsys_spark.schemas import COL_ITEM, COL_RATING, COL_USER, NB_A, NB_B, NB_SIM, NB_SUPPORT
 
 log = logging.getLogger(__name__)
 
-A, B, SIM, SUPPORT = "a", "b", "sim", "support"
+A, B, SIM, SUPPORT = NB_A, NB_B, NB_SIM, NB_SUPPORT
 LSH_SIMILARITIES = ("jaccard", "vector_cosine")
 
 
 @F.udf(returnType=VectorUDT())
 def _sparse(dim, keys, values):  # type: ignore[no-untyped-def]  # (hints would make Spark 4 guess an Arrow UDF)
+    """One call per entity (not per rating): its ratings as a SparseVector for MLlib's LSH."""
     order = sorted(range(len(keys)), key=keys.__getitem__)
     return SparseVector(dim, [keys[j] for j in order], [values[j] for j in order])
 
@@ -69,10 +70,10 @@ def lsh_similarities(
         )
     vecs = (
         r.groupBy("_e")
-        .agg(F.array_sort(F.collect_list("_k")).alias("_keys"), F.collect_list(F.struct("_k", "_x")).alias("_kv"))
+        .agg(F.collect_list(F.struct("_k", "_x")).alias("_kv"))
         .select(
             F.col("_e").alias("id"),
-            "_keys",
+            F.col("_kv._k").alias("_keys"),
             _sparse(F.lit(dim), F.col("_kv._k"), F.col("_kv._x")).alias("features"),
         )
         .cache()

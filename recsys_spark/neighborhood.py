@@ -81,6 +81,11 @@ from recsys_spark.schemas import (
     COL_SCORE,
     COL_SOURCE,
     COL_USER,
+    NB_A,
+    NB_B,
+    NB_SIM,
+    NB_SUPPORT,
+    NEIGHBORS_DDL,
 )
 from recsys_spark.split import hash_uniform
 
@@ -88,7 +93,7 @@ log = logging.getLogger(__name__)
 
 SIMILARITIES = ("cosine", "vector_cosine", "pearson", "adjusted_cosine", "pearson_baseline", "jaccard")
 KERNELS = ("join", "blocks")
-A, B, SIM, SUPPORT = "a", "b", "sim", "support"
+A, B, SIM, SUPPORT = NB_A, NB_B, NB_SIM, NB_SUPPORT
 
 
 def _transformed(ratings: DataFrame, similarity: str, key: str, entity: str, base: BiasTableModel | None) -> DataFrame:
@@ -110,7 +115,6 @@ def _transformed(ratings: DataFrame, similarity: str, key: str, entity: str, bas
     return r.select(F.col(key).alias("_k"), F.col(entity).alias("_e"), x.alias("_x"))
 
 
-TABLE_SCHEMA = "a int, b int, sim double, support long"
 
 
 def block_pair_stats(
@@ -282,7 +286,7 @@ def _table_blocks(
     other = F.explode(F.sequence(F.lit(0), F.lit(n_blocks - 1))).alias("_o")
     rep = t.select("_k", "_e", "_x", e_blk.alias("_b"), other)
     rep = rep.select("_k", "_e", "_x", F.least("_b", "_o").alias("_p"), F.greatest("_b", "_o").alias("_q"))
-    table = rep.groupBy("_p", "_q").applyInPandas(kernel, TABLE_SCHEMA)
+    table = rep.groupBy("_p", "_q").applyInPandas(kernel, NEIGHBORS_DDL)
     if max_neighbors is not None and n_blocks > 1:
         w = Window.partitionBy(A).orderBy(F.desc(SIM), F.asc(B))
         table = table.withColumn("_r", F.row_number().over(w)).where(F.col("_r") <= max_neighbors).drop("_r")
