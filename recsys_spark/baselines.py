@@ -78,7 +78,14 @@ class BiasTableModel(RecommenderModel):
         self.full_source = full_source
 
     def predict(self, pairs: DataFrame) -> DataFrame:
-        df = pairs.select(COL_USER, COL_ITEM)
+        return as_predictions(self.with_prediction(pairs.select(COL_USER, COL_ITEM)), self.name)
+
+    def with_prediction(self, df: DataFrame, pred_col: str = COL_PREDICTION, source_col: str = COL_SOURCE) -> DataFrame:
+        """``df`` (any columns, with ``user_idx``/``item_idx``) plus the clipped prediction and its source.
+
+        Other models use it as their fallback: ``pred_col``/``source_col`` name the added columns.
+        """
+        keep = set(df.columns)
         pred = F.lit(self.mu)
         known_u = known_i = F.lit(False)
         if self.user_bias is not None:
@@ -103,8 +110,8 @@ class BiasTableModel(RecommenderModel):
             source = F.when(known_i, F.lit(self.full_source)).otherwise(F.lit("global_mean"))
         else:
             source = F.lit("global_mean")
-        out = df.select(COL_USER, COL_ITEM, clip(pred, self.scale).alias(COL_PREDICTION), source.alias(COL_SOURCE))
-        return as_predictions(out, self.name)
+        drop = [c for c in (B_U, B_I) if c in df.columns and c not in keep]
+        return df.select(*[c for c in df.columns if c not in drop], clip(pred, self.scale).alias(pred_col), source.alias(source_col))
 
     def recommend(self, users: DataFrame, k: int = 10) -> DataFrame:
         return topk_from_item_scores(users, self.item_score, self.seen, k, self.name)

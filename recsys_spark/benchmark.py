@@ -103,7 +103,8 @@ def run_rating(spark: SparkSession, cfg: Config, models: list[str], folds: list[
             test = stages.read_split(spark, cfg, "test", fold=k).persist()
             model, fit_s = _timed_fit(name, scale, train)
             t = time.perf_counter()
-            pred = model.predict(test.select("user_idx", "item_idx")).persist()
+            # the timestamp travels with the pairs: time-aware models use it, the others ignore it
+            pred = model.predict(test.select(*[c for c in ("user_idx", "item_idx", "timestamp") if c in test.columns])).persist()
             pred.count()
             predict_s = time.perf_counter() - t
             m = rating_report(pred, test, primary_is_fallback=name == "global_mean")

@@ -28,6 +28,8 @@ DESCRIPTIONS = {
     "pipeline": "run every stage in order, skipping those whose outputs are up to date",
     "download": "download a MovieLens archive and verify its SHA-256 (needs a network)",
     "benchmark": "evaluate registered models on a fixed protocol (rating: ML-100K u1..u5; topn)",
+    "tune": "Optuna search of a model's parameters (conf/tuning/<model>.toml) on a validation part of ML-100K u1.base",
+    "factorize": "fit a factorization model on the pipeline's split; write its factors (and NMF factor interpretation)",
 }
 
 
@@ -47,6 +49,13 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
         p.add_argument("--folds", default="1-5", help="rating protocol: folds, e.g. 1-5 or 1,3")
         p.add_argument("--k", type=int, default=10, help="topn protocol: list length")
         p.add_argument("--out", default=None, help="write the JSON result here")
+    if stage == "tune":
+        p.add_argument("--model", required=True, help="registered model with a conf/tuning/<model>.toml")
+        p.add_argument("--trials", type=int, default=None, help="number of trials (default: the TOML's study.n_trials)")
+        p.add_argument("--fold", type=int, default=1, help="ML-100K fold whose training part is tuned on")
+        p.add_argument("--out", default=None, help="write the study (best parameters, every trial) as JSON here")
+    if stage == "factorize":
+        p.add_argument("--model", default=None, help="registered factorization model (default: factorize.model)")
     if stage == "download":
         p.add_argument("dataset", help="ml-100k, ml-1m, ml-latest-small, ml-25m or ml-32m")
         p.add_argument("--dest", default=None, help="directory (default: $RECSYS_DATA_DIR or ./data)")
@@ -81,6 +90,13 @@ def run_job(stage: str, argv: list[str] | None = None) -> int:
     try:
         if stage == "benchmark":
             return _benchmark(spark, args, log)
+        if stage == "tune":
+            return _tune(spark, cfg, args, log)
+        if stage == "factorize":
+            from recsys_spark.stages import run_factorize
+
+            _log_result(log, stage, run_factorize(spark, cfg, args.model, force=args.force))
+            return 0
         result = _stage_fn(stage)(spark, cfg, force=args.force)
         _log_result(log, stage, result)
         return 0
@@ -114,6 +130,15 @@ def _benchmark(spark, args: argparse.Namespace, log: logging.Logger) -> int:
     log.info("%s on %s:\n%s", args.protocol, args.dataset, summary_table(result))
     if args.out:
         log.info("wrote %s", args.out)
+    return 0
+
+
+def _tune(spark, cfg: Config, args: argparse.Namespace, log: logging.Logger) -> int:
+    from recsys_spark.tuning import run_tune, write
+
+    result = run_tune(spark, cfg, args.model, n_trials=args.trials, fold=args.fold)
+    write(result, args.out)
+    log.info("best rmse %.4f with %s", result["best_rmse"], result["best_params"])
     return 0
 
 

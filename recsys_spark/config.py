@@ -138,6 +138,14 @@ class NeighborsConfig:
 
 
 @dataclass
+class FactorizeConfig:
+    # the factor-export job: a registered factorization model whose factors (and
+    # factor interpretation: top titles / genres / tags per factor) are written
+    model: str = "nmf"
+    top_terms: int = 8  # terms per factor and kind in the interpretation table
+
+
+@dataclass
 class EvaluateConfig:
     k: int = 10
     # blend (for now): the single model with the best value of this metric on the
@@ -163,6 +171,7 @@ class Config:
     split: SplitConfig = field(default_factory=SplitConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
     neighbors: NeighborsConfig = field(default_factory=NeighborsConfig)
+    factorize: FactorizeConfig = field(default_factory=FactorizeConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 

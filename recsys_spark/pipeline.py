@@ -22,6 +22,8 @@ def pipeline_stages(cfg: Config) -> list[str]:
     names = ["ingest", "split", *[f"predict:{m}" for m in cfg.models.names], "blend", "evaluate"]
     if cfg.neighbors.model in cfg.models.names:  # export the table of the kNN model the pipeline fits
         names.insert(2, "neighbors")
+    if cfg.factorize.model in cfg.models.names:  # export the factors (and their meaning) of the factor model it fits
+        names.insert(2, "factorize")
     if cfg.dataset.kind == "generated":
         names.insert(0, "generate")
     return names

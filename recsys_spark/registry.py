@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from recsys_spark.baselines import BiasBaseline, GlobalMean, ItemMean, Popularity, UserMean
+from recsys_spark.factorization.als import ALS
+from recsys_spark.factorization.impute import SVDImpute
+from recsys_spark.factorization.svd import NMFMU, SVD, SVDpp
 from recsys_spark.neighborhood import KNN
 from recsys_spark.recommender import Recommender, Scale
 
@@ -28,6 +31,15 @@ REGISTRY: dict[str, tuple[Callable[..., Recommender], str]] = {
     "bias": (lambda scale, **p: BiasBaseline(scale=scale, **p), "rating+topn"),
     "item_knn": (lambda scale, **p: KNN(scale=scale, name="item_knn", user_based=False, **p), "rating+topn"),
     "user_knn": (lambda scale, **p: KNN(scale=scale, name="user_knn", user_based=True, **p), "rating+topn"),
+    "als": (lambda scale, **p: ALS(scale=scale, name="als", **p), "rating+topn"),
+    "als_implicit": (lambda scale, **p: ALS(scale=scale, name="als_implicit", implicit_prefs=True, **p), "topn"),
+    "nmf": (lambda scale, **p: ALS(scale=scale, name="nmf", nonnegative=True, **p), "rating+topn"),
+    "nmf_mu": (lambda scale, **p: NMFMU(scale=scale, name="nmf_mu", **p), "rating+topn"),
+    "svd": (lambda scale, **p: SVD(scale=scale, name="svd", optimizer="sgd", **p), "rating+topn"),
+    "svd_gd": (lambda scale, **p: SVD(scale=scale, name="svd_gd", optimizer="gd", **p), "rating+topn"),
+    "svdpp": (lambda scale, **p: SVDpp(scale=scale, name="svdpp", **p), "rating+topn"),
+    "svdpp_time": (lambda scale, **p: SVDpp(scale=scale, name="svdpp_time", **{"time_bins": 30, **p}), "rating+topn"),
+    "svd_impute": (lambda scale, **p: SVDImpute(scale=scale, name="svd_impute", **p), "rating+topn"),
 }
 
 

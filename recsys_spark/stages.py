@@ -37,6 +37,7 @@ from recsys_spark.schemas import (
     COL_ITEM,
     COL_ITEM_ID,
     COL_MODEL,
+    COL_TIMESTAMP,
     COL_USER,
     COL_USER_ID,
     ITEM_MAP,
@@ -332,7 +333,8 @@ def run_model(spark: SparkSession, cfg: Config, name: str, force: bool = False) 
                 counts[part] = {"rows": 0, "predicted": 0, "users": 0, "users_with_lists": 0}
                 continue
             model = registry.build(name, scale, params, models_dir).fit(fit_on)
-            model.predict(target.select(COL_USER, COL_ITEM)).write.parquet(f"{tmp}/{part}/ratings")
+            pair_cols = [c for c in (COL_USER, COL_ITEM, COL_TIMESTAMP) if c in target.columns]  # time-aware models use the timestamp
+            model.predict(target.select(*pair_cols)).write.parquet(f"{tmp}/{part}/ratings")
             users = target.select(COL_USER).distinct()
             model.recommend(users, k).write.parquet(f"{tmp}/{part}/topn")
             predicted = spark.read.parquet(f"{tmp}/{part}/ratings").count()
@@ -392,6 +394,60 @@ def run_neighbors(spark: SparkSession, cfg: Config, force: bool = False) -> dict
 
     extra = {"model": name, "params": params}
     return run_stage(spark, cfg, "neighbors", output, ("neighbors",), [split_out], body, force, extra)
+
+
+def run_factorize(spark: SparkSession, cfg: Config, name: str | None = None, force: bool = False) -> dict[str, Any]:
+    """Fit ``factorize.model`` on train + valid; write its factors and what each factor means.
+
+    Output: ``user_factors`` / ``item_factors`` (Parquet, the
+    :class:`~recsys_spark.factorization.model.FactorModel` tables),
+    ``interpretation`` (per factor: top titles by loading, genres and tags by
+    lift) and ``interpretation.png``.  Accounting: ratings in, users and items
+    with factors (every user and item of the ratings; none dropped).
+    """
+    from recsys_spark.factorization.interpret import factor_terms, plot_factors
+    from recsys_spark.factorization.model import FactorModel
+
+    name = name or cfg.factorize.model
+    if name not in registry.REGISTRY:
+        raise ValueError(f"factorize.model: unknown model {name!r}; registered: {', '.join(sorted(registry.REGISTRY))}")
+    split_out = cfg.stage_path("splits", split_name(cfg))
+    output = cfg.stage_path("factors", name)
+    models_dir = _models_dir(cfg)
+    params = registry.model_params(name, models_dir)
+
+    def body(tmp: str) -> dict[str, Any]:
+        ratings = read_split(spark, cfg, spl.TRAIN).unionByName(read_split(spark, cfg, spl.VALID)).persist(StorageLevel.MEMORY_AND_DISK)
+        model = registry.build(name, rating_scale(spark, cfg), params, models_dir).fit(ratings)
+        if not isinstance(model, FactorModel):
+            raise ValueError(f"factorize.model: {name!r} is not a factorization model")
+        _write(model.user_factors, f"{tmp}/user_factors")
+        _write(model.item_factors, f"{tmp}/item_factors")
+        items = read_ingested(spark, cfg, "items")
+        tags_path = cfg.stage_path("ingest", "tags")
+        tags = spark.read.parquet(tags_path) if fs.exists(spark, tags_path) else None
+        table = factor_terms(spark.read.parquet(f"{tmp}/item_factors"), items, tags, top=cfg.factorize.top_terms)
+        _write(table, f"{tmp}/interpretation")
+        with tempfile.TemporaryDirectory() as local:
+            png = plot_factors(spark.read.parquet(f"{tmp}/interpretation"), f"{local}/interpretation.png", f"{name} factors ({cfg.dataset_name})")
+            fs.copy_from_local(spark, png, f"{tmp}/interpretation.png")
+        counts = {
+            "ratings": ratings.count(),
+            "users": ratings.select(COL_USER).distinct().count(),
+            "items": ratings.select(COL_ITEM).distinct().count(),
+            "users_with_factors": spark.read.parquet(f"{tmp}/user_factors").count(),
+            "items_with_factors": spark.read.parquet(f"{tmp}/item_factors").count(),
+            "rank": model.rank,
+            "interpretation_rows": spark.read.parquet(f"{tmp}/interpretation").count(),
+        }
+        if counts["users_with_factors"] != counts["users"] or counts["items_with_factors"] != counts["items"]:
+            raise RuntimeError(f"factorize {name}: factors for {counts['users_with_factors']}/{counts['users']} users, {counts['items_with_factors']}/{counts['items']} items")
+        log.info("factorize %s: rank %d factors for %d users and %d items", name, counts["rank"], counts["users"], counts["items"])
+        ratings.unpersist()
+        return counts
+
+    extra = {"model": name, "params": params}
+    return run_stage(spark, cfg, "factorize", output, ("factorize",), [split_out], body, force, extra)
 
 
 def read_predictions(spark: SparkSession, cfg: Config, name: str, part: str, kind: str) -> DataFrame:
@@ -506,6 +562,7 @@ def run_evaluate(spark: SparkSession, cfg: Config, force: bool = False) -> dict[
 
 STAGES = {
     "generate": run_generate, "ingest": run_ingest, "split": run_split, "neighbors": run_neighbors,
+    "factorize": run_factorize,
     "blend": run_blend, "evaluate": run_evaluate,
 }  # fmt: skip
 

@@ -57,6 +57,13 @@ def write_text(spark: SparkSession, path: str, text: str) -> None:
         out.close()
 
 
+def copy_from_local(spark: SparkSession, local_path: str, path: str) -> None:
+    """Copy a file written on the driver's local disk (e.g. a plot) to ``path`` (any file system)."""
+    fs, hpath = _fs(spark, path)
+    jvm = spark.sparkContext._jvm
+    fs.copyFromLocalFile(False, True, jvm.org.apache.hadoop.fs.Path(local_path), hpath)
+
+
 def read_text(spark: SparkSession, path: str) -> str:
     fs, hpath = _fs(spark, path)
     jvm = spark.sparkContext._jvm

@@ -73,6 +73,14 @@ def test_ingest_and_split(master, raw_data, tmp_path):
         assert res.returncode == 0, res.stdout[-3000:]
         nb = json.loads((tmp_path / "out/generated/neighbors/item_knn/_manifest.json").read_text())["counts"]
         assert nb["pairs"] > 0 and nb["ratings"] == c["train"] + c["valid"]
+        # our factorization engine: RDD closures, broadcasts and numpy kernels in separate executors
+        models = tmp_path / "models"
+        models.mkdir()
+        (models / "svdpp_time.toml").write_text("[params]\nrank = 3\nn_epochs = 2\ntime_bins = 4\n")
+        res = submit(master, "factorize", *common, "--set", f'models.models_dir="{models}"', "--set", 'factorize.model="svdpp_time"')
+        assert res.returncode == 0, res.stdout[-3000:]
+        fz = json.loads((tmp_path / "out/generated/factors/svdpp_time/_manifest.json").read_text())["counts"]
+        assert fz["rank"] == 3 and fz["users_with_factors"] == fz["users"] and fz["ratings"] == c["train"] + c["valid"]
 
 
 def test_bad_input_under_spark_submit_is_one_clear_line(tmp_path):

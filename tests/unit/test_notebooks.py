@@ -35,3 +35,22 @@ def test_week5_collaborative_filtering(spark, tmp_path):
     assert all(0.0 <= r <= 1.0 for r in ns["recall"].values())
     assert ns["explain"].count() > 0
     assert (tmp_path / "week5_generated_similarities.png").stat().st_size > 1000
+
+
+def test_week6_matrix_factorization(spark, tmp_path):
+    ns = run_notebook(
+        "week6_matrix_factorization", dataset="generated", output=str(tmp_path),
+        models="bias,nmf,svdpp,svdpp_time", k="5", epochs="3", rank="4",
+        params="nmf:max_iter=3;svdpp:n_epochs=3;svdpp_time:n_epochs=3;svdpp_time:rank=5",
+        overrides="generate.n_users=60;generate.n_items=80;generate.n_ratings=2400;generate.min_ratings_per_user=8",
+    )  # fmt: skip
+    rows = ns["rows"]
+    assert set(rows) == {"bias", "nmf", "svdpp", "svdpp_time"}
+    assert all(r["rmse"] < 1.6 and r["ndcg@5"] >= 0 for r in rows.values())
+    assert ns["models"]["svdpp_time"].rank == 5 and len(ns["models"]["svdpp"].info["history"]) == 0
+    assert ns["time_gain"] is not None
+    curves = ns["curves"]
+    assert set(curves) == {"sgd", "gd", "als"} and len(curves["als"]) == 3 and len(curves["gd"]) == 4
+    assert ns["interp"].where("kind = 'genre'").count() > 0
+    assert (tmp_path / "week6_generated_convergence.png").stat().st_size > 1000
+    assert (tmp_path / "week6_generated_nmf_factors.png").stat().st_size > 1000

@@ -122,3 +122,26 @@ def test_neighbors_stage_writes_the_table_and_accounts_for_its_rows(spark, cfg_f
     assert stages.run_neighbors(spark, cfg)["skipped"]
     with pytest.raises(ValueError, match="not a neighbourhood model"):
         stages.run_neighbors(spark, cfg_factory(*SMALL, 'neighbors.model="bias"'))
+
+
+def test_factorize_stage_writes_factors_and_their_meaning(spark, cfg_factory, tmp_path):
+    models = tmp_path / "models"
+    write(models / "nmf_mu.toml", "[params]\nrank = 3\nn_epochs = 5\n")
+    cfg = cfg_factory(*SMALL, f'models.models_dir="{models}"', 'factorize.model="nmf_mu"', "factorize.top_terms=3")
+    for stage in ("generate", "ingest", "split"):
+        stages.STAGES[stage](spark, cfg)
+    res = stages.run_factorize(spark, cfg)
+    c = res["counts"]
+    assert c["rank"] == 3 and c["users_with_factors"] == c["users"] and c["items_with_factors"] == c["items"]
+    train = stages.read_split(spark, cfg, "train").unionByName(stages.read_split(spark, cfg, "valid"))
+    assert c["ratings"] == train.count()
+    out = Path(cfg.stage_path("factors", "nmf_mu"))
+    items = spark.read.parquet(str(out / "item_factors"))
+    assert items.count() == c["items"] and len(items.first()["factors"]) == 3
+    interp = spark.read.parquet(str(out / "interpretation"))
+    assert {r["kind"] for r in interp.collect()} >= {"title", "genre"}
+    assert interp.groupBy("factor", "kind").count().agg({"count": "max"}).first()[0] <= 3
+    assert (out / "interpretation.png").stat().st_size > 1000
+    assert stages.run_factorize(spark, cfg)["skipped"]
+    with pytest.raises(ValueError, match="not a factorization model"):
+        stages.run_factorize(spark, cfg, "bias")

@@ -1,0 +1,1 @@
+"""Latent factor models: MLlib ALS / NMF wrappers and our own partition-parallel SVD, SVD++ and NMF."""

@@ -1,0 +1,175 @@
+"""MLlib ALS (explicit, implicit, non-negative) behind the project's estimator interface.
+
+* Input: ``user_idx``/``item_idx`` are already ``int32`` (ingest maps them),
+  the ratings are persisted before fitting (MLlib rejects a
+  non-deterministic input) and a checkpoint directory is always set, so
+  ``checkpointInterval`` really cuts the lineage of long runs.
+* ``numUserBlocks`` / ``numItemBlocks`` / ``blockSize`` are parameters
+  (``None``: MLlib's defaults).
+* Cold start: a user or item without factors is answered by the bias
+  baseline fitted on the same data and ``source`` says so, never NaN (in
+  ``predict_mllib`` too: MLlib's ``coldStartStrategy="nan"`` rows are
+  replaced by the baseline).
+* Top-N: the factor tables scored block by block
+  (:func:`~recsys_spark.factorization.model.factor_topk`, training items
+  excluded).  ``recommend_mllib`` uses ``recommendForUserSubset`` asked for
+  ``k + max_seen`` items (the most training items any requested user has),
+  so the ``k`` best *unseen* items are always among them; training items are
+  then removed and the list ranked in the contract.  Nothing is collected.
+* Implicit feedback (``implicit_prefs=True``, Hu, Koren & Volinsky): the
+  rating is the confidence ``1 + alpha * r``; the model scores preference,
+  not ratings, so its rating predictions come from the bias baseline
+  (``source="bias"``): use it for top-N.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+from pyspark import StorageLevel
+from pyspark.ml.recommendation import ALS as MLlibALS
+from pyspark.ml.recommendation import ALSModel
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from recsys_spark.baselines import BiasBaseline, BiasTableModel
+from recsys_spark.factorization.model import BI, BU, FACTORS, FactorModel
+from recsys_spark.recommender import Recommender, Scale, as_predictions, as_topn, clip
+from recsys_spark.schemas import (
+    COL_ITEM,
+    COL_PREDICTION,
+    COL_RANK,
+    COL_RATING,
+    COL_SCORE,
+    COL_SOURCE,
+    COL_USER,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ALSFactorModel(FactorModel):
+    """A :class:`FactorModel` over MLlib's factors; the fitted MLlib model stays reachable while in memory.
+
+    ``predict`` / ``recommend`` score the factor tables in double precision
+    (so a saved and reloaded model answers identically);
+    ``predict_mllib`` / ``recommend_mllib`` answer through MLlib's own
+    ``transform`` and ``recommendForUserSubset`` (float32 scores) for
+    comparison.
+    """
+
+    def __init__(self, *args: Any, mllib: ALSModel | None = None, implicit: bool = False, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.mllib = mllib
+        self.implicit = implicit
+
+    def predict(self, pairs: DataFrame) -> DataFrame:
+        if self.implicit:  # preference scores are not ratings
+            return as_predictions(self.base.with_prediction(pairs.select(COL_USER, COL_ITEM)), self.name)
+        return super().predict(pairs)
+
+    def _need_mllib(self) -> ALSModel:
+        if self.mllib is None:
+            raise ValueError(f"{self.name}: the MLlib model is only in memory after fit (not after load)")
+        return self.mllib
+
+    def predict_mllib(self, pairs: DataFrame) -> DataFrame:
+        """MLlib's ``transform``; its NaN for an unknown user or item (``coldStartStrategy="nan"``) -> the bias baseline."""
+        df = self.base.with_prediction(pairs.select(COL_USER, COL_ITEM), "_fb", "_fbs")
+        scored = self._need_mllib().transform(df)
+        ok = F.col(COL_PREDICTION).isNotNull() & ~F.isnan(F.col(COL_PREDICTION))
+        out = scored.select(
+            COL_USER, COL_ITEM,
+            F.when(ok, clip(F.col(COL_PREDICTION).cast("double"), self.scale)).otherwise(F.col("_fb")).alias(COL_PREDICTION),
+            F.when(ok, F.lit(self.source)).otherwise(F.col("_fbs")).alias(COL_SOURCE),
+        )  # fmt: skip
+        return as_predictions(out, self.name)
+
+    def recommend_mllib(self, users: DataFrame, k: int = 10) -> DataFrame:
+        """``recommendForUserSubset`` asked for ``k + max_seen`` items, training items removed, in the top-N contract."""
+        mllib = self._need_mllib()
+        want = users.select(COL_USER).distinct()
+        known = want.join(self.user_factors.select(COL_USER), COL_USER, "left_semi")
+        cold = want.join(self.user_factors.select(COL_USER), COL_USER, "left_anti")
+        seen = self.base.seen
+        max_seen = known.join(seen, COL_USER).groupBy(COL_USER).count().agg(F.max("count")).first()[0] or 0  # a scalar
+        recs = mllib.recommendForUserSubset(known, k + int(max_seen))
+        flat = recs.select(COL_USER, F.explode("recommendations").alias("_r")).select(
+            COL_USER, F.col(f"_r.{COL_ITEM}").alias(COL_ITEM), F.col("_r.rating").cast("double").alias(COL_SCORE)
+        )
+        unseen = flat.join(seen, [COL_USER, COL_ITEM], "left_anti")
+        w = Window.partitionBy(COL_USER).orderBy(F.desc(COL_SCORE), F.asc(COL_ITEM))
+        top = as_topn(unseen.withColumn(COL_RANK, F.row_number().over(w)).where(F.col(COL_RANK) <= k), self.name)
+        return top.unionByName(self.base.recommend(cold, k).withColumn("model", F.lit(self.name)))
+
+    def _params(self) -> dict[str, Any]:
+        return {**super()._params(), "implicit": self.implicit}
+
+    @classmethod
+    def _from_state(cls, params: dict[str, Any], state: dict[str, DataFrame]) -> ALSFactorModel:
+        base = BiasTableModel._from_state(params["base"], state)
+        return cls(
+            params["name"], params["mu"], state["user_factors"], state["item_factors"], base, None, None,
+            params["info"], params["source"], implicit=params.get("implicit", False),
+        )  # fmt: skip
+
+
+@dataclass
+class ALS(Recommender):
+    """``pyspark.ml.recommendation.ALS`` (see the module docstring); ``nonnegative=True`` is NMF."""
+
+    rank: int = 10
+    max_iter: int = 10
+    reg_param: float = 0.1
+    implicit_prefs: bool = False
+    alpha: float = 1.0
+    nonnegative: bool = False
+    num_user_blocks: int | None = None
+    num_item_blocks: int | None = None
+    block_size: int = 4096
+    checkpoint_interval: int = 10
+    seed: int = 42
+    scale: Scale = None  # type: ignore[assignment]
+    name: str = "als"
+
+    def estimator(self) -> MLlibALS:
+        kw: dict[str, Any] = {}
+        if self.num_user_blocks:
+            kw["numUserBlocks"] = self.num_user_blocks
+        if self.num_item_blocks:
+            kw["numItemBlocks"] = self.num_item_blocks
+        return MLlibALS(
+            rank=self.rank, maxIter=self.max_iter, regParam=self.reg_param, implicitPrefs=self.implicit_prefs,
+            alpha=self.alpha, nonnegative=self.nonnegative, checkpointInterval=self.checkpoint_interval,
+            seed=self.seed, blockSize=self.block_size, userCol=COL_USER, itemCol=COL_ITEM, ratingCol=COL_RATING,
+            coldStartStrategy="nan", **kw,
+        )  # fmt: skip
+
+    def fit(self, train: DataFrame) -> ALSFactorModel:
+        self._check_train(train)
+        if self.rank < 1 or self.max_iter < 1 or self.reg_param < 0:
+            raise ValueError(f"{self.name}: rank and max_iter must be >= 1, reg_param >= 0")
+        spark = train.sparkSession
+        sc = spark.sparkContext
+        if not sc.getCheckpointDir():  # checkpointInterval is silently ignored without one
+            path = tempfile.mkdtemp(prefix="recsys-als-ckpt-")
+            log.warning("no Spark checkpoint directory set; using %s", path)
+            sc.setCheckpointDir(os.path.abspath(path))
+        ratings = train.select(
+            F.col(COL_USER).cast("int"), F.col(COL_ITEM).cast("int"), F.col(COL_RATING).cast("float")
+        ).persist(StorageLevel.MEMORY_AND_DISK)
+        base = BiasBaseline(scale=self.scale or Scale(), name=self.name).fit(ratings)
+        mllib = self.estimator().fit(ratings)
+        uf = mllib.userFactors.select(
+            F.col("id").alias(COL_USER), F.lit(0.0).alias(BU), F.col("features").cast("array<double>").alias(FACTORS)
+        )
+        itf = mllib.itemFactors.select(
+            F.col("id").alias(COL_ITEM), F.lit(0.0).alias(BI), F.col("features").cast("array<double>").alias(FACTORS)
+        )
+        info = {"rank": self.rank, "method": "mllib_als", "max_iter": self.max_iter, "reg_param": self.reg_param,
+                "implicit_prefs": self.implicit_prefs, "alpha": self.alpha, "nonnegative": self.nonnegative}  # fmt: skip
+        return ALSFactorModel(self.name, 0.0, uf, itf, base, None, None, info, self.name, mllib=mllib, implicit=self.implicit_prefs)

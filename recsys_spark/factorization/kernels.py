@@ -1,0 +1,227 @@
+"""Vectorized numpy kernels that run inside one partition (no Spark here).
+
+A *shard* holds the training ratings of the users one partition owns, sorted
+by user: ``users`` (global ids), ``u`` (local user index per rating), ``i``
+(global item index), ``r``, ``t`` (days, or None), ``indptr`` (CSR offsets
+per local user).  User parameters (``bu``, ``P``, ...) live with the shard;
+item parameters (``bi``, ``Q``, ``Y``, ``Bbin``) arrive broadcast and the
+kernel returns what the driver combines: per touched item row either a
+delta with its rating count (SGD: count-weighted averaging across
+partitions), or gradient / numerator sums (GD, multiplicative updates: exact
+whatever the partitioning).
+
+Every model minimises the same objective (per-rating regularization, as
+SGD applies it and as MLlib's ALS-WR scales ``regParam``)::
+
+    sum_(u,i) (r_ui - r_hat_ui)^2 + reg * (b_u^2 + b_i^2 + |p_u|^2 + |q_i|^2)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+Arrays = dict[str, np.ndarray]
+
+
+def build_shard(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, times: np.ndarray | None) -> dict[str, Any]:
+    """A shard from one partition's columns (any order)."""
+    order = np.lexsort((items, users))
+    users, items, ratings = users[order].astype(np.int64), items[order].astype(np.int64), ratings[order].astype(np.float64)
+    uniq, u = np.unique(users, return_inverse=True)
+    indptr = np.zeros(len(uniq) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(u, minlength=len(uniq)), out=indptr[1:])
+    t = None if times is None else (times[order].astype(np.float64) / 86400.0)
+    return {"users": uniq, "u": u.astype(np.int64), "i": items, "r": ratings, "t": t, "indptr": indptr}
+
+
+def implicit_matrix(sh: dict[str, Any], n_items: int, extra: tuple[np.ndarray, np.ndarray] | None = None) -> sp.csr_matrix:
+    """``N(u)`` as a CSR matrix (local users x items) with values ``|N(u)|^-1/2``.
+
+    ``N(u)``: the items ``u`` rated in training, plus ``extra`` ``(local user, item)``
+    pairs whose ratings are unknown (Koren's implicit feedback option).
+    """
+    rows, cols = sh["u"], sh["i"]
+    if extra is not None and len(extra[0]):
+        rows, cols = np.concatenate([rows, extra[0]]), np.concatenate([cols, extra[1]])
+    m = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(sh["users"]), n_items))
+    m.sum_duplicates()
+    m.data[:] = 1.0
+    n = np.diff(m.indptr).astype(np.float64)
+    m.data /= np.repeat(np.sqrt(np.maximum(n, 1.0)), np.diff(m.indptr))
+    return m
+
+
+def time_features(t: np.ndarray, u: np.ndarray, t_mean: np.ndarray, tp: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(item time bin, user drift ``sign(t - t_u) |t - t_u|^beta``) per rating; ``t`` in days."""
+    b = np.clip(np.floor((t - tp["t0"]) / tp["bin_width"]).astype(np.int64), 0, tp["n_bins"] - 1)
+    d = t - t_mean[u]
+    return b, np.sign(d) * np.abs(d) ** tp["beta"]
+
+
+def estimate(
+    u: np.ndarray, i: np.ndarray, U: Arrays, I: Arrays, mu: float, z: np.ndarray | None = None,
+    tb: np.ndarray | None = None, dev: np.ndarray | None = None,
+) -> np.ndarray:  # fmt: skip
+    """``r_hat`` for ratings ``(u local, i)``; ``z``: SVD++ implicit sums per local user."""
+    p = U["P"][u] if z is None else U["P"][u] + z[u]
+    est = mu + U["bu"][u] + I["bi"][i] + np.einsum("ij,ij->i", p, I["Q"][i])
+    if tb is not None:
+        est += U["alpha"][u] * dev + I["Bbin"][i, tb]
+    return est
+
+
+def implicit_sums(N: sp.csr_matrix | None, I: Arrays) -> np.ndarray | None:
+    return None if N is None else np.asarray(N @ I["Y"])
+
+
+def sse(sh: dict[str, Any], U: Arrays, I: Arrays, mu: float, N: sp.csr_matrix | None, tp: dict[str, Any] | None,
+        clip: tuple[float, float] | None = None, chunk: int = 1 << 18) -> tuple[float, int]:  # fmt: skip
+    """Sum of squared errors over the shard's ratings (users the shard owns)."""
+    z = implicit_sums(N, I)
+    total = 0.0
+    for s in range(0, len(sh["r"]), chunk):
+        u, i, r = sh["u"][s : s + chunk], sh["i"][s : s + chunk], sh["r"][s : s + chunk]
+        tb = dev = None
+        if tp is not None:
+            tb, dev = time_features(sh["t"][s : s + chunk], u, U["t_mean"], tp)
+        est = estimate(u, i, U, I, mu, z, tb, dev)
+        if clip is not None:
+            est = np.clip(est, *clip)
+        total += float(np.sum((r - est) ** 2))
+    return total, len(sh["r"])
+
+
+def reg_terms(U: Arrays, counts: np.ndarray) -> float:
+    """``sum_u n_u (b_u^2 + |p_u|^2)`` (the user half of the regularizer)."""
+    return float(np.sum(counts * (U["bu"] ** 2 + np.sum(U["P"] ** 2, axis=1))))
+
+
+# -- SGD ---------------------------------------------------------------------
+def sgd_epoch(sh: dict[str, Any], U: Arrays, I: Arrays, mu: float, hp: dict[str, Any], rng: np.random.Generator) -> float:
+    """One epoch of mini-batch SGD over the shard's ratings in random order (in place).
+
+    Within a batch every rating's step is computed from the parameters at the
+    batch start and the steps are summed (``np.add.at``), Hogwild-style; with
+    ``batch_size=1`` it is plain sequential SGD.  Returns the summed squared
+    error seen during the epoch.
+    """
+    lr, reg = hp["lr"], hp["reg"]
+    lr_b, reg_b = hp.get("lr_bias", lr), hp.get("reg_bias", reg)
+    P, Q, bu, bi = U["P"], I["Q"], U["bu"], I["bi"]
+    order = rng.permutation(len(sh["r"]))
+    seen = 0.0
+    for s in range(0, len(order), hp["batch_size"]):
+        idx = order[s : s + hp["batch_size"]]
+        u, i, r = sh["u"][idx], sh["i"][idx], sh["r"][idx]
+        pu, qi = P[u], Q[i]
+        e = r - (mu + bu[u] + bi[i] + np.einsum("ij,ij->i", pu, qi))
+        seen += float(e @ e)
+        if hp.get("biased", True):
+            np.add.at(bu, u, lr_b * (e - reg_b * bu[u]))
+            np.add.at(bi, i, lr_b * (e - reg_b * bi[i]))
+        np.add.at(P, u, lr * (e[:, None] * qi - reg * pu))
+        np.add.at(Q, i, lr * (e[:, None] * pu - reg * qi))
+    return seen
+
+
+def svdpp_epoch(
+    sh: dict[str, Any], U: Arrays, I: Arrays, mu: float, hp: dict[str, Any], rng: np.random.Generator,
+    N: sp.csr_matrix, tp: dict[str, Any] | None,
+) -> float:  # fmt: skip
+    """One SVD++ epoch (optionally with time-aware biases) over the ratings in random order (in place).
+
+    For each batch of ratings the implicit sums ``z_u = |N(u)|^-1/2 sum_j y_j``
+    of the batch's users are computed once (a sparse product), every
+    rating's step comes from the batch-start parameters, and ``y_j`` moves by
+    ``sum_u |N(u)|^-1/2 (sum_i e_ui q_i)`` minus its regularization once per
+    rating that touched it -- the per-rating SVD++ step, summed over the batch.
+    """
+    lr, reg = hp["lr"], hp["reg"]
+    lr_b, reg_b = hp.get("lr_bias", lr), hp.get("reg_bias", reg)
+    P, Q, Y, bu, bi = U["P"], I["Q"], I["Y"], U["bu"], I["bi"]
+    sqrt_n = np.sqrt(np.maximum(np.diff(N.indptr), 1)).astype(np.float64)
+    order = rng.permutation(len(sh["r"]))
+    seen = 0.0
+    for s in range(0, len(order), hp["batch_size"]):
+        idx = order[s : s + hp["batch_size"]]
+        u, i, r = sh["u"][idx], sh["i"][idx], sh["r"][idx]
+        ub, pos = np.unique(u, return_inverse=True)
+        Nb = N[ub]
+        z = np.asarray(Nb @ Y)
+        pe = P[u] + z[pos]
+        qi = Q[i]
+        est = mu + bu[u] + bi[i] + np.einsum("ij,ij->i", pe, qi)
+        if tp is not None:
+            tb, dev = time_features(sh["t"][idx], u, U["t_mean"], tp)
+            est += U["alpha"][u] * dev + I["Bbin"][i, tb]
+        e = r - est
+        seen += float(e @ e)
+        np.add.at(bu, u, lr_b * (e - reg_b * bu[u]))
+        np.add.at(bi, i, lr_b * (e - reg_b * bi[i]))
+        if tp is not None:
+            np.add.at(U["alpha"], u, hp["lr_time"] * (e * dev - hp["reg_time"] * U["alpha"][u]))
+            np.add.at(I["Bbin"], (i, tb), lr_b * (e - hp["reg_bin"] * I["Bbin"][i, tb]))
+        np.add.at(P, u, lr * (e[:, None] * qi - reg * P[u]))
+        np.add.at(Q, i, lr * (e[:, None] * pe - reg * qi))
+        G = np.zeros((len(ub), Q.shape[1]))
+        np.add.at(G, pos, e[:, None] * qi)
+        n_b = np.bincount(pos, minlength=len(ub)).astype(np.float64)
+        cols = np.unique(Nb.indices)  # only the y_j of this batch's implicit items move
+        Nc = Nb[:, cols]
+        touch = np.asarray(Nc.T @ (n_b * sqrt_n[ub])).ravel()  # ratings that touched each y_j
+        Y[cols] += lr * (np.asarray(Nc.T @ G) - reg * touch[:, None] * Y[cols])
+    return seen
+
+
+# -- full-batch gradient descent --------------------------------------------------
+def gd_gradients(sh: dict[str, Any], U: Arrays, I: Arrays, mu: float, hp: dict[str, Any], n_items: int) -> tuple[Arrays, Arrays, float]:
+    """Descent directions (negative half-gradients) of the objective.
+
+    Returns (user directions, item partial sums, sse).  Item sums are over
+    this shard's ratings; the regularization ``-reg * n_i * q_i`` is added by
+    the driver with the total ``n_i``.
+    """
+    reg = hp["reg"]
+    u, i = sh["u"], sh["i"]
+    e = sh["r"] - estimate(u, i, U, I, mu)
+    n_u = np.diff(sh["indptr"]).astype(np.float64)
+    E = sp.csr_matrix((e, (u, i)), shape=(len(sh["users"]), n_items))
+    du = {"P": np.asarray(E @ I["Q"]) - reg * n_u[:, None] * U["P"], "bu": np.bincount(u, e, len(n_u)) - reg * n_u * U["bu"]}
+    di = {"Q": np.asarray(E.T @ U["P"]), "bi": np.bincount(i, e, n_items)}
+    if not hp.get("biased", True):
+        du["bu"][:] = 0.0
+        di["bi"][:] = 0.0
+    return du, di, float(e @ e)
+
+
+# -- multiplicative updates (NMF) ------------------------------------------------
+def nmf_mu_sums(sh: dict[str, Any], U: Arrays, I: Arrays, hp: dict[str, Any], n_items: int) -> tuple[Arrays, float]:
+    """One multiplicative update of the shard's users (in place) and the item numerator/denominator sums.
+
+    Lee & Seung restricted to observed entries, with per-rating regularization,
+    users first, then items from the updated user factors (alternating: a
+    simultaneous update of both sides oscillates)::
+
+        p_uf <- p_uf * sum_i q_if r_ui / (sum_i q_if r_hat_ui + reg_user n_u p_uf)
+        q_if <- q_if * sum_u p_uf r_ui / (sum_u p_uf r_hat_ui + reg_item n_i q_if)
+
+    The item sums are exact whatever the partitioning (each user lives in one
+    shard).  Factors stay non-negative.  Returns the sums and the squared
+    error of the epoch-start factors.
+    """
+    u, i, r = sh["u"], sh["i"], sh["r"]
+    P, Q = U["P"], I["Q"]
+    shape = (len(sh["users"]), n_items)
+    est = np.einsum("ij,ij->i", P[u], Q[i])
+    R = sp.csr_matrix((r, (u, i)), shape=shape)
+    n_u = np.diff(sh["indptr"]).astype(np.float64)
+    num_u = np.asarray(R @ Q)
+    den_u = np.asarray(sp.csr_matrix((est, (u, i)), shape=shape) @ Q) + hp["reg_user"] * n_u[:, None] * P
+    with np.errstate(divide="ignore", invalid="ignore"):
+        P = U["P"] = np.where(den_u > 0, P * num_u / den_u, P)
+    est_new = np.einsum("ij,ij->i", P[u], Q[i])
+    sums = {"num": np.asarray(R.T @ P), "den": np.asarray(sp.csr_matrix((est_new, (u, i)), shape=shape).T @ P)}
+    return sums, float(np.sum((r - est) ** 2))

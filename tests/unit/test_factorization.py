@@ -1,0 +1,336 @@
+"""Factorization: numpy kernels against naive per-rating loops and finite differences,
+the Spark engine on problems with known answers, the factor model's scoring, and the
+shared model contract for every registered factorization model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pyspark.sql import functions as F
+
+from recsys_spark import registry
+from recsys_spark.factorization import kernels as K
+from recsys_spark.factorization.als import ALS, ALSFactorModel
+from recsys_spark.factorization.model import FactorModel, factor_topk
+from recsys_spark.factorization.svd import NMFMU, SVD, SVDpp
+from recsys_spark.recommender import Scale
+from recsys_spark.schemas import RATINGS_SCHEMA
+from tests.contract.model_contract import TRAIN, ModelContract
+
+RNG = np.random.default_rng(11)
+
+
+def _tiny(n_users=6, n_items=5, density=0.7, seed=3):
+    rng = np.random.default_rng(seed)
+    mask = rng.random((n_users, n_items)) < density
+    mask[np.arange(n_users), np.arange(n_users) % n_items] = True  # every user rates something
+    u, i = np.nonzero(mask)
+    r = rng.integers(1, 6, len(u)).astype(float)
+    t = rng.integers(0, 400 * 86400, len(u)).astype(float)
+    return K.build_shard(u, i, r, t), n_users, n_items
+
+
+# -- kernels -------------------------------------------------------------------------
+def test_build_shard_sorts_by_user_and_builds_offsets():
+    sh = K.build_shard(np.array([7, 3, 7, 3, 9]), np.array([1, 2, 0, 1, 4]), np.array([1.0, 2, 3, 4, 5]), None)
+    assert sh["users"].tolist() == [3, 7, 9]
+    assert sh["u"].tolist() == [0, 0, 1, 1, 2]
+    assert sh["i"].tolist() == [1, 2, 0, 1, 4]
+    assert sh["r"].tolist() == [4.0, 2.0, 3.0, 1.0, 5.0]
+    assert sh["indptr"].tolist() == [0, 2, 4, 5]
+
+
+def test_sgd_batch_of_one_is_sequential_funk_sgd():
+    sh, nu, ni = _tiny()
+    k, mu, lr, reg = 3, 3.0, 0.01, 0.05
+    P0, Q0 = RNG.normal(0, 0.1, (nu, k)), RNG.normal(0, 0.1, (ni, k))
+    U = {"P": P0.copy(), "bu": np.zeros(nu)}
+    I = {"Q": Q0.copy(), "bi": np.zeros(ni)}
+    K.sgd_epoch(sh, U, I, mu, {"lr": lr, "reg": reg, "batch_size": 1}, np.random.default_rng(5))
+    # the naive loop, same visiting order
+    P, Q, bu, bi = P0.copy(), Q0.copy(), np.zeros(nu), np.zeros(ni)
+    for n in np.random.default_rng(5).permutation(len(sh["r"])):
+        u, i, r = sh["u"][n], sh["i"][n], sh["r"][n]
+        e = r - (mu + bu[u] + bi[i] + P[u] @ Q[i])
+        bu[u] += lr * (e - reg * bu[u])
+        bi[i] += lr * (e - reg * bi[i])
+        pu = P[u].copy()
+        P[u] += lr * (e * Q[i] - reg * P[u])
+        Q[i] += lr * (e * pu - reg * Q[i])
+    np.testing.assert_allclose(U["P"], P, atol=1e-12)
+    np.testing.assert_allclose(I["Q"], Q, atol=1e-12)
+    np.testing.assert_allclose(U["bu"], bu, atol=1e-12)
+    np.testing.assert_allclose(I["bi"], bi, atol=1e-12)
+
+
+def test_svdpp_batch_of_one_is_the_per_rating_svdpp_step():
+    sh, nu, ni = _tiny(seed=4)
+    k, mu, lr, reg = 2, 3.0, 0.02, 0.03
+    N = K.implicit_matrix(sh, ni)
+    P0, Q0, Y0 = (RNG.normal(0, 0.1, s) for s in ((nu, k), (ni, k), (ni, k)))
+    U = {"P": P0.copy(), "bu": np.zeros(nu)}
+    I = {"Q": Q0.copy(), "bi": np.zeros(ni), "Y": Y0.copy()}
+    K.svdpp_epoch(sh, U, I, mu, {"lr": lr, "reg": reg, "batch_size": 1}, np.random.default_rng(9), N, None)
+    P, Q, Y, bu, bi = P0.copy(), Q0.copy(), Y0.copy(), np.zeros(nu), np.zeros(ni)
+    rated = {u: sh["i"][sh["u"] == u] for u in range(nu)}
+    for n in np.random.default_rng(9).permutation(len(sh["r"])):
+        u, i, r = sh["u"][n], sh["i"][n], sh["r"][n]
+        Nu = rated[u]
+        z = Y[Nu].sum(axis=0) / np.sqrt(len(Nu))
+        e = r - (mu + bu[u] + bi[i] + (P[u] + z) @ Q[i])
+        bu[u] += lr * (e - reg * bu[u])
+        bi[i] += lr * (e - reg * bi[i])
+        pu, qi = P[u].copy(), Q[i].copy()
+        P[u] += lr * (e * qi - reg * pu)
+        Q[i] += lr * (e * (pu + z) - reg * qi)
+        Y[Nu] += lr * (e * qi / np.sqrt(len(Nu)) - reg * Y[Nu])
+    np.testing.assert_allclose(U["P"], P, atol=1e-12)
+    np.testing.assert_allclose(I["Q"], Q, atol=1e-12)
+    np.testing.assert_allclose(I["Y"], Y, atol=1e-12)
+    np.testing.assert_allclose(I["bi"], bi, atol=1e-12)
+
+
+def test_implicit_matrix_normalises_and_adds_unrated_pairs():
+    sh = K.build_shard(np.array([0, 0, 1]), np.array([0, 2, 1]), np.array([4.0, 3, 5]), None)
+    N = K.implicit_matrix(sh, 4, extra=(np.array([1, 1]), np.array([3, 1])))  # (1,1) already rated
+    dense = N.toarray()
+    np.testing.assert_allclose(dense[0], [1 / np.sqrt(2), 0, 1 / np.sqrt(2), 0])
+    np.testing.assert_allclose(dense[1], [0, 1 / np.sqrt(2), 0, 1 / np.sqrt(2)])
+
+
+def test_time_features_by_hand():
+    tp = {"t0": 100.0, "bin_width": 10.0, "n_bins": 3, "beta": 0.5}
+    b, dev = K.time_features(np.array([100.0, 125.0, 180.0, 91.0]), np.array([0, 0, 1, 1]), np.array([109.0, 116.0]), tp)
+    assert b.tolist() == [0, 2, 2, 0]  # 180 clamps to the last bin, 91 to the first
+    np.testing.assert_allclose(dev, [-3.0, 4.0, 8.0, -5.0])
+
+
+def _objective(sh, U, I, mu, reg):
+    e = sh["r"] - K.estimate(sh["u"], sh["i"], U, I, mu)
+    n_u = np.bincount(sh["u"], minlength=len(U["bu"]))
+    n_i = np.bincount(sh["i"], minlength=len(I["bi"]))
+    return e @ e + reg * (n_u @ (U["bu"] ** 2 + (U["P"] ** 2).sum(1)) + n_i @ (I["bi"] ** 2 + (I["Q"] ** 2).sum(1)))
+
+
+def test_gd_directions_are_minus_half_the_finite_difference_gradient():
+    sh, nu, ni = _tiny(seed=6)
+    k, mu, reg = 2, 3.1, 0.07
+    U = {"P": RNG.normal(0, 0.3, (nu, k)), "bu": RNG.normal(0, 0.2, nu)}
+    I = {"Q": RNG.normal(0, 0.3, (ni, k)), "bi": RNG.normal(0, 0.2, ni)}
+    du, di, _ = K.gd_gradients(sh, U, I, mu, {"reg": reg}, ni)
+    n_i = np.bincount(sh["i"], minlength=ni)
+    eps = 1e-6
+    for side, name, idx, direction in (
+        (U, "P", (1, 0), du["P"][1, 0]), (U, "bu", (2,), du["bu"][2]),
+        (I, "Q", (3, 1), di["Q"][3, 1] - reg * n_i[3] * I["Q"][3, 1]), (I, "bi", (0,), di["bi"][0] - reg * n_i[0] * I["bi"][0]),
+    ):  # fmt: skip
+        side[name][idx] += eps
+        up = _objective(sh, U, I, mu, reg)
+        side[name][idx] -= 2 * eps
+        down = _objective(sh, U, I, mu, reg)
+        side[name][idx] += eps
+        assert direction == pytest.approx(-(up - down) / (2 * eps) / 2, rel=1e-5, abs=1e-7)
+
+
+def test_nmf_multiplicative_update_by_hand():
+    sh = K.build_shard(np.array([0, 0, 1]), np.array([0, 1, 1]), np.array([4.0, 2.0, 3.0]), None)
+    U = {"P": np.array([[1.0], [2.0]]), "bu": np.zeros(2)}
+    I = {"Q": np.array([[1.0], [0.5]]), "bi": np.zeros(2)}
+    sums, err = K.nmf_mu_sums(sh, U, I, {"reg_user": 0.1, "reg_item": 0.1}, 2)
+    # epoch-start estimates: (0,0)=1, (0,1)=0.5, (1,1)=1
+    # user 0: num = 1*4 + 0.5*2 = 5, den = 1*1 + 0.5*0.5 + 0.1*2*1 = 1.45
+    # user 1: num = 0.5*3 = 1.5, den = 0.5*1 + 0.1*1*2 = 0.7
+    p0, p1 = 5 / 1.45, 2 * 1.5 / 0.7
+    np.testing.assert_allclose(U["P"].ravel(), [p0, p1])
+    # item sums from the updated users: item 0 rated by user 0; item 1 by users 0 and 1
+    np.testing.assert_allclose(sums["num"].ravel(), [4 * p0, 2 * p0 + 3 * p1])
+    np.testing.assert_allclose(sums["den"].ravel(), [p0 * p0 * 1.0, p0 * p0 * 0.5 + p1 * p1 * 0.5])
+    assert err == pytest.approx(9 + 1.5**2 + 4)
+
+
+# -- the Spark engine ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def rank1(spark):
+    """A fully observed rank-1 matrix (values 1..5)."""
+    a = np.linspace(1.0, 2.2, 12)
+    b = np.linspace(1.0, 2.2, 9)
+    R = np.outer(a, b)
+    rows = [(u, i, float(R[u, i]), 1_000_000 + 86400 * (u + i)) for u in range(12) for i in range(9)]
+    return spark.createDataFrame(rows, RATINGS_SCHEMA), R
+
+
+def _dense(model, n_users, n_items):
+    uf = {r["user_idx"]: (r["b_u"], np.array(r["factors"])) for r in model.user_factors.collect()}
+    itf = {r["item_idx"]: (r["b_i"], np.array(r["factors"])) for r in model.item_factors.collect()}
+    return np.array([[model.mu + uf[u][0] + itf[i][0] + uf[u][1] @ itf[i][1] for i in range(n_items)] for u in range(n_users)])
+
+
+def test_sgd_recovers_a_rank1_matrix(rank1):
+    df, R = rank1
+    m = SVD(rank=1, n_epochs=15, lr=0.1, reg=0.0, biased=False, init_std=0.3, batch_size=1, scale=Scale(0.5, 5)).fit(df)
+    assert np.sqrt(np.mean((_dense(m, *R.shape) - R) ** 2)) < 1e-3
+
+
+def test_nmf_mu_recovers_a_rank1_matrix_with_nonnegative_factors(rank1):
+    df, R = rank1
+    m = NMFMU(rank=1, n_epochs=30, reg_pu=0.0, reg_qi=0.0, scale=Scale(0.5, 5)).fit(df)
+    assert np.sqrt(np.mean((_dense(m, *R.shape) - R) ** 2)) < 0.01
+    for t in (m.user_factors, m.item_factors):
+        assert t.select(F.explode("factors").alias("f")).where("f < 0").count() == 0
+
+
+def test_gd_objective_decreases_every_epoch(rank1):
+    df, _ = rank1
+    m = SVD(rank=3, n_epochs=15, lr=0.3, reg=0.02, optimizer="gd", momentum=0.0, scale=Scale(0.5, 5)).fit(df, history=True)
+    obj = [h["objective"] for h in m.info["history"]]
+    assert len(obj) == 16  # the start of every epoch plus the end
+    assert all(b < a for a, b in zip(obj, obj[1:], strict=False)), obj
+
+
+def test_exact_optimizers_do_not_depend_on_the_partitioning(spark):
+    df = spark.createDataFrame(TRAIN * 1, RATINGS_SCHEMA)
+    for est in (SVD(rank=2, n_epochs=4, lr=0.2, optimizer="gd", seed=3), NMFMU(rank=2, n_epochs=4, seed=3)):
+        a = _dense(_with(est, num_partitions=1).fit(df), 4, 5)
+        b = _dense(_with(est, num_partitions=3).fit(df), 4, 5)
+        np.testing.assert_allclose(a, b, atol=1e-10)
+
+
+def _with(est, **kw):
+    import dataclasses
+
+    return dataclasses.replace(est, **kw)
+
+
+def test_seed_determinism_and_seed_sensitivity(spark):
+    df = spark.createDataFrame(TRAIN, RATINGS_SCHEMA)
+    a = _dense(SVD(rank=2, n_epochs=3, seed=1).fit(df), 4, 5)
+    b = _dense(SVD(rank=2, n_epochs=3, seed=1).fit(df.repartition(3)), 4, 5)
+    c = _dense(SVD(rank=2, n_epochs=3, seed=2).fit(df), 4, 5)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_validation_history_is_recorded(spark, rank1):
+    df, _ = rank1
+    fit, valid = df.where("(user_idx + item_idx) % 5 != 0"), df.where("(user_idx + item_idx) % 5 = 0")
+    m = SVDpp(rank=2, n_epochs=3, time_bins=4, scale=Scale(0.5, 5)).fit(fit, valid=valid, history=True)
+    hist = m.info["history"]
+    assert [h["epoch"] for h in hist] == [0, 1, 2, 3]
+    assert all(0 < h["valid_rmse"] < 5 and 0 < h["train_rmse"] < 5 for h in hist)
+    assert m.item_bins is not None and m.time["n_bins"] == 4
+
+
+# -- the factor model ----------------------------------------------------------------------
+def _model_tables(spark):
+    uf = spark.createDataFrame([(0, 0.5, [1.0, 0.0]), (1, -0.25, [0.5, 2.0])], "user_idx int, b_u double, factors array<double>")
+    itf = spark.createDataFrame(
+        [(0, 0.1, [1.0, 1.0]), (1, -0.2, [0.0, 0.5]), (2, 0.0, [2.0, -1.0])], "item_idx int, b_i double, factors array<double>"
+    )
+    return uf, itf
+
+
+def test_factor_model_predicts_by_hand_and_falls_back(spark):
+    from recsys_spark.baselines import BiasBaseline
+
+    uf, itf = _model_tables(spark)
+    base = BiasBaseline(n_iter=1, scale=Scale(1, 5)).fit(spark.createDataFrame(TRAIN, RATINGS_SCHEMA))
+    m = FactorModel("fm", 3.0, uf, itf, base, source="fm")
+    pairs = spark.createDataFrame([(0, 0), (1, 1), (1, 2), (0, 2), (7, 0)], "user_idx int, item_idx int")
+    got = {(r[0], r[1]): (r[2], r[4]) for r in m.predict(pairs).collect()}
+    assert got[(0, 0)] == (pytest.approx(3.0 + 0.5 + 0.1 + 1.0), "fm")
+    assert got[(1, 1)] == (pytest.approx(3.0 - 0.25 - 0.2 + 1.0), "fm")
+    assert got[(1, 2)] == (pytest.approx(3.0 - 0.25 + 0.0 + (1.0 - 2.0)), "fm")
+    assert got[(0, 2)] == (pytest.approx(5.0), "fm")  # 3.5 + 2.0 = 5.5, clipped
+    assert got[(7, 0)][1] == "item_bias"  # unknown user: the baseline answers
+
+
+def test_factor_topk_matches_brute_force(spark):
+    rng = np.random.default_rng(2)
+    n_u, n_i, k = 23, 41, 5
+    P, Q = rng.normal(size=(n_u, 3)), rng.normal(size=(n_i, 3))
+    Q[7] = Q[8]  # a tie: the smaller item wins
+    bu, bi = rng.normal(size=n_u), rng.normal(size=n_i)
+    bi[8] = bi[7]
+    seen = [(u, i) for u in range(n_u) for i in range(n_i) if rng.random() < 0.3]
+    uf = spark.createDataFrame([(u, float(bu[u]), P[u].tolist()) for u in range(n_u)], "user_idx int, b_u double, factors array<double>")
+    itf = spark.createDataFrame([(i, float(bi[i]), Q[i].tolist()) for i in range(n_i)], "item_idx int, b_i double, factors array<double>")
+    seen_df = spark.createDataFrame(seen, "user_idx int, item_idx int")
+    users = spark.createDataFrame([(u,) for u in range(n_u)], "user_idx int")
+    got = factor_topk(users, uf, itf, seen_df, k, "m", mu=1.0, user_block=5, item_block=9).collect()
+    S = 1.0 + bu[:, None] + bi[None, :] + P @ Q.T
+    seen_set = set(seen)
+    for u in range(n_u):
+        cand = sorted((i for i in range(n_i) if (u, i) not in seen_set), key=lambda i: (-S[u, i], i))[:k]
+        mine = sorted((r for r in got if r["user_idx"] == u), key=lambda r: r["rank"])
+        assert [r["item_idx"] for r in mine] == cand
+        np.testing.assert_allclose([r["score"] for r in mine], [S[u, i] for i in cand])
+
+
+def test_als_mllib_paths_agree_with_the_factor_tables_and_never_nan(spark):
+    df = spark.createDataFrame(TRAIN, RATINGS_SCHEMA)
+    m = ALS(rank=3, max_iter=5, reg_param=0.1, scale=Scale(0.5, 5)).fit(df)
+    users = spark.createDataFrame([(0,), (1,), (2,), (3,), (9,)], "user_idx int")
+    via_mllib = sorted(m.recommend_mllib(users, 3).collect())
+    via_blocks = sorted(m.recommend(users, 3).collect())
+    assert [(r[0], r[1], r[2]) for r in via_mllib] == [(r[0], r[1], r[2]) for r in via_blocks]
+    np.testing.assert_allclose([r[3] for r in via_mllib], [r[3] for r in via_blocks], rtol=1e-5)
+    pairs = spark.createDataFrame([(0, 4), (9, 0), (0, 9), (9, 9)], "user_idx int, item_idx int")
+    mllib_rows = sorted(m.predict_mllib(pairs).collect())
+    assert all(r["prediction"] == r["prediction"] for r in mllib_rows)
+    assert [r["source"] for r in mllib_rows] == ["als", "user_bias", "item_bias", "global_mean"]
+    np.testing.assert_allclose([r[2] for r in mllib_rows], [r[2] for r in sorted(m.predict(pairs).collect())], rtol=1e-5)
+    assert isinstance(m, ALSFactorModel)
+
+
+def test_every_factorization_model_is_registered_with_a_default_config():
+    for name in ("als", "als_implicit", "nmf", "nmf_mu", "svd", "svd_gd", "svdpp", "svdpp_time", "svd_impute"):
+        assert name in registry.REGISTRY
+        assert registry.model_params(name), f"conf/models/{name}.toml is missing or empty"
+
+
+# -- the shared contract ---------------------------------------------------------------------
+class _FastContract(ModelContract):
+    """Fits once per class (the engine's fixed costs would dominate otherwise).
+
+    One class per code path: ``nmf`` is ``ALS(nonnegative=True)`` and ``svd_gd``
+    / ``svdpp`` answer through the same :class:`FactorModel` as ``svd`` /
+    ``svdpp_time``; their optimizers are tested above.
+    """
+
+    @pytest.fixture(scope="class")
+    def train(self, spark):
+        return spark.createDataFrame(TRAIN, RATINGS_SCHEMA)
+
+    @pytest.fixture(scope="class")
+    def model(self, train):
+        return self.make().fit(train)
+
+
+class TestALS(_FastContract):
+    def make(self):
+        return ALS(rank=2, max_iter=3, scale=self.scale, name="als")
+
+
+class TestALSImplicit(_FastContract):
+    def make(self):
+        return ALS(rank=2, max_iter=3, implicit_prefs=True, alpha=2.0, scale=self.scale, name="als_implicit")
+
+
+class TestSVD(_FastContract):
+    def make(self):
+        return SVD(rank=2, n_epochs=3, scale=self.scale)
+
+
+class TestSVDppTime(_FastContract):
+    def make(self):
+        return SVDpp(rank=2, n_epochs=3, time_bins=3, scale=self.scale, name="svdpp_time")
+
+
+class TestNMFMU(_FastContract):
+    def make(self):
+        return NMFMU(rank=2, n_epochs=5, scale=self.scale)
+
+
+class TestSVDImpute(_FastContract):
+    def make(self):
+        return registry.build("svd_impute", self.scale, {"rank": 2})
