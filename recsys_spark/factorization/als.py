@@ -16,6 +16,9 @@
   ``k + max_seen`` items (the most training items any requested user has),
   so the ``k`` best *unseen* items are always among them; training items are
   then removed and the list ranked in the contract.  Nothing is collected.
+* ``residuals=True``: MLlib factorizes what the bias baseline leaves,
+  ``r - (mu + b_u + b_i)``, and the model predicts ``mu + b_u + b_i + p.q``
+  (ALS itself has no bias terms; this is the usual way to give it some).
 * Implicit feedback (``implicit_prefs=True``, Hu, Koren & Volinsky): the
   rating is the confidence ``1 + alpha * r``; the model scores preference,
   not ratings, so its rating predictions come from the bias baseline
@@ -36,7 +39,7 @@ from pyspark.ml.recommendation import ALSModel
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from recsys_spark.baselines import BiasBaseline, BiasTableModel
+from recsys_spark.baselines import B_I, B_U, BiasBaseline, BiasTableModel
 from recsys_spark.factorization.model import BI, BU, FACTORS, FactorModel
 from recsys_spark.recommender import Recommender, Scale, as_predictions, as_topn, clip
 from recsys_spark.schemas import (
@@ -75,6 +78,8 @@ class ALSFactorModel(FactorModel):
     def _need_mllib(self) -> ALSModel:
         if self.mllib is None:
             raise ValueError(f"{self.name}: the MLlib model is only in memory after fit (not after load)")
+        if self.mu:
+            raise ValueError(f"{self.name}: fitted on baseline residuals; MLlib's scores lack the biases (use predict/recommend)")
         return self.mllib
 
     def predict_mllib(self, pairs: DataFrame) -> DataFrame:
@@ -132,6 +137,7 @@ class ALS(Recommender):
     num_item_blocks: int | None = None
     block_size: int = 4096
     checkpoint_interval: int = 10
+    residuals: bool = False  # factorize r - (mu + b_u + b_i) of the bias baseline; predict baseline + p.q
     seed: int = 42
     scale: Scale = None  # type: ignore[assignment]
     name: str = "als"
@@ -163,13 +169,26 @@ class ALS(Recommender):
             F.col(COL_USER).cast("int"), F.col(COL_ITEM).cast("int"), F.col(COL_RATING).cast("float")
         ).persist(StorageLevel.MEMORY_AND_DISK)
         base = BiasBaseline(scale=self.scale or Scale(), name=self.name).fit(ratings)
-        mllib = self.estimator().fit(ratings)
-        uf = mllib.userFactors.select(
-            F.col("id").alias(COL_USER), F.lit(0.0).alias(BU), F.col("features").cast("array<double>").alias(FACTORS)
-        )
-        itf = mllib.itemFactors.select(
-            F.col("id").alias(COL_ITEM), F.lit(0.0).alias(BI), F.col("features").cast("array<double>").alias(FACTORS)
-        )
+        mu = 0.0
+        if self.residuals:
+            if self.implicit_prefs or self.nonnegative:
+                raise ValueError(f"{self.name}: residuals=True is for explicit, signed factors only")
+            mu = base.mu
+            data = ratings.join(base.user_bias, COL_USER).join(base.item_bias, COL_ITEM).select(
+                COL_USER, COL_ITEM, (F.col(COL_RATING) - F.lit(mu) - F.col(B_U) - F.col(B_I)).cast("float").alias(COL_RATING)
+            ).persist(StorageLevel.MEMORY_AND_DISK)  # deterministic input for MLlib
+        else:
+            data = ratings
+        mllib = self.estimator().fit(data)
+        uf = mllib.userFactors.select(F.col("id").alias(COL_USER), F.col("features").cast("array<double>").alias(FACTORS))
+        itf = mllib.itemFactors.select(F.col("id").alias(COL_ITEM), F.col("features").cast("array<double>").alias(FACTORS))
+        if self.residuals:  # the baseline's biases go into the factor tables: mu + b_u + b_i + p.q
+            uf = uf.join(base.user_bias, COL_USER).select(COL_USER, F.col(B_U).alias(BU), FACTORS)
+            itf = itf.join(base.item_bias, COL_ITEM).select(COL_ITEM, F.col(B_I).alias(BI), FACTORS)
+        else:
+            uf = uf.select(COL_USER, F.lit(0.0).alias(BU), FACTORS)
+            itf = itf.select(COL_ITEM, F.lit(0.0).alias(BI), FACTORS)
         info = {"rank": self.rank, "method": "mllib_als", "max_iter": self.max_iter, "reg_param": self.reg_param,
-                "implicit_prefs": self.implicit_prefs, "alpha": self.alpha, "nonnegative": self.nonnegative}  # fmt: skip
-        return ALSFactorModel(self.name, 0.0, uf, itf, base, None, None, info, self.name, mllib=mllib, implicit=self.implicit_prefs)
+                "implicit_prefs": self.implicit_prefs, "alpha": self.alpha, "nonnegative": self.nonnegative,
+                "residuals": self.residuals}  # fmt: skip
+        return ALSFactorModel(self.name, mu, uf, itf, base, None, None, info, self.name, mllib=mllib, implicit=self.implicit_prefs)

@@ -73,3 +73,16 @@ def test_bias_baseline_matches_reference_on_canonical_folds(spark, movielens_dir
     bias = res["models"]["bias"]
     assert abs(bias["rmse"] - 0.9457) <= 0.005, bias["rmse"]
     assert bias["rows"] == 100_000  # every test row of the five folds was scored
+
+
+def test_als_u1_matches_the_readme(spark, movielens_dir, out):
+    """README claim: tuned MLlib ALS (conf/models/als.toml) scores RMSE 0.9266 on fold u1 (fit is seeded)."""
+    from recsys_spark.benchmark import run_benchmark
+
+    res = run_benchmark(
+        spark, "rating", "ml-100k", ["als"], folds="1",
+        overrides=[f'paths.output="{out}"', f'paths.data_dir="{movielens_dir}"'],
+    )  # fmt: skip
+    als = res["models"]["als"]
+    assert abs(als["rmse"] - 0.9266) <= 0.002, als["rmse"]
+    assert als["rows"] == 20_000 and als["fallback_rows"] == 32

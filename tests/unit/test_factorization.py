@@ -306,11 +306,6 @@ class _FastContract(ModelContract):
         return self.make().fit(train)
 
 
-class TestALS(_FastContract):
-    def make(self):
-        return ALS(rank=2, max_iter=3, scale=self.scale, name="als")
-
-
 class TestALSImplicit(_FastContract):
     def make(self):
         return ALS(rank=2, max_iter=3, implicit_prefs=True, alpha=2.0, scale=self.scale, name="als_implicit")
@@ -334,3 +329,20 @@ class TestNMFMU(_FastContract):
 class TestSVDImpute(_FastContract):
     def make(self):
         return registry.build("svd_impute", self.scale, {"rank": 2})
+
+
+def test_als_on_baseline_residuals_predicts_baseline_plus_factors(spark):
+    df = spark.createDataFrame(TRAIN, RATINGS_SCHEMA)
+    m = ALS(rank=2, max_iter=3, residuals=True, scale=Scale(0.5, 5)).fit(df)
+    assert m.mu == pytest.approx(m.base.mu)
+    ub = {r[0]: r[1] for r in m.base.user_bias.collect()}
+    assert {r["user_idx"]: r["b_u"] for r in m.user_factors.collect()} == pytest.approx(ub)
+    with pytest.raises(ValueError, match="residuals"):
+        m.recommend_mllib(df.select("user_idx"), 2)
+    with pytest.raises(ValueError, match="explicit"):
+        ALS(rank=2, residuals=True, implicit_prefs=True).fit(df)
+
+
+class TestALSResiduals(_FastContract):
+    def make(self):
+        return ALS(rank=2, max_iter=3, residuals=True, scale=self.scale, name="als")
