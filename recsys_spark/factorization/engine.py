@@ -12,10 +12,10 @@ per item it touched, what the driver needs to update the item side:
 * ``sgd`` / ``svdpp``: per-partition SGD; item deltas are averaged across
   partitions weighted by each partition's rating count of the item
   (parameter averaging; with one partition it is plain SGD);
-* ``gd``: full-batch gradient sums (exact whatever the partitioning), each
-  parameter's step divided by its diagonal Gauss-Newton curvature
-  (``sum q_if^2`` over the user's items plus ``reg * n_u``, likewise for
-  items), with optional momentum;
+* ``gd``: full-batch gradient sums (exact whatever the partitioning),
+  each parameter's gradient divided by its rating count, with optional
+  momentum (a step too large for the data diverges: training stops with an
+  error naming the epoch, never with NaN factors);
 * ``nmf_mu``: numerator/denominator sums of the multiplicative updates (exact).
 
 The driver holds the item arrays (``n_items x rank``: catalogue-sized, never
@@ -273,13 +273,12 @@ def _make_step(method, hp, mu, n_items, tp, seed, epoch, history, eval_only, bia
         elif method == "gd":
             du, di, rec["seen_sse"] = K.gd_gradients(sh, U, I_bc, mu, {**hp, "biased": biased}, n_items)
             n_u = np.maximum(np.diff(sh["indptr"]), 1).astype(np.float64)
-            mom, lr, reg = hp.get("momentum", 0.0), hp["lr"], hp["reg"]
-            # diagonal Gauss-Newton step: each parameter's direction over its curvature
-            U["vP"] = mom * U["vP"] + du["P"] / (du["hP"] + reg * n_u[:, None])
-            U["vbu"] = mom * U["vbu"] + du["bu"] / (n_u * (1.0 + reg))
+            mom, lr = hp.get("momentum", 0.0), hp["lr"]
+            U["vP"] = mom * U["vP"] + du["P"] / n_u[:, None]
+            U["vbu"] = mom * U["vbu"] + du["bu"] / n_u
             U["P"] = U["P"] + lr * U["vP"]
             U["bu"] = U["bu"] + lr * U["vbu"]
-            rec["sums"] = {"Q": di["Q"][items], "bi": di["bi"][items], "hQ": di["hQ"][items]}
+            rec["sums"] = {"Q": di["Q"][items], "bi": di["bi"][items]}
         else:  # nmf_mu
             sums, rec["seen_sse"] = K.nmf_mu_sums(sh, U, I_bc, hp, n_items)
             rec["sums"] = {"num": sums["num"][items], "den": sums["den"][items]}
@@ -342,21 +341,18 @@ def _update_items(method, I, vel, parts, counts, hp, tp):
             target[m] += acc[m] / (cnt[m][:, None] if acc.ndim == 2 else cnt[m])
     elif method == "gd":
         sq = np.zeros_like(I["Q"])
-        hq = np.zeros_like(I["Q"])
         sb = np.zeros_like(I["bi"])
         for rec in parts:
             if "sums" in rec:
                 sq[rec["rows"]] += rec["sums"]["Q"]
-                hq[rec["rows"]] += rec["sums"]["hQ"]
                 sb[rec["rows"]] += rec["sums"]["bi"]
         m = counts > 0
         reg, lr, mom = hp["reg"], hp["lr"], hp.get("momentum", 0.0)
         dq = np.zeros_like(sq)
         db = np.zeros_like(sb)
-        n = counts[m]
-        dq[m] = (sq[m] - reg * n[:, None] * I["Q"][m]) / (hq[m] + reg * n[:, None])
+        dq[m] = sq[m] / counts[m][:, None] - reg * I["Q"][m]
         if hp.get("biased", True):
-            db[m] = (sb[m] - reg * n * I["bi"][m]) / (n * (1.0 + reg))
+            db[m] = sb[m] / counts[m] - reg * I["bi"][m]
         vel["Q"] = mom * vel["Q"] + dq
         vel["bi"] = mom * vel["bi"] + db
         I["Q"] += lr * vel["Q"]

@@ -198,8 +198,7 @@ def gd_gradients(sh: dict[str, Any], U: Arrays, I: Arrays, mu: float, hp: dict[s
 
     Returns (user directions, item partial sums, sse).  Item sums are over
     this shard's ratings; the regularization ``-reg * n_i * q_i`` is added by
-    the driver with the total ``n_i``.  ``hP`` / ``hQ``: the diagonal of the
-    Gauss-Newton matrix of the squared error, the step's preconditioner.
+    the driver with the total ``n_i``.
     """
     reg = hp["reg"]
     u, i = sh["u"], sh["i"]
@@ -208,10 +207,6 @@ def gd_gradients(sh: dict[str, Any], U: Arrays, I: Arrays, mu: float, hp: dict[s
     E = sp.csr_matrix((e, (u, i)), shape=(len(sh["users"]), n_items))
     du = {"P": np.asarray(E @ I["Q"]) - reg * n_u[:, None] * U["P"], "bu": np.bincount(u, e, len(n_u)) - reg * n_u * U["bu"]}
     di = {"Q": np.asarray(E.T @ U["P"]), "bi": np.bincount(i, e, n_items)}
-    # the diagonal of the Gauss-Newton matrix (halved): sum q_if^2 over the user's items, sum p_uf^2 over the item's users
-    ind = sp.csr_matrix((np.ones(len(u)), (u, i)), shape=E.shape)
-    du["hP"] = np.asarray(ind @ I["Q"] ** 2)
-    di["hQ"] = np.asarray(ind.T @ U["P"] ** 2)
     if not hp.get("biased", True):
         du["bu"][:] = 0.0
         di["bi"][:] = 0.0

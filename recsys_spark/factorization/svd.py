@@ -9,8 +9,8 @@ estimator   model and optimizer
 ==========  ================================================================
 SVD         ``mu + b_u + b_i + p_u.q_i`` (Funk / Koren), ``optimizer="sgd"``
             (mini-batch SGD, parameter averaging across partitions) or
-            ``"gd"`` (full-batch gradient descent, each step divided by the
-            parameter's diagonal Gauss-Newton curvature, with momentum); ``biased=False`` drops the biases (the objective
+            ``"gd"`` (full-batch gradient descent, count-preconditioned, with
+            momentum); ``biased=False`` drops the biases (the objective
             MLlib's ALS minimises)
 SVDpp       SVD++: ``p_u + |N(u)|^-1/2 sum_{j in N(u)} y_j``, ``N(u)`` the
             items ``u`` rated (plus optional implicit-only pairs passed to
