@@ -171,7 +171,7 @@ def train(
         out = state.map(lambda x, step=step, bc=bc: (x[0], x[1], *step(x[0], x[1], x[2], bc.value)))
         out = out.persist(StorageLevel.MEMORY_AND_DISK)
         out.localCheckpoint()
-        parts = out.map(lambda o: o[3]).collect()
+        parts = out.map(lambda o: o[3]).collect()  # one record per partition, each bounded by the catalogue
         bc.unpersist()
         if prev is not None:
             prev.unpersist()
