@@ -62,6 +62,16 @@ def _fit(est, train: DataFrame, method: str, hp: dict, valid: DataFrame | None, 
     return FactorModel(est.name, res.mu, res.user_factors, res.item_factors, base, res.time, res.item_bins, info, source=est.name)
 
 
+def _sgd_hyper(est, **extra) -> dict:
+    """The step/regularization settings SVD and SVD++ share (bias lr/reg only when set), plus ``extra``."""
+    hp = {"lr": est.lr, "reg": est.reg, "init_std": est.init_std, "batch_size": est.batch_size, **extra}
+    if est.lr_bias is not None:
+        hp["lr_bias"] = est.lr_bias
+    if est.reg_bias is not None:
+        hp["reg_bias"] = est.reg_bias
+    return hp
+
+
 @dataclass
 class SVD(Recommender):
     """Regularized biased matrix factorization (see the module docstring)."""
@@ -83,13 +93,7 @@ class SVD(Recommender):
     name: str = "svd"
 
     def hyper(self) -> dict:
-        hp = {"lr": self.lr, "reg": self.reg, "init_std": self.init_std, "batch_size": self.batch_size,
-              "momentum": self.momentum, "biased": self.biased}  # fmt: skip
-        if self.lr_bias is not None:
-            hp["lr_bias"] = self.lr_bias
-        if self.reg_bias is not None:
-            hp["reg_bias"] = self.reg_bias
-        return hp
+        return _sgd_hyper(self, momentum=self.momentum, biased=self.biased)
 
     def fit(self, train: DataFrame, valid: DataFrame | None = None, history: bool = False) -> FactorModel:
         if self.optimizer not in ("sgd", "gd"):
@@ -122,12 +126,7 @@ class SVDpp(Recommender):
     def fit(self, train: DataFrame, valid: DataFrame | None = None, history: bool = False,
             implicit: DataFrame | None = None) -> FactorModel:  # fmt: skip
         """``implicit``: optional ``(user_idx, item_idx)`` pairs added to ``N(u)`` without a rating."""
-        hp = {"lr": self.lr, "reg": self.reg, "init_std": self.init_std, "batch_size": self.batch_size,
-              "beta": self.beta, "lr_time": self.lr_time, "reg_time": self.reg_time, "reg_bin": self.reg_bin}  # fmt: skip
-        if self.lr_bias is not None:
-            hp["lr_bias"] = self.lr_bias
-        if self.reg_bias is not None:
-            hp["reg_bias"] = self.reg_bias
+        hp = _sgd_hyper(self, beta=self.beta, lr_time=self.lr_time, reg_time=self.reg_time, reg_bin=self.reg_bin)
         return _fit(self, train, "svdpp", hp, valid, history, time_bins=self.time_bins, implicit_extra=implicit)
 
 
