@@ -32,6 +32,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from recsys_spark import registry, stages
 from recsys_spark.config import Config, SplitConfig, load_config
+from recsys_spark.content import SideData
 from recsys_spark.evaluate import rating_report, topn_report
 from recsys_spark.recommender import RecommenderModel, Scale
 from recsys_spark.schemas import COL_USER
@@ -71,8 +72,8 @@ def materialize(model: RecommenderModel) -> RecommenderModel:
     return model
 
 
-def _timed_fit(name: str, cfg_scale: Scale, train: DataFrame) -> tuple[RecommenderModel, float]:
-    est = registry.build(name, cfg_scale)
+def _timed_fit(name: str, cfg_scale: Scale, train: DataFrame, side: SideData | None = None) -> tuple[RecommenderModel, float]:
+    est = registry.build(name, cfg_scale, side=side)
     t = time.perf_counter()
     model = materialize(est.fit(train))
     return model, time.perf_counter() - t
@@ -95,13 +96,14 @@ def run_rating(spark: SparkSession, cfg: Config, models: list[str], folds: list[
     stages.run_ingest(spark, cfg)
     stages.run_split(spark, cfg)
     scale = stages.rating_scale(spark, cfg)
+    side = stages.side_data(spark, cfg)
     out: dict[str, Any] = {"protocol": {"name": "rating", "dataset": cfg.dataset_name, "folds": [f"u{k}" for k in folds], "scale": [scale.lo, scale.hi]}, "models": {}}
     for name in models:
         per_fold = []
         for k in folds:
             train = stages.read_split(spark, cfg, "train", fold=k).persist()
             test = stages.read_split(spark, cfg, "test", fold=k).persist()
-            model, fit_s = _timed_fit(name, scale, train)
+            model, fit_s = _timed_fit(name, scale, train, side)
             t = time.perf_counter()
             # the timestamp travels with the pairs: time-aware models use it, the others ignore it
             pred = model.predict(test.select(*[c for c in ("user_idx", "item_idx", "timestamp") if c in test.columns])).persist()
@@ -136,7 +138,7 @@ def run_topn(spark: SparkSession, cfg: Config, models: list[str], k: int) -> dic
     users = test.select(COL_USER).distinct().persist()
     out: dict[str, Any] = {"protocol": {"name": "topn", "dataset": cfg.dataset_name, "k": k, **TOPN_PROTOCOL, "test_users": users.count(), "catalog": n_catalog}, "models": {}}
     for name in models:
-        model, fit_s = _timed_fit(name, scale, train)
+        model, fit_s = _timed_fit(name, scale, train, stages.side_data(spark, cfg))
         t = time.perf_counter()
         top = model.recommend(users, k).persist()
         top.count()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from recsys_spark.baselines import BiasBaseline, GlobalMean, ItemMean, Popularity, UserMean
+from recsys_spark.content import ContentBased, SideData
 from recsys_spark.factorization.als import ALS
 from recsys_spark.factorization.impute import SVDImpute
 from recsys_spark.factorization.svd import NMFMU, SVD, SVDpp
@@ -40,6 +41,8 @@ REGISTRY: dict[str, tuple[Callable[..., Recommender], str]] = {
     "svdpp": (lambda scale, **p: SVDpp(scale=scale, name="svdpp", **p), "rating+topn"),
     "svdpp_time": (lambda scale, **p: SVDpp(scale=scale, name="svdpp_time", **{"time_bins": 30, **p}), "rating+topn"),
     "svd_impute": (lambda scale, **p: SVDImpute(scale=scale, name="svd_impute", **p), "rating+topn"),
+    "content": (lambda scale, **p: ContentBased(scale=scale, name="content", **p), "rating+topn"),
+    "content_hybrid": (lambda scale, **p: ContentBased(scale=scale, name="content_hybrid", **{"features": "hybrid", **p}), "rating+topn"),
 }
 
 
@@ -59,12 +62,23 @@ def model_params(name: str, models_dir: Path = MODELS_DIR) -> dict[str, Any]:
     return dict(data.get("params", {}))
 
 
-def build(name: str, scale: Scale, overrides: dict[str, Any] | None = None, models_dir: Path = MODELS_DIR) -> Recommender:
+def build(
+    name: str, scale: Scale, overrides: dict[str, Any] | None = None, models_dir: Path = MODELS_DIR, side: SideData | None = None,
+) -> Recommender:  # fmt: skip
+    """The estimator ``name`` with its tuned defaults; ``side`` goes to models that read item side data (content)."""
     if name not in REGISTRY:
         raise ValueError(f"unknown model {name!r}; registered: {', '.join(sorted(REGISTRY))}")
     factory, _ = REGISTRY[name]
     params = {**model_params(name, models_dir), **(overrides or {})}
     try:
-        return factory(scale, **params)
+        est = factory(scale, **params)
     except TypeError as exc:
         raise ValueError(f"model {name!r}: bad parameter in {models_dir / (name + '.toml')} or overrides: {exc}") from None
+    if getattr(est, "uses_side", False) and side is not None:
+        est.with_side(side)
+    return est
+
+
+def uses_side(name: str) -> bool:
+    """Whether ``name``'s estimator reads item side data (callers then pass ``side``)."""
+    return bool(getattr(build(name, Scale()), "uses_side", False))

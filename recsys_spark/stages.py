@@ -30,6 +30,7 @@ from recsys_spark import generate as gen
 from recsys_spark import ingest as ing
 from recsys_spark import split as spl
 from recsys_spark.config import Config
+from recsys_spark.content import SideData
 from recsys_spark.io import fs
 from recsys_spark.io.datasets import DataFormatError, dataset_spec, parse_file, read_dataset
 from recsys_spark.recommender import Scale
@@ -191,6 +192,12 @@ def read_ingested(spark: SparkSession, cfg: Config, table: str = RATINGS) -> Dat
     return spark.read.parquet(path)
 
 
+def side_data(spark: SparkSession, cfg: Config) -> SideData:
+    """The item side tables content models read: ``items`` and, where the dataset has them, ``tags``."""
+    tags_path = cfg.stage_path("ingest", "tags")
+    return SideData(read_ingested(spark, cfg, "items"), spark.read.parquet(tags_path) if fs.exists(spark, tags_path) else None)
+
+
 # -- split -----------------------------------------------------------------------
 def split_name(cfg: Config) -> str:
     """Folder of a split: the protocol plus a hash of its parameters, so that
@@ -332,7 +339,8 @@ def run_model(spark: SparkSession, cfg: Config, name: str, force: bool = False) 
             if n_rows == 0:
                 counts[part] = {"rows": 0, "predicted": 0, "users": 0, "users_with_lists": 0}
                 continue
-            model = registry.build(name, scale, params, models_dir).fit(fit_on)
+            side = side_data(spark, cfg) if registry.uses_side(name) else None
+            model = registry.build(name, scale, params, models_dir, side=side).fit(fit_on)
             pair_cols = [c for c in (COL_USER, COL_ITEM, COL_TIMESTAMP) if c in target.columns]  # time-aware models use the timestamp
             model.predict(target.select(*pair_cols)).write.parquet(f"{tmp}/{part}/ratings")
             users = target.select(COL_USER).distinct()

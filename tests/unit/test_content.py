@@ -1,0 +1,261 @@
+"""Content-based: TF-IDF by hand, group weights, profiles and their updates, block scoring,
+explanations, the knowledge-based fallback, and the shared model contract."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from pyspark.sql import functions as F
+
+from recsys_spark.content import (
+    ContentBased,
+    ContentModel,
+    ItemFeaturizer,
+    SideData,
+    explain,
+    item_documents,
+    knowledge_based,
+    normalize_tag,
+    profile_sums,
+    profile_vectors,
+    sparse_topk,
+    to_long,
+    update_profile_sums,
+)
+from recsys_spark.schemas import ITEMS_SCHEMA, RATINGS_SCHEMA, TAGS_SCHEMA
+from tests.contract.model_contract import TRAIN, ModelContract
+
+ITEMS = [
+    (0, "m0", "Heat (1995)", ["Crime", "Action"], 1995),
+    (1, "m1", "Ronin (1998)", ["Action", "Thriller"], 1998),
+    (2, "m2", "Toy Story (1995)", ["Animation", "Comedy"], 1995),
+    (3, "m3", "Casino (1995)", ["Crime", "Drama"], 1995),
+    (4, "m4", "Fargo (1996)", ["Crime", "Comedy"], 1996),
+    (5, "m5", "Up (2009)", ["Animation", "Comedy"], 2009),
+]  # fmt: skip
+TAGS = [
+    (0, 0, "heist", 1), (1, 0, "Heist!", 2), (0, 1, "heist", 3), (2, 3, "mafia", 4), (3, 3, "Mafia ", 5),
+    (1, 4, "dark  comedy", 6), (2, 2, "pixar", 7), (3, 5, "pixar", 8),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def side(spark):
+    return SideData(spark.createDataFrame(ITEMS, ITEMS_SCHEMA), spark.createDataFrame(TAGS, TAGS_SCHEMA))
+
+
+def _vectors(features):
+    return {r["item_idx"]: dict(zip(r["indices"], r["values"], strict=True)) for r in features.vectors.collect()}
+
+
+def _vocab(features):
+    return {(r["group"], r["term"]): r["feature"] for r in features.vocabulary.collect()}
+
+
+def test_normalize_tag(spark):
+    df = spark.createDataFrame([("Sci-Fi!!  Classic ",), ("  ",), ("Amélie",)], "tag string")
+    assert [r[0] for r in df.select(normalize_tag(F.col("tag"))).collect()] == ["sci fi classic", "", "amélie"]
+
+
+def test_tfidf_values_match_a_hand_computation(spark):
+    items = spark.createDataFrame(
+        [(0, "a", "A", ["Action", "Comedy"], None), (1, "b", "B", ["Action"], None), (2, "c", "C", ["Drama"], None)], ITEMS_SCHEMA
+    )
+    ratings = spark.createDataFrame([], RATINGS_SCHEMA)
+    feats = ItemFeaturizer(weights={"genres": 1.0}).fit(items, None, ratings)
+    vocab, vec = _vocab(feats), _vectors(feats)
+    # Spark's IDF: log((m + 1) / (df + 1)) with m = 3 documents
+    idf_action, idf_comedy = math.log(4 / 3), math.log(4 / 2)
+    idf = {r["term"]: r["idf"] for r in feats.vocabulary.collect()}
+    assert idf["action"] == pytest.approx(0.2876820725) and idf["comedy"] == pytest.approx(0.6931471806)
+    norm = math.hypot(idf_action, idf_comedy)  # item 0: tf 1 each, then L2
+    assert vec[0][vocab[("genres", "action")]] == pytest.approx(0.2876820725 / 0.7504758)
+    assert vec[0][vocab[("genres", "comedy")]] == pytest.approx(idf_comedy / norm)
+    assert vec[1] == {vocab[("genres", "action")]: pytest.approx(1.0)}
+    assert vec[2] == {vocab[("genres", "drama")]: pytest.approx(1.0)}
+
+
+def test_group_weights_scale_their_share_of_the_cosine(spark):
+    items = spark.createDataFrame([(0, "a", "A", ["Action"], 1995), (1, "b", "B", ["Drama"], 1998)], ITEMS_SCHEMA)
+    feats = ItemFeaturizer(weights={"genres": 1.0, "year": 0.25}).fit(items, None, spark.createDataFrame([], RATINGS_SCHEMA))
+    v = _vectors(feats)
+    cos = sum(x * v[1].get(f, 0.0) for f, x in v[0].items())
+    assert cos == pytest.approx(0.25 / 1.25)  # same decade, no shared genre: w_year / (w_genres + w_year)
+    assert all(abs(sum(x * x for x in vec.values()) - 1) < 1e-12 for vec in v.values())
+
+
+def test_documents_thermometer_popularity_and_tag_counts(spark, side):
+    ratings = spark.createDataFrame([(u, 0, 4.0, u) for u in range(7)] + [(0, 1, 3.0, 9)], RATINGS_SCHEMA)
+    docs = {r["item_idx"]: r for r in item_documents(side.items, side.tags, ratings).collect()}
+    assert docs[0]["popularity"] == ["pop>=1", "pop>=2", "pop>=3"]  # log2(1 + 7) = 3
+    assert docs[1]["popularity"] == ["pop>=1"] and docs[2]["popularity"] == []
+    assert sorted(docs[0]["tags"]) == ["heist", "heist"] and docs[0]["year"] == ["decade:1990s"]
+    assert docs[5]["recency"] == [] and docs[0]["genres"] == ["crime", "action"]
+
+
+def test_new_items_get_the_fitted_transform(spark, side):
+    ratings = spark.createDataFrame(TRAIN, RATINGS_SCHEMA)
+    feats = ItemFeaturizer().fit(side.items, side.tags, ratings)
+    again = feats.transform(side.items.where("item_idx = 4"), side.tags, ratings).collect()[0]
+    want = _vectors(feats)[4]
+    assert dict(zip(again["indices"], again["values"], strict=True)) == pytest.approx(want)
+    unseen = spark.createDataFrame([(9, "m9", "New (1996)", ["Crime", "Western"], 1996)], ITEMS_SCHEMA)
+    new = feats.transform(unseen, None, ratings).collect()[0]  # 'western' is not in the vocabulary: ignored
+    assert new["indices"] and set(new["indices"]) <= set(_vocab(feats).values())
+
+
+def test_save_load_item_features(spark, side, tmp_path):
+    from recsys_spark.content import ItemFeatures
+
+    ratings = spark.createDataFrame(TRAIN, RATINGS_SCHEMA)
+    feats = ItemFeaturizer().fit(side.items, side.tags, ratings)
+    feats.save(str(tmp_path / "f"))
+    back = ItemFeatures.load(str(tmp_path / "f"))
+    assert back.groups == feats.groups and _vectors(back) == _vectors(feats)
+    want = _vectors(feats)
+    re = back.transform(side.items, side.tags, ratings).collect()
+    assert len(re) == len(want)
+    for r in re:
+        assert dict(zip(r["indices"], r["values"], strict=True)) == pytest.approx(want[r["item_idx"]])
+
+
+def test_profile_update_equals_recomputation(spark, side):
+    base = spark.createDataFrame(TRAIN, RATINGS_SCHEMA)
+    new = spark.createDataFrame([(0, 4, 1.0, 9), (1, 2, 5.0, 9), (7, 5, 4.5, 9)], RATINGS_SCHEMA)  # known users and a new one
+    feats = ItemFeaturizer().fit(side.items, side.tags, base)
+    long = to_long(feats.vectors)
+    s0, c0 = profile_sums(base, long)
+    s1, c1 = update_profile_sums(s0, c0, new, long)
+    sf, cf = profile_sums(base.unionByName(new), long)
+    for weighting in ("centred", "rating", "binary"):
+        upd = {r["user_idx"]: dict(zip(r["indices"], r["values"], strict=True)) for r in profile_vectors(s1, c1, weighting).collect()}
+        full = {r["user_idx"]: dict(zip(r["indices"], r["values"], strict=True)) for r in profile_vectors(sf, cf, weighting).collect()}
+        assert upd.keys() == full.keys() == {0, 1, 2, 3, 7}
+        for u in full:
+            assert upd[u] == pytest.approx(full[u], abs=1e-12)
+
+
+def test_centred_profile_by_hand(spark, side):
+    ratings = spark.createDataFrame([(0, 0, 5.0, 1), (0, 2, 3.0, 2)], RATINGS_SCHEMA)
+    feats = ItemFeaturizer(weights={"genres": 1.0}).fit(side.items, None, ratings)
+    vec = _vectors(feats)
+    s, c = profile_sums(ratings, to_long(feats.vectors))
+    prof = {r["user_idx"]: dict(zip(r["indices"], r["values"], strict=True)) for r in profile_vectors(s, c, normalize=False).collect()}
+    want: dict[int, float] = {}
+    for item, dev in ((0, 1.0), (2, -1.0)):  # mean 4: +1 for Heat, -1 for Toy Story
+        for f, x in vec[item].items():
+            want[f] = want.get(f, 0.0) + dev * x
+    assert prof[0] == pytest.approx(want)
+
+
+def test_sparse_topk_matches_brute_force(spark):
+    rng = np.random.default_rng(0)
+    dim, n_l, n_i, k = 12, 9, 23, 4
+    L = rng.random((n_l, dim)) * (rng.random((n_l, dim)) < 0.4)
+    R = rng.random((n_i, dim)) * (rng.random((n_i, dim)) < 0.4)
+    R[5] = R[6]  # a tie
+
+    def rows(M, key):
+        return spark.createDataFrame(
+            [(i, [int(j) for j in np.flatnonzero(M[i])], [float(x) for x in M[i][M[i] != 0]]) for i in range(len(M))],
+            f"{key} int, indices array<int>, values array<double>",
+        )
+
+    seen = spark.createDataFrame([(0, 1), (0, 2), (3, 5)], "user_idx int, item_idx int")
+    prior = spark.createDataFrame([(i, float(i) / n_i) for i in range(n_i)], "item_idx int, prior double")
+    got = sparse_topk(rows(L, "user_idx"), rows(R, "item_idx"), k, dim, exclude=seen, prior=prior, prior_weight=0.3, left_block=4, item_block=7)
+    S = L @ R.T + 0.3 * (np.arange(n_i) / n_i)[None, :]
+    for u, i in [(0, 1), (0, 2), (3, 5)]:
+        S[u, i] = -np.inf
+    by_user: dict[int, list[int]] = {}
+    for r in got.orderBy("user_idx", F.desc("score"), "item_idx").collect():
+        by_user.setdefault(r["user_idx"], []).append(r["item_idx"])
+    for u in range(n_l):
+        order = sorted(range(n_i), key=lambda i: (-S[u, i], i))[:k]
+        assert by_user[u] == order
+
+
+def test_explanations_name_only_items_the_user_rated(spark, side):
+    ratings = spark.createDataFrame(TRAIN, RATINGS_SCHEMA)
+    model = ContentBased(side=side, max_neighbors=5).fit(ratings)
+    users = spark.createDataFrame([(0,), (1,), (2,), (3,)], "user_idx int")
+    recs = model.recommend(users, k=3)
+    out = explain(recs, ratings, model.vectors, model.vocabulary, side.items).collect()
+    rated = {(u, i) for u, i, *_ in TRAIN}
+    assert len(out) == recs.count() > 0
+    for r in out:
+        assert r["reason"]
+        if r["because_item"] is not None:
+            assert (r["user_idx"], r["because_item"]) in rated
+            assert r["because_title"] in r["reason"] and "★" in r["reason"]
+    # Heat-lover (user 0 rated Heat 5): a crime film is explained by Heat and the shared genre
+    casino = [r for r in out if r["user_idx"] == 0 and r["item_idx"] == 3]
+    if casino:
+        assert casino[0]["because_item"] == 0 and "crime" in casino[0]["shared"]
+
+
+def test_cold_items_get_personal_predictions_from_content_neighbours(spark, side):
+    ratings = spark.createDataFrame(TRAIN, RATINGS_SCHEMA)
+    model = ContentBased(side=side, max_neighbors=5).fit(ratings)
+    pred = model.predict(spark.createDataFrame([(0, 5), (2, 5)], "user_idx int, item_idx int")).collect()
+    assert {r["source"] for r in pred} == {"content"}  # item 5 has no rating, but features and neighbours
+    recs = model.recommend(spark.createDataFrame([(0,)], "user_idx int"), k=2, items=spark.createDataFrame([(5,)], "item_idx int")).collect()
+    assert [r["item_idx"] for r in recs] == [5]
+
+
+def test_knowledge_based_fallback(spark, side):
+    ratings = spark.createDataFrame(TRAIN, RATINGS_SCHEMA)
+    top = knowledge_based(ratings, side.items, ["crime"], k=5, min_count=2).collect()
+    # mu = 38/11; damped means (sum + 10 mu) / (n + 10): Heat (14, 3) 3.734, Fargo (6, 2) 3.379, Casino (5, 2) 3.295
+    assert [r["item_idx"] for r in top] == [0, 4, 3] and all("Crime" in r["genres"] for r in top)
+    assert top[0]["score"] == pytest.approx((14 + 380 / 11) / 13)
+    assert [r["rank"] for r in top] == [1, 2, 3]
+    with pytest.raises(ValueError, match="unknown genre"):
+        knowledge_based(ratings, side.items, ["westernn"])
+
+
+def test_fit_without_side_data_says_so(spark):
+    with pytest.raises(ValueError, match="side data"):
+        ContentBased().fit(spark.createDataFrame(TRAIN, RATINGS_SCHEMA))
+
+
+def test_registry_passes_side_data(spark, side):
+    from recsys_spark import registry
+    from recsys_spark.recommender import Scale
+
+    assert registry.uses_side("content") and registry.uses_side("content_hybrid") and not registry.uses_side("bias")
+    est = registry.build("content_hybrid", Scale(), side=side)
+    assert est.side is side and est.features == "hybrid"
+
+
+class _Contract(ModelContract):
+    @pytest.fixture(scope="class")
+    def train(self, spark):
+        return spark.createDataFrame(TRAIN, RATINGS_SCHEMA)
+
+    @pytest.fixture(scope="class")
+    def model(self, train):
+        return self.make().fit(train)
+
+    def _side(self):
+        from pyspark.sql import SparkSession
+
+        spark = SparkSession.getActiveSession()
+        return SideData(spark.createDataFrame(ITEMS, ITEMS_SCHEMA), spark.createDataFrame(TAGS, TAGS_SCHEMA))
+
+
+class TestContent(_Contract):
+    def make(self):
+        return ContentBased(side=self._side(), max_neighbors=5, scale=self.scale)
+
+    def test_round_trip_keeps_the_featurizer(self, model, tmp_path):
+        model.save(str(tmp_path / "m"))
+        back = ContentModel.load(str(tmp_path / "m"))
+        assert back.pipeline is not None
+
+
+class TestContentHybrid(_Contract):
+    def make(self):
+        return ContentBased(side=self._side(), features="hybrid", max_neighbors=5, prior=0.2, scale=self.scale, name="content_hybrid")
