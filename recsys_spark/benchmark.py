@@ -2,6 +2,7 @@
 
     recsys-spark benchmark rating --dataset ml-100k --folds 1-5 --models bias,item_mean --out r.json
     recsys-spark benchmark topn --dataset ml-100k --models popularity --k 10 --out t.json
+    recsys-spark benchmark coldstart --dataset ml-latest-small --models content,bias,popularity
 
 * **rating**: MovieLens 100K canonical folds ``u1..u5``; every test row is
   scored (fallbacks counted by ``source``, never dropped); RMSE and MAE per
@@ -10,6 +11,8 @@
   training items the user has not rated; every test item of the user is
   relevant; Precision/Recall/NDCG/MAP/HR/MRR@k, catalogue coverage, novelty
   and intra-list diversity (over genres).
+* **coldstart**: new items (all their ratings held out) and new users (three
+  training ratings each); see :mod:`recsys_spark.coldstart`.
 
 Datasets resolve under ``RECSYS_DATA_DIR``; ingest and split outputs are
 cached under ``paths.output`` like the pipeline's (a second run skips them).
@@ -162,7 +165,11 @@ def run_benchmark(spark: SparkSession, protocol: str, dataset: str, models: list
         return run_rating(spark, cfg, models, parse_folds(folds))
     if protocol == "topn":
         return run_topn(spark, cfg, models, k)
-    raise ValueError(f"unknown protocol {protocol!r}: rating or topn")
+    if protocol == "coldstart":
+        from recsys_spark.coldstart import run_coldstart
+
+        return run_coldstart(spark, cfg, models, k)
+    raise ValueError(f"unknown protocol {protocol!r}: rating, topn or coldstart")
 
 
 def write_result(result: dict[str, Any], out: str | None) -> None:
@@ -174,6 +181,10 @@ def write_result(result: dict[str, Any], out: str | None) -> None:
 def summary_table(result: dict[str, Any]) -> str:
     """A Markdown table of the means."""
     proto = result["protocol"]
+    if proto["name"] == "coldstart":
+        from recsys_spark.coldstart import summary_table as coldstart_table
+
+        return coldstart_table(result)
     if proto["name"] == "rating":
         lines = ["| model | RMSE | MAE | fit s | predict s | fallback rows |", "|---|---:|---:|---:|---:|---:|"]
         for name, m in result["models"].items():

@@ -27,9 +27,10 @@ DESCRIPTIONS = {
     "neighbors": "write the kNN neighbour table (a, b, sim, support) of neighbors.model to Parquet",
     "pipeline": "run every stage in order, skipping those whose outputs are up to date",
     "download": "download a MovieLens archive and verify its SHA-256 (needs a network)",
-    "benchmark": "evaluate registered models on a fixed protocol (rating: ML-100K u1..u5; topn)",
+    "benchmark": "evaluate registered models on a fixed protocol (rating: ML-100K u1..u5; topn; coldstart)",
     "tune": "Optuna search of a model's parameters (conf/tuning/<model>.toml) on a validation part of ML-100K u1.base",
     "factorize": "fit a factorization model on the pipeline's split; write its factors (and NMF factor interpretation)",
+    "content": "fit a content model on the pipeline's split; write item features, content neighbours, profiles, term signal, explained top-N",
 }
 
 
@@ -43,7 +44,7 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rerun even when the output is up to date")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging (with tracebacks of input errors)")
     if stage == "benchmark":
-        p.add_argument("protocol", choices=["rating", "topn"])
+        p.add_argument("protocol", choices=["rating", "topn", "coldstart"])
         p.add_argument("--dataset", default="ml-100k", help="ml-100k, ml-latest-small, ml-1m, ml-25m, generated")
         p.add_argument("--models", default="bias", help="comma-separated registered model names")
         p.add_argument("--folds", default="1-5", help="rating protocol: folds, e.g. 1-5 or 1,3")
@@ -56,6 +57,8 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
         p.add_argument("--out", default=None, help="write the study (best parameters, every trial) as JSON here")
     if stage == "factorize":
         p.add_argument("--model", default=None, help="registered factorization model (default: factorize.model)")
+    if stage == "content":
+        p.add_argument("--model", default=None, help="registered content model (default: content.model)")
     if stage == "download":
         p.add_argument("dataset", help="ml-100k, ml-1m, ml-latest-small, ml-25m or ml-32m")
         p.add_argument("--dest", default=None, help="directory (default: $RECSYS_DATA_DIR or ./data)")
@@ -92,10 +95,10 @@ def run_job(stage: str, argv: list[str] | None = None) -> int:
             return _benchmark(spark, args, log)
         if stage == "tune":
             return _tune(spark, cfg, args, log)
-        if stage == "factorize":
-            from recsys_spark.stages import run_factorize
+        if stage in ("factorize", "content"):
+            from recsys_spark.stages import STAGES
 
-            _log_result(log, stage, run_factorize(spark, cfg, args.model, force=args.force))
+            _log_result(log, stage, STAGES[stage](spark, cfg, args.model, force=args.force))
             return 0
         result = _stage_fn(stage)(spark, cfg, force=args.force)
         _log_result(log, stage, result)

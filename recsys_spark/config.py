@@ -146,6 +146,16 @@ class FactorizeConfig:
 
 
 @dataclass
+class ContentConfig:
+    # the content-feature job: item features (+ fitted transform), content
+    # neighbours, user profiles, term signal and explained top-N lists
+    model: str = "content"  # a registered content model (content / content_hybrid)
+    explain_users: int = 200  # users whose top-N lists are explained (0: all)
+    top_terms: int = 20  # rows of the term-signal table
+    min_items: int = 10  # a term must be on this many items to be in it
+
+
+@dataclass
 class EvaluateConfig:
     k: int = 10
     # blend (for now): the single model with the best value of this metric on the
@@ -172,6 +182,7 @@ class Config:
     models: ModelsConfig = field(default_factory=ModelsConfig)
     neighbors: NeighborsConfig = field(default_factory=NeighborsConfig)
     factorize: FactorizeConfig = field(default_factory=FactorizeConfig)
+    content: ContentConfig = field(default_factory=ContentConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 

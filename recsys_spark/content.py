@@ -665,10 +665,13 @@ def update_profile_sums(
     return s, c
 
 
-def profile_vectors(
-    sums: DataFrame, counts: DataFrame, weighting: Weighting = "centred", normalize: bool = True
-) -> DataFrame:
-    """``(user_idx, indices, values)``: ``sum (r - mean_u) x`` (centred), ``sum r x`` (rating) or ``sum x`` (binary)."""
+def profile_vectors(sums: DataFrame, counts: DataFrame, weighting: Weighting = "centred", normalize: bool = True) -> DataFrame:
+    """``(user_idx, indices, values)``: ``sum (r - mean_u) x`` (centred), ``sum r x`` (rating) or ``sum x`` (binary).
+
+    A centred profile is all zeros when every rating of the user equals their
+    mean (e.g. three 5-star ratings): such a user gets the binary profile
+    (what they rated) instead of none.
+    """
     if weighting == "centred":
         v = F.col("s_rx") - F.col("s_r") / F.col("n") * F.col("s_x")
     elif weighting == "rating":
@@ -677,18 +680,16 @@ def profile_vectors(
         v = F.col("s_x")
     else:
         raise ValueError(f"profile weighting must be centred, rating or binary, got {weighting!r}")
-    long = (
-        sums.join(counts, COL_USER)
-        .select(COL_USER, FEATURE, v.alias(VALUE))
-        .where(F.abs(F.col(VALUE)) > 1e-12)
-    )
+    eps = 1e-9
+    long = sums.join(counts, COL_USER).select(COL_USER, FEATURE, v.alias(VALUE), F.col("s_x"))
+    if weighting == "centred":
+        flat = long.groupBy(COL_USER).agg(F.max(F.abs(VALUE)).alias("_m")).where(F.col("_m") <= eps).select(COL_USER, F.lit(True).alias("_flat"))
+        long = long.join(flat, COL_USER, "left").select(COL_USER, FEATURE, F.when(F.col("_flat").isNotNull(), F.col("s_x")).otherwise(F.col(VALUE)).alias(VALUE))
+    long = long.select(COL_USER, FEATURE, VALUE).where(F.abs(F.col(VALUE)) > eps)
     users = counts.select(COL_USER)
     vec = from_long(long, COL_USER, normalize=normalize)
-    # users whose profile is all zeros (every rating equal to their mean) keep an empty vector
     return users.join(vec, COL_USER, "left").select(
-        COL_USER,
-        F.coalesce(IDX, F.array().cast("array<int>")).alias(IDX),
-        F.coalesce(VAL, F.array().cast("array<double>")).alias(VAL),
+        COL_USER, F.coalesce(IDX, F.array().cast("array<int>")).alias(IDX), F.coalesce(VAL, F.array().cast("array<double>")).alias(VAL)
     )
 
 

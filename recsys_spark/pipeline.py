@@ -24,6 +24,8 @@ def pipeline_stages(cfg: Config) -> list[str]:
         names.insert(2, "neighbors")
     if cfg.factorize.model in cfg.models.names:  # export the factors (and their meaning) of the factor model it fits
         names.insert(2, "factorize")
+    if cfg.content.model in cfg.models.names:  # export the features, profiles and explanations of the content model it fits
+        names.insert(2, "content")
     if cfg.dataset.kind == "generated":
         names.insert(0, "generate")
     return names

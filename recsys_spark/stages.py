@@ -458,6 +458,74 @@ def run_factorize(spark: SparkSession, cfg: Config, name: str | None = None, for
     return run_stage(spark, cfg, "factorize", output, ("factorize",), [split_out], body, force, extra)
 
 
+def run_content(spark: SparkSession, cfg: Config, name: str | None = None, force: bool = False) -> dict[str, Any]:
+    """Fit ``content.model`` on train + valid; write what it learned and why it recommends.
+
+    Output: ``features/`` (the fitted Spark ML transform, its ``vocabulary``
+    and the item ``vectors``: a new item is featurised by loading the
+    transform), ``neighbors`` (content item-item table ``(a, b, sim,
+    support)``), ``profile_sums`` / ``profile_counts`` (updatable user
+    profiles), ``terms`` (term signal: terms whose items are rated above or
+    below the baseline) and ``explanations`` (top-N of ``content.explain_users``
+    test users, each with its reason).  Accounting: ratings in; catalogue
+    items, items with features and with neighbours; users with profiles; rows
+    explained.
+    """
+    from recsys_spark.content import ContentModel, ItemFeatures, term_signal
+
+    name = name or cfg.content.model
+    if name not in registry.REGISTRY:
+        raise ValueError(f"content.model: unknown model {name!r}; registered: {', '.join(sorted(registry.REGISTRY))}")
+    if not registry.uses_side(name):
+        raise ValueError(f"content.model: {name!r} is not a content model")
+    split_out = cfg.stage_path("splits", split_name(cfg))
+    output = cfg.stage_path("content", name)
+    models_dir = _models_dir(cfg)
+    params = registry.model_params(name, models_dir)
+
+    def body(tmp: str) -> dict[str, Any]:
+        side = side_data(spark, cfg)
+        ratings = read_split(spark, cfg, spl.TRAIN).unionByName(read_split(spark, cfg, spl.VALID)).persist(StorageLevel.MEMORY_AND_DISK)
+        model = registry.build(name, rating_scale(spark, cfg), params, models_dir, side=side).fit(ratings)
+        assert isinstance(model, ContentModel)
+        features = ItemFeatures(model.pipeline, model.vocabulary, model.vectors, model.params["groups"], model.params["weights"])
+        if model.params["features"] == "content":
+            features.save(f"{tmp}/features")
+        else:  # hybrid vectors hold collaborative dimensions the transform does not produce
+            _write(model.vectors, f"{tmp}/features/vectors")
+            _write(model.vocabulary, f"{tmp}/features/vocabulary")
+        _write(model.neighbors, f"{tmp}/neighbors")
+        _write(model.sums, f"{tmp}/profile_sums")
+        _write(model.counts, f"{tmp}/profile_counts")
+        _write(term_signal(ratings, model.vectors, model.vocabulary, cfg.content.min_items, cfg.content.top_terms), f"{tmp}/terms")
+        users = read_split(spark, cfg, spl.TEST).select(COL_USER).distinct()
+        if cfg.content.explain_users:
+            users = users.orderBy(COL_USER).limit(cfg.content.explain_users)
+        recs = model.recommend(users, cfg.models.k)
+        _write(model.explain(recs, side.items), f"{tmp}/explanations")
+        explained = spark.read.parquet(f"{tmp}/explanations")
+        counts = {
+            "ratings": ratings.count(),
+            "catalog_items": side.items.count(),
+            "items_with_features": spark.read.parquet(f"{tmp}/features/vectors").where(F.size("indices") > 0).count(),
+            "items_with_neighbors": spark.read.parquet(f"{tmp}/neighbors").select("a").distinct().count(),
+            "users_with_profiles": spark.read.parquet(f"{tmp}/profile_counts").count(),
+            "dimensions": model.dim,
+            "explained_rows": explained.count(),
+            "explained_without_reason": explained.where(F.col("reason").isNull() | (F.col("reason") == "")).count(),
+        }
+        log.info(
+            "content %s: %d of %d items featurised (%d dims), %d with neighbours, %d profiles, %d recommendations explained",
+            name, counts["items_with_features"], counts["catalog_items"], counts["dimensions"], counts["items_with_neighbors"],
+            counts["users_with_profiles"], counts["explained_rows"],
+        )  # fmt: skip
+        ratings.unpersist()
+        return counts
+
+    extra = {"model": name, "params": params, "k": cfg.models.k}
+    return run_stage(spark, cfg, "content", output, ("content",), [split_out], body, force, extra)
+
+
 def read_predictions(spark: SparkSession, cfg: Config, name: str, part: str, kind: str) -> DataFrame:
     return spark.read.parquet(cfg.stage_path("predictions", name, part, kind))
 
@@ -570,7 +638,7 @@ def run_evaluate(spark: SparkSession, cfg: Config, force: bool = False) -> dict[
 
 STAGES = {
     "generate": run_generate, "ingest": run_ingest, "split": run_split, "neighbors": run_neighbors,
-    "factorize": run_factorize,
+    "factorize": run_factorize, "content": run_content,
     "blend": run_blend, "evaluate": run_evaluate,
 }  # fmt: skip
 

@@ -145,3 +145,29 @@ def test_factorize_stage_writes_factors_and_their_meaning(spark, cfg_factory, tm
     assert stages.run_factorize(spark, cfg)["skipped"]
     with pytest.raises(ValueError, match="not a factorization model"):
         stages.run_factorize(spark, cfg, "bias")
+
+
+def test_content_stage_writes_features_profiles_and_explanations(spark, cfg_factory):
+    from recsys_spark.content import ItemFeatures
+
+    cfg = cfg_factory(*SMALL, "content.explain_users=5", "content.min_items=2")
+    for stage in ("generate", "ingest", "split"):
+        stages.STAGES[stage](spark, cfg)
+    res = stages.run_content(spark, cfg)
+    c = res["counts"]
+    train = stages.read_split(spark, cfg, "train").unionByName(stages.read_split(spark, cfg, "valid"))
+    assert c["ratings"] == train.count()
+    assert c["catalog_items"] == c["items_with_features"] == 80  # every generated item has genres
+    assert c["users_with_profiles"] == train.select("user_idx").distinct().count()
+    assert c["explained_rows"] == 5 * 10 and c["explained_without_reason"] == 0
+    out = cfg.stage_path("content", "content")
+    feats = ItemFeatures.load(f"{out}/features")  # the saved transform featurises items again, identically
+    again = {r["item_idx"]: r["values"] for r in feats.transform(stages.read_ingested(spark, cfg, "items"), stages.side_data(spark, cfg).tags, train).collect()}
+    for r in feats.vectors.collect():
+        assert again[r["item_idx"]] == pytest.approx(r["values"])
+    nb = spark.read.parquet(f"{out}/neighbors")
+    assert nb.columns == ["a", "b", "sim", "support"] and nb.where("a = b").count() == 0
+    assert spark.read.parquet(f"{out}/terms").count() > 0
+    assert stages.run_content(spark, cfg)["skipped"]
+    with pytest.raises(ValueError, match="not a content model"):
+        stages.run_content(spark, cfg, "bias")
