@@ -20,7 +20,7 @@ A model ranks new items with its own top-N scorer where it has one for
 candidates outside training (content: profile similarity, via
 ``recommend(users, k, items=...)``); other models rank the candidates by their
 predicted rating (for them every new item falls back to the same baseline, so
-their order among new items is arbitrary: ties broken by ``item_idx``).
+their order among new items is arbitrary: ties broken by a seeded hash).
 :func:`check_no_leakage` asserts that no held-out rating is in training.
 """
 
@@ -38,8 +38,15 @@ from pyspark.sql import functions as F
 from recsys_spark import registry, stages
 from recsys_spark.config import Config
 from recsys_spark.evaluate import rating_report, topn_report
-from recsys_spark.recommender import RecommenderModel, rank_candidates
-from recsys_spark.schemas import COL_ITEM, COL_PREDICTION, COL_SCORE, COL_TIMESTAMP, COL_USER
+from recsys_spark.recommender import RecommenderModel, as_topn
+from recsys_spark.schemas import (
+    COL_ITEM,
+    COL_PREDICTION,
+    COL_RANK,
+    COL_SCORE,
+    COL_TIMESTAMP,
+    COL_USER,
+)
 from recsys_spark.split import hash_uniform
 
 log = logging.getLogger(__name__)
@@ -79,13 +86,20 @@ def _supports_candidates(model: RecommenderModel) -> bool:
     return "items" in inspect.signature(model.recommend).parameters
 
 
-def rank_new_items(model: RecommenderModel, users: DataFrame, new_items: DataFrame, k: int) -> DataFrame:
-    """Top-``k`` of ``new_items`` per user: the model's own scorer when it ranks unseen items, else by predicted rating."""
+def rank_new_items(model: RecommenderModel, users: DataFrame, new_items: DataFrame, k: int, seed: int = 42) -> DataFrame:
+    """Top-``k`` of ``new_items`` per user: the model's own scorer when it ranks unseen items, else by predicted rating.
+
+    Ties in predicted rating (every new item gets the same fallback from a
+    model that never saw it) are broken by a seeded hash of (user, item), not
+    by ``item_idx``: ids often follow release or popularity order (ML-100K's
+    do), which would hand such a model a popularity signal it does not have.
+    """
     if _supports_candidates(model):
         return model.recommend(users, k, items=new_items)  # type: ignore[call-arg]
     pairs = users.select(COL_USER).distinct().crossJoin(new_items.select(COL_ITEM).distinct())
     scored = model.predict(pairs).select(COL_USER, COL_ITEM, F.col(COL_PREDICTION).alias(COL_SCORE))
-    return rank_candidates(scored, k, model.name)
+    w = Window.partitionBy(COL_USER).orderBy(F.desc(COL_SCORE), hash_uniform(seed, F.lit("tie"), COL_USER, COL_ITEM), F.asc(COL_ITEM))
+    return as_topn(scored.withColumn(COL_RANK, F.row_number().over(w)).where(F.col(COL_RANK) <= k), model.name)
 
 
 def _evaluate(
