@@ -305,20 +305,11 @@ class ItemFeaturizer:
         docs = item_documents(items, tags, ratings).persist(StorageLevel.MEMORY_AND_DISK)
         stages: list[Any] = []
         used: list[str] = []
-        for g in GROUPS:
-            w = float(self.weights.get(g, 0.0))
-            if w <= 0:
-                continue
+        wanted = [g for g in GROUPS if float(self.weights.get(g, 0.0)) > 0]
+        n_terms = self._terms_per_group(docs, wanted)  # one job for every group
+        for g in wanted:
             min_df = float(self.tag_min_df) if g == "tags" else 1.0
-            n_terms = (
-                docs.select(F.explode(g).alias("t"))
-                .groupBy("t")
-                .agg(F.count("*").alias("df"))
-                .where(F.col("df") >= min_df)
-                .limit(1)
-                .count()
-            )
-            if n_terms == 0:  # e.g. no tags in ML-100K: the group is simply absent
+            if n_terms.get(g, 0) == 0:  # e.g. no tags in ML-100K: the group is simply absent
                 log.info("feature group %s: no terms, skipped", g)
                 continue
             used.append(g)
@@ -372,6 +363,16 @@ class ItemFeaturizer:
         return ItemFeatures(
             pipeline, vocabulary, vectors, groups, {g: float(self.weights[g]) for g in used}
         )
+
+    def _terms_per_group(self, docs: DataFrame, groups: list[str]) -> dict[str, int]:
+        """Distinct terms per group that pass the group's document-frequency floor (one Spark job)."""
+        if not groups:
+            return {}
+        pairs = F.explode(F.array(*[F.struct(F.lit(g).alias("g"), F.col(g).alias("ts")) for g in groups])).alias("_p")
+        exploded = docs.select(pairs).select(F.col("_p.g").alias("g"), F.explode(F.array_distinct("_p.ts")).alias("t"))
+        floor = F.when(F.col("g") == "tags", F.lit(self.tag_min_df)).otherwise(F.lit(1))
+        kept = exploded.groupBy("g", "t").agg(F.count("*").alias("df")).where(F.col("df") >= floor)
+        return {r["g"]: int(r["n"]) for r in kept.groupBy("g").agg(F.count("*").alias("n")).collect()}
 
 
 # -- block scoring ---------------------------------------------------------------------------

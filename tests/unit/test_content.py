@@ -46,6 +46,22 @@ def side(spark):
     return SideData(spark.createDataFrame(ITEMS, ITEMS_SCHEMA), spark.createDataFrame(TAGS, TAGS_SCHEMA))
 
 
+@pytest.fixture(scope="module")
+def train(spark):
+    return spark.createDataFrame(TRAIN, RATINGS_SCHEMA)
+
+
+@pytest.fixture(scope="module")
+def feats(side, train):
+    """Item features over every group, fitted once for the module."""
+    return ItemFeaturizer().fit(side.items, side.tags, train)
+
+
+@pytest.fixture(scope="module")
+def fitted(side, train):
+    return ContentBased(side=side, max_neighbors=5).fit(train)
+
+
 def _vectors(features):
     return {r["item_idx"]: dict(zip(r["indices"], r["values"], strict=True)) for r in features.vectors.collect()}
 
@@ -95,9 +111,8 @@ def test_documents_thermometer_popularity_and_tag_counts(spark, side):
     assert docs[5]["recency"] == [] and docs[0]["genres"] == ["crime", "action"]
 
 
-def test_new_items_get_the_fitted_transform(spark, side):
-    ratings = spark.createDataFrame(TRAIN, RATINGS_SCHEMA)
-    feats = ItemFeaturizer().fit(side.items, side.tags, ratings)
+def test_new_items_get_the_fitted_transform(spark, side, feats, train):
+    ratings = train
     again = feats.transform(side.items.where("item_idx = 4"), side.tags, ratings).collect()[0]
     want = _vectors(feats)[4]
     assert dict(zip(again["indices"], again["values"], strict=True)) == pytest.approx(want)
@@ -106,11 +121,10 @@ def test_new_items_get_the_fitted_transform(spark, side):
     assert new["indices"] and set(new["indices"]) <= set(_vocab(feats).values())
 
 
-def test_save_load_item_features(spark, side, tmp_path):
+def test_save_load_item_features(spark, side, feats, train, tmp_path):
     from recsys_spark.content import ItemFeatures
 
-    ratings = spark.createDataFrame(TRAIN, RATINGS_SCHEMA)
-    feats = ItemFeaturizer().fit(side.items, side.tags, ratings)
+    ratings = train
     feats.save(str(tmp_path / "f"))
     back = ItemFeatures.load(str(tmp_path / "f"))
     assert back.groups == feats.groups and _vectors(back) == _vectors(feats)
@@ -121,10 +135,9 @@ def test_save_load_item_features(spark, side, tmp_path):
         assert dict(zip(r["indices"], r["values"], strict=True)) == pytest.approx(want[r["item_idx"]])
 
 
-def test_profile_update_equals_recomputation(spark, side):
-    base = spark.createDataFrame(TRAIN, RATINGS_SCHEMA)
+def test_profile_update_equals_recomputation(spark, feats, train):
+    base = train
     new = spark.createDataFrame([(0, 4, 1.0, 9), (1, 2, 5.0, 9), (7, 5, 4.5, 9)], RATINGS_SCHEMA)  # known users and a new one
-    feats = ItemFeaturizer().fit(side.items, side.tags, base)
     long = to_long(feats.vectors)
     s0, c0 = profile_sums(base, long)
     s1, c1 = update_profile_sums(s0, c0, new, long)
@@ -177,9 +190,8 @@ def test_sparse_topk_matches_brute_force(spark):
         assert by_user[u] == order
 
 
-def test_explanations_name_only_items_the_user_rated(spark, side):
-    ratings = spark.createDataFrame(TRAIN, RATINGS_SCHEMA)
-    model = ContentBased(side=side, max_neighbors=5).fit(ratings)
+def test_explanations_name_only_items_the_user_rated(spark, side, fitted, train):
+    ratings, model = train, fitted
     users = spark.createDataFrame([(0,), (1,), (2,), (3,)], "user_idx int")
     recs = model.recommend(users, k=3)
     out = explain(recs, ratings, model.vectors, model.vocabulary, side.items).collect()
@@ -196,9 +208,8 @@ def test_explanations_name_only_items_the_user_rated(spark, side):
         assert casino[0]["because_item"] == 0 and "crime" in casino[0]["shared"]
 
 
-def test_cold_items_get_personal_predictions_from_content_neighbours(spark, side):
-    ratings = spark.createDataFrame(TRAIN, RATINGS_SCHEMA)
-    model = ContentBased(side=side, max_neighbors=5).fit(ratings)
+def test_cold_items_get_personal_predictions_from_content_neighbours(spark, fitted):
+    model = fitted
     pred = model.predict(spark.createDataFrame([(0, 5), (2, 5)], "user_idx int, item_idx int")).collect()
     assert {r["source"] for r in pred} == {"content"}  # item 5 has no rating, but features and neighbours
     recs = model.recommend(spark.createDataFrame([(0,)], "user_idx int"), k=2, items=spark.createDataFrame([(5,)], "item_idx int")).collect()
@@ -256,6 +267,13 @@ class TestContent(_Contract):
         assert back.pipeline is not None
 
 
-class TestContentHybrid(_Contract):
-    def make(self):
-        return ContentBased(side=self._side(), features="hybrid", max_neighbors=5, prior=0.2, scale=self.scale, name="content_hybrid")
+def test_hybrid_vectors_add_collaborative_dimensions(spark, side, train, fitted):
+    hybrid = ContentBased(side=side, features="hybrid", max_neighbors=5, prior=0.2, name="content_hybrid").fit(train)
+    assert hybrid.dim == fitted.dim + 4  # one dimension per training user (baseline residuals)
+    norms = [sum(v * v for v in r["values"]) for r in hybrid.vectors.collect()]
+    assert all(abs(n - 1) < 1e-9 for n in norms)
+    # item 5 has no rating: its vector is its content part alone, and it still gets neighbours
+    assert hybrid.neighbors.where("a = 5").count() > 0
+    top = hybrid.recommend(spark.createDataFrame([(0,), (3,)], "user_idx int"), k=2).collect()
+    seen = {(u, i) for u, i, *_ in TRAIN}
+    assert top and all((r["user_idx"], r["item_idx"]) not in seen for r in top)

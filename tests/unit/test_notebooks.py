@@ -59,11 +59,11 @@ def test_week6_matrix_factorization(spark, tmp_path):
 def test_week7_content_based(spark, tmp_path):
     ns = run_notebook(
         "week7_content_based", dataset="generated", output=str(tmp_path), k="5",
-        models="bias,content,content_hybrid", cold_models="content,bias", genres="Drama", ablate="tags",
+        models="bias,content", cold_models="content,bias", genres="Drama", ablate="tags",
         overrides="generate.n_users=60;generate.n_items=80;generate.n_ratings=2400;generate.min_ratings_per_user=8",
     )  # fmt: skip
     rows = ns["rows"]
-    assert set(rows) == {"bias", "content", "content_hybrid"}
+    assert set(rows) == {"bias", "content"}
     assert all(r["rmse"] < 1.6 and r["ndcg@5"] >= 0 for r in rows.values())
     assert ns["profile_check"]["index_mismatch"] == 0
     assert set(ns["ablation"]) == {"(all)", "tags"}
