@@ -277,3 +277,15 @@ def test_hybrid_vectors_add_collaborative_dimensions(spark, side, train, fitted)
     top = hybrid.recommend(spark.createDataFrame([(0,), (3,)], "user_idx int"), k=2).collect()
     seen = {(u, i) for u, i, *_ in TRAIN}
     assert top and all((r["user_idx"], r["item_idx"]) not in seen for r in top)
+
+
+def test_lsh_neighbours_are_exact_cosines_of_a_subset_of_the_exact_table(spark, feats):
+    from recsys_spark.content import content_neighbors, lsh_content_neighbors
+
+    exact = {(r["a"], r["b"]): (r["sim"], r["support"]) for r in content_neighbors(feats.vectors, feats.dim, 10).collect()}
+    approx = lsh_content_neighbors(feats.vectors, feats.dim, 10, min_sim=0.05, num_hash_tables=16, bucket_length=2.0).collect()
+    assert approx
+    for r in approx:  # every pair LSH finds is scored exactly (cosine from the Euclidean distance of unit vectors)
+        assert (r["a"], r["b"]) in exact
+        assert r["sim"] == pytest.approx(exact[(r["a"], r["b"])][0], abs=1e-9)
+        assert r["support"] == exact[(r["a"], r["b"])][1]
