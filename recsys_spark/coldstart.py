@@ -26,7 +26,6 @@ their order among new items is arbitrary: ties broken by a seeded hash).
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from typing import Any
@@ -82,10 +81,6 @@ def check_no_leakage(train: DataFrame, test: DataFrame) -> None:
         raise RuntimeError(f"cold-start split leaks: {both} held-out (user, item) pairs are in training")
 
 
-def _supports_candidates(model: RecommenderModel) -> bool:
-    return "items" in inspect.signature(model.recommend).parameters
-
-
 def rank_new_items(model: RecommenderModel, users: DataFrame, new_items: DataFrame, k: int, seed: int = 42) -> DataFrame:
     """Top-``k`` of ``new_items`` per user: the model's own scorer when it ranks unseen items, else by predicted rating.
 
@@ -94,7 +89,7 @@ def rank_new_items(model: RecommenderModel, users: DataFrame, new_items: DataFra
     by ``item_idx``: ids often follow release or popularity order (ML-100K's
     do), which would hand such a model a popularity signal it does not have.
     """
-    if _supports_candidates(model):
+    if model.ranks_new_items:
         return model.recommend(users, k, items=new_items)  # type: ignore[call-arg]
     pairs = users.select(COL_USER).distinct().crossJoin(new_items.select(COL_ITEM).distinct())
     scored = model.predict(pairs).select(COL_USER, COL_ITEM, F.col(COL_PREDICTION).alias(COL_SCORE))

@@ -353,7 +353,7 @@ class ItemFeaturizer:
         pipeline = PipelineModel(stages=[*fitted.stages, *tail])
         spark = items.sparkSession
         vocabulary = spark.createDataFrame(vocab_rows, VOCAB_SCHEMA)
-        vectors = vectors_from(pipeline.transform(docs))
+        vectors = vectors_from(pipeline.transform(docs)).localCheckpoint()  # materialized while docs is cached
         docs.unpersist()
         log.info(
             "item features: %d dimensions in groups %s",
@@ -402,7 +402,7 @@ def sparse_topk(
     exclude_self: bool = False, prior: DataFrame | None = None, prior_weight: float = 0.0, min_score: float | None = None,
     support: bool = False, left_block: int = 1024, item_block: int = 4096,
 ) -> DataFrame:  # fmt: skip
-    """Each left row's best ``k`` items by ``left . item (+ prior_weight * prior)``: ``(left_key, item_idx, score[, support])``.
+    """Each left row's best ``k`` items by ``left . item (+ prior_weight * prior)``: ``(left_key, item_idx, score[, support], rank)``.
 
     ``left``: ``(left_key, indices, values)``; ``items``: ``(item_idx, indices,
     values)``; ``exclude``: ``(left_key, item_idx)`` pairs never returned (seen
@@ -419,7 +419,7 @@ def sparse_topk(
         f", {NB_SUPPORT} long" if support else ""
     )
     if n_left == 0 or n_items == 0:
-        return left.sparkSession.createDataFrame([], schema)
+        return left.sparkSession.createDataFrame([], f"{schema}, {COL_RANK} int")
     n_lb = max(1, math.ceil(n_left / left_block))
     n_ib = max(1, math.ceil(n_items / item_block))
     lrows = left.select(left_key, IDX, VAL)
@@ -506,7 +506,7 @@ def sparse_topk(
 
     cand = pairs.mapInPandas(score, schema)
     w = Window.partitionBy(left_key).orderBy(F.desc(COL_SCORE), F.asc(COL_ITEM))
-    return cand.withColumn("_r", F.row_number().over(w)).where(F.col("_r") <= k).drop("_r")
+    return cand.withColumn(COL_RANK, F.row_number().over(w)).where(F.col(COL_RANK) <= k)
 
 
 def content_neighbors(
@@ -715,6 +715,7 @@ class SideData:
 
 
 class ContentModel(RecommenderModel):
+    ranks_new_items: ClassVar[bool] = True
     STATE_KEYS: ClassVar[tuple[str, ...]] = (
         "vectors", "vocabulary", "neighbors", "ratings", "user_bias", "item_bias", "item_score", "seen",
         "profile_sums", "profile_counts", "prior",
@@ -789,13 +790,7 @@ class ContentModel(RecommenderModel):
             prior=self.prior,
             prior_weight=pw,
         )
-        ranked = top.withColumn(
-            COL_RANK,
-            F.row_number().over(
-                Window.partitionBy(COL_USER).orderBy(F.desc(COL_SCORE), F.asc(COL_ITEM))
-            ),
-        )
-        known = as_topn(ranked, self.name)
+        known = as_topn(top, self.name)
         unknown = u.join(prof.select(COL_USER), COL_USER, "left_anti")
         cand_prior = (
             cand.select(COL_ITEM)
@@ -924,7 +919,7 @@ class ContentBased(Recommender):
             )
             vectors = concat_vectors(vectors, collab, dim, 1.0, self.collaborative_weight)
             dim += n_collab
-        vectors = vectors.localCheckpoint()
+            vectors = vectors.localCheckpoint()  # the featurizer's vectors are already materialized
         if self.neighbors == "lsh":
             nb = lsh_content_neighbors(vectors, dim, self.max_neighbors)
         else:

@@ -158,6 +158,8 @@ class RecommenderModel(ABC):
         return cls._from_state(params, state)
 
     STATE_KEYS: ClassVar[tuple[str, ...]] = ()
+    # True when ``recommend(users, k, items=...)`` can rank candidates nobody rated in training
+    ranks_new_items: ClassVar[bool] = False
 
 
 class Recommender(ABC):
