@@ -397,6 +397,12 @@ def _csr(rows: list[Any], dim: int) -> Any:
     return sparse.csr_matrix((val, idx, indptr), shape=(len(rows), dim))
 
 
+def _blocks(rows: DataFrame, key: str, n_blocks: int, extra: str, out: str) -> DataFrame:
+    """One row per block (``key mod n_blocks``): ``out`` = the block's rows ``(k, indices, values, extra)`` sorted by key."""
+    rows = rows.withColumn("_b", F.pmod(F.col(key), F.lit(n_blocks)))
+    return rows.groupBy("_b").agg(F.sort_array(F.collect_list(F.struct(F.col(key).alias("k"), IDX, VAL, extra))).alias(out)).drop("_b")
+
+
 def sparse_topk(
     left: DataFrame, items: DataFrame, k: int, dim: int, *, left_key: str = COL_USER, exclude: DataFrame | None = None,
     exclude_self: bool = False, prior: DataFrame | None = None, prior_weight: float = 0.0, min_score: float | None = None,
@@ -429,15 +435,7 @@ def sparse_topk(
     else:
         lrows = lrows.withColumn("_x", F.lit(None).cast("array<int>"))
     lrows = lrows.withColumn("_x", F.coalesce("_x", F.array().cast("array<int>")))
-    u = (
-        lrows.withColumn("_lb", F.pmod(F.col(left_key), F.lit(n_lb)))
-        .groupBy("_lb")
-        .agg(
-            F.sort_array(
-                F.collect_list(F.struct(F.col(left_key).alias("k"), IDX, VAL, "_x"))
-            ).alias("_l")
-        )
-    )
+    u = _blocks(lrows, left_key, n_lb, "_x", "_l")
     irows = items.select(COL_ITEM, IDX, VAL)
     irows = (
         irows.join(prior.select(COL_ITEM, F.col(prior.columns[1]).alias("_p")), COL_ITEM, "left")
@@ -445,15 +443,7 @@ def sparse_topk(
         else irows.withColumn("_p", F.lit(0.0))
     )
     irows = irows.withColumn("_p", F.coalesce("_p", F.lit(0.0)).cast("double"))
-    i = (
-        irows.withColumn("_ib", F.pmod(F.col(COL_ITEM), F.lit(n_ib)))
-        .groupBy("_ib")
-        .agg(
-            F.sort_array(
-                F.collect_list(F.struct(F.col(COL_ITEM).alias("k"), IDX, VAL, "_p"))
-            ).alias("_i")
-        )
-    )
+    i = _blocks(irows, COL_ITEM, n_ib, "_p", "_i")
     pairs = u.crossJoin(i).repartition(max(1, min(n_lb * n_ib, 200)))
     pw, floor = float(prior_weight), min_score
 

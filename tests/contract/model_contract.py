@@ -106,3 +106,15 @@ class ModelContract:
         a = sorted(self.make().fit(train).predict(pairs).collect())
         b = sorted(self.make().fit(train.repartition(3)).predict(pairs).orderBy(F.col("user_idx")).collect())
         assert [(r[0], r[1], round(r[2], 9)) for r in a] == [(r[0], r[1], round(r[2], 9)) for r in b]
+
+
+class ClassScopedContract(ModelContract):
+    """The contract with one fit per test class: for models whose fit is many Spark jobs."""
+
+    @pytest.fixture(scope="class")
+    def train(self, spark):
+        return spark.createDataFrame(TRAIN, RATINGS_SCHEMA)
+
+    @pytest.fixture(scope="class")
+    def model(self, train):
+        return self.make().fit(train)

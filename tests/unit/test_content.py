@@ -25,7 +25,7 @@ from recsys_spark.content import (
     update_profile_sums,
 )
 from recsys_spark.schemas import ITEMS_SCHEMA, RATINGS_SCHEMA, TAGS_SCHEMA
-from tests.contract.model_contract import TRAIN, ModelContract
+from tests.contract.model_contract import TRAIN, ClassScopedContract
 
 ITEMS = [
     (0, "m0", "Heat (1995)", ["Crime", "Action"], 1995),
@@ -241,15 +241,7 @@ def test_registry_passes_side_data(spark, side):
     assert est.side is side and est.features == "hybrid"
 
 
-class _Contract(ModelContract):
-    @pytest.fixture(scope="class")
-    def train(self, spark):
-        return spark.createDataFrame(TRAIN, RATINGS_SCHEMA)
-
-    @pytest.fixture(scope="class")
-    def model(self, train):
-        return self.make().fit(train)
-
+class _Contract(ClassScopedContract):
     def _side(self):
         from pyspark.sql import SparkSession
 

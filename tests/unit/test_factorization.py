@@ -15,7 +15,7 @@ from recsys_spark.factorization.model import FactorModel, factor_topk
 from recsys_spark.factorization.svd import NMFMU, SVD, SVDpp
 from recsys_spark.recommender import Scale
 from recsys_spark.schemas import RATINGS_SCHEMA
-from tests.contract.model_contract import TRAIN, ModelContract
+from tests.contract.model_contract import TRAIN, ClassScopedContract
 
 RNG = np.random.default_rng(11)
 
@@ -289,21 +289,13 @@ def test_every_factorization_model_is_registered_with_a_default_config():
 
 
 # -- the shared contract ---------------------------------------------------------------------
-class _FastContract(ModelContract):
+class _FastContract(ClassScopedContract):
     """Fits once per class (the engine's fixed costs would dominate otherwise).
 
     One class per code path: ``nmf`` is ``ALS(nonnegative=True)`` and ``svd_gd``
     / ``svdpp`` answer through the same :class:`FactorModel` as ``svd`` /
     ``svdpp_time``; their optimizers are tested above.
     """
-
-    @pytest.fixture(scope="class")
-    def train(self, spark):
-        return spark.createDataFrame(TRAIN, RATINGS_SCHEMA)
-
-    @pytest.fixture(scope="class")
-    def model(self, train):
-        return self.make().fit(train)
 
 
 class TestALSImplicit(_FastContract):
