@@ -139,9 +139,10 @@ def run_topn(spark: SparkSession, cfg: Config, models: list[str], k: int) -> dic
     items = stages.read_ingested(spark, cfg, "items").persist()
     n_catalog = items.count()
     users = test.select(COL_USER).distinct().persist()
+    side = stages.side_data(spark, cfg)
     out: dict[str, Any] = {"protocol": {"name": "topn", "dataset": cfg.dataset_name, "k": k, **TOPN_PROTOCOL, "test_users": users.count(), "catalog": n_catalog}, "models": {}}
     for name in models:
-        model, fit_s = _timed_fit(name, scale, train, stages.side_data(spark, cfg))
+        model, fit_s = _timed_fit(name, scale, train, side)
         t = time.perf_counter()
         top = model.recommend(users, k).persist()
         top.count()

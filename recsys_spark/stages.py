@@ -431,9 +431,8 @@ def run_factorize(spark: SparkSession, cfg: Config, name: str | None = None, for
             raise ValueError(f"factorize.model: {name!r} is not a factorization model")
         _write(model.user_factors, f"{tmp}/user_factors")
         _write(model.item_factors, f"{tmp}/item_factors")
-        items = read_ingested(spark, cfg, "items")
-        tags_path = cfg.stage_path("ingest", "tags")
-        tags = spark.read.parquet(tags_path) if fs.exists(spark, tags_path) else None
+        side = side_data(spark, cfg)
+        items, tags = side.items, side.tags
         table = factor_terms(spark.read.parquet(f"{tmp}/item_factors"), items, tags, top=cfg.factorize.top_terms)
         _write(table, f"{tmp}/interpretation")
         with tempfile.TemporaryDirectory() as local:
