@@ -46,6 +46,29 @@ REGISTRY: dict[str, tuple[Callable[..., Recommender], str]] = {
 }
 
 
+
+
+def _deep(name: str, kind: str, **fixed: Any) -> Callable[..., Recommender]:
+    """Deep models import torch only when built (the ``deep`` extra)."""
+
+    def factory(scale: Scale, **p: Any) -> Recommender:
+        from recsys_spark.torch.recommender import DeepRecommender
+
+        return DeepRecommender(scale=scale, name=name, kind=kind, **{**fixed, **p})
+
+    return factory
+
+
+REGISTRY.update({
+    "gmf": (_deep("gmf", "gmf"), "topn"),
+    "mlp": (_deep("mlp", "mlp"), "topn"),
+    "neumf": (_deep("neumf", "neumf"), "topn"),
+    "neumf_explicit": (_deep("neumf_explicit", "neumf", explicit=True), "rating+topn"),
+    "autorec": (_deep("autorec", "autorec"), "rating+topn"),
+    "cdae": (_deep("cdae", "cdae"), "topn"),
+})  # fmt: skip
+
+
 def register(name: str, factory: Callable[..., Recommender], task: str = "rating+topn") -> None:
     REGISTRY[name] = (factory, task)
 

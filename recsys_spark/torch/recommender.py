@@ -1,0 +1,303 @@
+"""Deep models behind the project's estimator interface, scored back in Spark.
+
+:class:`DeepRecommender.fit(train)` writes the training ratings (and a
+seeded hash holdout for early stopping) as Parquet, trains through
+:func:`recsys_spark.torch.train.run` (this process, or TorchDistributor),
+optionally refits on all of ``train`` for the chosen number of epochs, and
+returns a :class:`DeepModel`.
+
+:class:`DeepModel` scores with ``pyspark.ml.functions.predict_batch_udf``:
+each Python worker rebuilds the network once from the weights (shipped with
+the UDF, so their size is the model's: embedding tables, AutoRec/CDAE codes)
+and scores Arrow batches of ``(user_idx, item_idx)``.
+
+* ``predict``: explicit models (``neumf_explicit``, ``autorec``) answer
+  ratings (clipped); implicit ones (gmf, mlp, neumf, cdae) score
+  preferences, not ratings, so their rating answer is the bias baseline
+  (``source`` says so), like MLlib's implicit ALS here.  Users or items
+  absent from training fall back to the bias baseline.
+* ``recommend``: every known user x training item the user has not rated,
+  scored by the UDF, best ``k`` kept (ties by ``item_idx``); users unknown to
+  the network get the baseline's list.
+* ``save``/``load``: the weights as a Parquet table ``(name, shape, values)``
+  beside the baseline's tables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from recsys_spark.baselines import BiasBaseline, BiasTableModel
+from recsys_spark.recommender import (
+    Recommender,
+    RecommenderModel,
+    Scale,
+    as_predictions,
+    clip,
+    rank_candidates,
+)
+from recsys_spark.schemas import (
+    COL_ITEM,
+    COL_PREDICTION,
+    COL_RATING,
+    COL_SCORE,
+    COL_SOURCE,
+    COL_TIMESTAMP,
+    COL_USER,
+)
+from recsys_spark.torch.models import KINDS, build_net
+from recsys_spark.torch.train import TrainSpec, load_state, run
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_SCHEMA = T.StructType(
+    [
+        T.StructField("name", T.StringType(), False),
+        T.StructField("shape", T.ArrayType(T.IntegerType(), False), False),
+        T.StructField("values", T.ArrayType(T.FloatType(), False), False),
+    ]
+)
+
+
+def _net_params(kind: str, net: dict[str, Any], explicit: bool, mu: float) -> dict[str, Any]:
+    p = dict(net)
+    if "layers" in p:
+        p["layers"] = tuple(p["layers"])
+    if kind in ("gmf", "mlp", "neumf"):
+        p.update(explicit=explicit, mu=mu)
+    elif kind == "autorec":
+        p.update(mu=mu)
+    return p
+
+
+def make_scorer(kind: str, params: dict[str, Any], n_users: int, n_items: int, weights: Any, threads: int = 1):
+    """``make_predict_fn`` for ``predict_batch_udf``: ``(users, items) -> scores`` (float64 numpy).
+
+    ``weights``: the state dict as numpy arrays, or a Spark broadcast of it
+    (shipped once per executor instead of with every task).
+    """
+
+    def make_predict_fn():
+        torch.set_num_threads(threads)  # one per Spark task slot
+        net = build_net(kind, n_users, n_items, **params)
+        w = weights.value if hasattr(weights, "value") else weights
+        net.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in w.items()})
+        net.eval()
+
+        def predict(users: np.ndarray, items: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                s = net.score(torch.from_numpy(users.astype(np.int64)), torch.from_numpy(items.astype(np.int64)))
+            return s.numpy().astype(np.float64)
+
+        return predict
+
+    return make_predict_fn
+
+
+class DeepModel(RecommenderModel):
+    STATE_KEYS: ClassVar[tuple[str, ...]] = ("weights", "user_bias", "item_bias", "item_score", "seen")
+
+    def __init__(
+        self, name: str, kind: str, net: dict[str, Any], explicit: bool, n_users: int, n_items: int, mu: float,
+        weights: dict[str, np.ndarray], base: BiasTableModel, info: dict[str, Any] | None = None, score_batch: int = 8192,
+    ) -> None:  # fmt: skip
+        self.name, self.kind, self.net, self.explicit = name, kind, dict(net), explicit
+        self.n_users, self.n_items, self.mu = n_users, n_items, mu
+        self.weights = weights
+        self.base = base
+        self.info = info or {}
+        self.score_batch = score_batch
+        self._broadcast = None  # the weights, broadcast on first scoring
+
+    @property
+    def scale(self) -> Scale:
+        return self.base.scale
+
+    @property
+    def answers_ratings(self) -> bool:
+        return self.explicit or self.kind == "autorec"
+
+    def network(self) -> torch.nn.Module:
+        """The trained network, in eval mode, on the driver (for analysis; scoring runs in Spark)."""
+        net = build_net(self.kind, self.n_users, self.n_items, **_net_params(self.kind, self.net, self.explicit, self.mu))
+        net.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in self.weights.items()})
+        return net.eval()
+
+    def score_udf(self):
+        from pyspark.ml.functions import predict_batch_udf
+
+        params = _net_params(self.kind, self.net, self.explicit, self.mu)
+        if self._broadcast is None:
+            self._broadcast = self.base.seen.sparkSession.sparkContext.broadcast(self.weights)
+        return predict_batch_udf(
+            make_scorer(self.kind, params, self.n_users, self.n_items, self._broadcast), return_type=T.DoubleType(), batch_size=self.score_batch,
+        )  # fmt: skip
+
+    def _known(self, df: DataFrame) -> DataFrame:
+        """``df`` with ``_ku``/``_ki``: the user/item had training ratings (the network learned them)."""
+        ku = self.base.user_bias.select(COL_USER, F.lit(True).alias("_ku"))
+        ki = self.base.item_bias.select(COL_ITEM, F.lit(True).alias("_ki"))
+        return df.join(ku, COL_USER, "left").join(ki, COL_ITEM, "left").fillna(False, ["_ku", "_ki"])
+
+    def predict(self, pairs: DataFrame) -> DataFrame:
+        df = self.base.with_prediction(pairs.select(COL_USER, COL_ITEM), "_fb", "_fbs")
+        if not self.answers_ratings:  # preference scores are not ratings
+            return as_predictions(df.select(COL_USER, COL_ITEM, F.col("_fb").alias(COL_PREDICTION), F.col("_fbs").alias(COL_SOURCE)), self.name)
+        df = self._known(df)
+        known = F.col("_ku") & F.col("_ki")
+        score = self.score_udf()(F.when(known, F.col(COL_USER)).otherwise(0), F.when(known, F.col(COL_ITEM)).otherwise(0))
+        out = df.select(
+            COL_USER, COL_ITEM,
+            F.when(known, clip(score, self.scale)).otherwise(F.col("_fb")).alias(COL_PREDICTION),
+            F.when(known, F.lit(self.kind)).otherwise(F.col("_fbs")).alias(COL_SOURCE),
+        )  # fmt: skip
+        return as_predictions(out, self.name)
+
+    def recommend(self, users: DataFrame, k: int = 10) -> DataFrame:
+        want = users.select(COL_USER).distinct()
+        known_users = self.base.user_bias.select(COL_USER)
+        warm = want.join(known_users, COL_USER, "left_semi")
+        cold = want.join(known_users, COL_USER, "left_anti")
+        items = self.base.item_bias.select(COL_ITEM)
+        cand = warm.crossJoin(items).join(self.base.seen.select(COL_USER, COL_ITEM), [COL_USER, COL_ITEM], "left_anti")
+        scored = cand.withColumn(COL_SCORE, self.score_udf()(F.col(COL_USER), F.col(COL_ITEM)))
+        top = rank_candidates(scored, k, self.name)
+        return top.unionByName(self.base.recommend(cold, k).withColumn("model", F.lit(self.name)))
+
+    # -- persistence -------------------------------------------------------
+    def _state(self) -> dict[str, DataFrame]:
+        spark = self.base.seen.sparkSession
+        rows = [(k, [int(x) for x in np.shape(v)], np.asarray(v, dtype=np.float32).ravel().tolist()) for k, v in self.weights.items()]
+        return {"weights": spark.createDataFrame(rows, WEIGHTS_SCHEMA), **self.base._state()}
+
+    def _params(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "kind": self.kind, "net": self.net, "explicit": self.explicit, "n_users": self.n_users,
+            "n_items": self.n_items, "mu": self.mu, "info": self.info, "score_batch": self.score_batch, "base": self.base._params(),
+        }  # fmt: skip
+
+    @classmethod
+    def _from_state(cls, params: dict[str, Any], state: dict[str, DataFrame]) -> DeepModel:
+        base = BiasTableModel._from_state(params["base"], state)
+        weights = {r["name"]: np.asarray(r["values"], dtype=np.float32).reshape(r["shape"]) for r in state["weights"].collect()}  # the model's size
+        return cls(
+            params["name"], params["kind"], params["net"], params["explicit"], params["n_users"], params["n_items"], params["mu"],
+            weights, base, params["info"], params["score_batch"],
+        )  # fmt: skip
+
+
+def write_sorted(df: DataFrame, path: str, files: int = 4) -> None:
+    """Ratings as Parquet in ``(user_idx, item_idx)`` order: the same input order however ``df`` was partitioned."""
+    cols = [c for c in (COL_USER, COL_ITEM, COL_RATING, COL_TIMESTAMP) if c in df.columns]
+    out = df.select(*cols).withColumn(COL_RATING, F.col(COL_RATING).cast("float"))
+    out.repartitionByRange(files, COL_USER, COL_ITEM).sortWithinPartitions(COL_USER, COL_ITEM).write.mode("overwrite").parquet(path)
+
+
+@dataclasses.dataclass
+class DeepRecommender(Recommender):
+    """A network from :mod:`recsys_spark.torch.models` trained on the ratings of ``fit``.
+
+    ``valid_fraction`` of the ratings (a seeded hash of the pair) is held out
+    for early stopping; with ``refit`` the network is then retrained on all of
+    them for the best epoch count.  ``distributor``: ``local`` (this process),
+    ``spark`` (TorchDistributor over ``num_processes`` Spark tasks) or
+    ``torchrun`` (TorchDistributor's local mode).
+    """
+
+    name: str = "neumf"
+    kind: str = "neumf"  # one of models.KINDS
+    scale: Scale = dataclasses.field(default_factory=Scale)
+    explicit: bool = False
+    net: dict[str, Any] = dataclasses.field(default_factory=dict)
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    l2: float = 0.0
+    n_neg: int = 4
+    patience: int = 3
+    seed: int = 42
+    valid_fraction: float = 0.1
+    refit: bool = True
+    pretrain: bool = False  # neumf: start from trained GMF and MLP towers
+    pretrain_lr: float = 1e-3
+    backend: str = "arrow"
+    distributor: str = "local"
+    num_processes: int = 2
+    loader_workers: int = 0
+    score_batch: int = 8192
+    work_dir: str | None = None  # where the exported data and checkpoints go (a temporary directory by default)
+    mlflow: dict[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if not 0.0 <= self.valid_fraction < 1.0:
+            raise ValueError(f"valid_fraction must be in [0, 1), got {self.valid_fraction}")
+
+    def _spec(self, data: str, valid: str | None, out: str, n_users: int, n_items: int, mu: float, **kw) -> TrainSpec:
+        return TrainSpec(
+            kind=self.kind, data=data, valid=valid, n_users=n_users, n_items=n_items, out_dir=out, explicit=self.explicit,
+            net=self.net, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay, l2=self.l2,
+            n_neg=self.n_neg, patience=self.patience, seed=self.seed, backend=self.backend, loader_workers=self.loader_workers,
+            mu=mu, mlflow=self.mlflow, **kw,
+        )  # fmt: skip
+
+    def _train(self, spec: TrainSpec) -> dict[str, Any]:
+        if self.pretrain and spec.kind == "neumf":
+            towers = {}
+            for tower in ("gmf", "mlp"):
+                net = {"dim": self.net.get("dim", 32)} if tower == "gmf" else {"dim": self.net.get("mlp_dim", 32), "layers": self.net.get("layers", [64, 32, 16])}
+                res = run(dataclasses.replace(spec, kind=tower, net=net, out_dir=f"{spec.out_dir}/{tower}"), self.distributor, self.num_processes)
+                towers[tower] = res["state"]
+            spec = dataclasses.replace(spec, pretrained=towers, lr=self.pretrain_lr)
+        return run(spec, self.distributor, self.num_processes)
+
+    def fit(self, train: DataFrame) -> DeepModel:
+        self._check_train(train)
+        stats = train.agg(F.avg(COL_RATING), F.max(COL_USER), F.max(COL_ITEM)).first()  # scalars
+        if stats[0] is None:
+            raise ValueError(f"{self.name}: cannot fit on empty training data")
+        mu, n_users, n_items = float(stats[0]), int(stats[1]) + 1, int(stats[2]) + 1
+        base = BiasBaseline(scale=self.scale).fit(train)
+        tmp = None
+        if self.work_dir is None:
+            tmp = tempfile.TemporaryDirectory(prefix=f"recsys-{self.name}-")
+        work = self.work_dir or tmp.name
+        try:
+            hold = (F.pmod(F.xxhash64(F.lit(self.seed), COL_USER, COL_ITEM), F.lit(1000)) < F.lit(int(self.valid_fraction * 1000)))
+            early = self.valid_fraction > 0
+            if early:
+                write_sorted(train.where(~hold), f"{work}/data/train")
+                write_sorted(train.where(hold), f"{work}/data/valid")
+                spec = self._spec(f"{work}/data/train", f"{work}/data/valid", f"{work}/run", n_users, n_items, mu)
+            else:
+                write_sorted(train, f"{work}/data/all")
+                spec = self._spec(f"{work}/data/all", None, f"{work}/run", n_users, n_items, mu)
+            result = self._train(spec)
+            info = {"epochs_run": len(result["history"]), "best_epoch": result["best_epoch"], "valid": result["best"], "metric": result["metric"], "history": result["history"]}
+            if early and self.refit:
+                write_sorted(train, f"{work}/data/all")
+                spec = self._spec(f"{work}/data/all", None, f"{work}/refit", n_users, n_items, mu)
+                spec = dataclasses.replace(spec, epochs=max(1, result["best_epoch"] + 1))
+                result = self._train(spec)
+                info["refit_epochs"] = spec.epochs
+            weights = {k: v.numpy() for k, v in load_state(result["state"]).items()}
+        finally:
+            if tmp is not None:
+                tmp.cleanup()
+        log.info("%s: trained %s (%d users x %d items), best epoch %s, valid %s %s", self.name, self.kind, n_users, n_items,
+                 info["best_epoch"], info["metric"], info["valid"])  # fmt: skip
+        return DeepModel(self.name, self.kind, self.net, self.explicit, n_users, n_items, mu, weights, base, info, self.score_batch)
+
+
+__all__ = ["DeepModel", "DeepRecommender", "make_scorer", "write_sorted"]
