@@ -30,6 +30,8 @@ DESCRIPTIONS = {
     "benchmark": "evaluate registered models on a fixed protocol (rating: ML-100K u1..u5; topn; coldstart)",
     "tune": "Optuna search of a model's parameters (conf/tuning/<model>.toml) on a validation part of ML-100K u1.base",
     "factorize": "fit a factorization model on the pipeline's split; write its factors (and NMF factor interpretation)",
+    "export_features": "write the Parquet feature tables PyTorch jobs train on (interactions, negatives, item/user features, histories)",
+    "train_torch": "train a deep model on the exported features (locally or with TorchDistributor) and score the test part in Spark",
     "content": "fit a content model on the pipeline's split; write item features, content neighbours, profiles, term signal, explained top-N",
 }
 
@@ -59,6 +61,8 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
         p.add_argument("--model", default=None, help="registered factorization model (default: factorize.model)")
     if stage == "content":
         p.add_argument("--model", default=None, help="registered content model (default: content.model)")
+    if stage == "train_torch":
+        p.add_argument("--model", default=None, help="registered deep model (default: torch.model)")
     if stage == "download":
         p.add_argument("dataset", help="ml-100k, ml-1m, ml-latest-small, ml-25m or ml-32m")
         p.add_argument("--dest", default=None, help="directory (default: $RECSYS_DATA_DIR or ./data)")
@@ -95,7 +99,7 @@ def run_job(stage: str, argv: list[str] | None = None) -> int:
             return _benchmark(spark, args, log)
         if stage == "tune":
             return _tune(spark, cfg, args, log)
-        if stage in ("factorize", "content"):
+        if stage in ("factorize", "content", "train_torch"):
             from recsys_spark.stages import STAGES
 
             _log_result(log, stage, STAGES[stage](spark, cfg, args.model, force=args.force))

@@ -156,6 +156,28 @@ class ContentConfig:
 
 
 @dataclass
+class ExportConfig:
+    # the feature-export job: Parquet tables a PyTorch job trains on
+    negatives: int = 4  # sampled negatives per training positive (seeded, never a positive)
+    seed: int = 42
+    top_terms: int = 8  # top TF-IDF term ids per item (from the content stage's vectors when present)
+    content_model: str = "content"  # whose item vectors give the terms
+    row_group_mb: int = 16  # Parquet row-group size: the loader's unit of work (and of sharding)
+    files: int = 4  # files per table: row groups to spread over ranks and workers
+
+
+@dataclass
+class TorchConfig:
+    # the training launcher (jobs/train_torch.py): a registered deep model on the exported features
+    model: str = "neumf"  # gmf | mlp | neumf | neumf_explicit | autorec | cdae
+    distributor: str = "local"  # local (this process) | spark (TorchDistributor, Spark tasks) | torchrun (its local mode)
+    num_processes: int = 2
+    use_gpu: bool = False
+    backend: str = "arrow"  # loader: arrow | petastorm
+    log_mlflow: bool = True
+
+
+@dataclass
 class EvaluateConfig:
     k: int = 10
     # blend (for now): the single model with the best value of this metric on the
@@ -183,6 +205,8 @@ class Config:
     neighbors: NeighborsConfig = field(default_factory=NeighborsConfig)
     factorize: FactorizeConfig = field(default_factory=FactorizeConfig)
     content: ContentConfig = field(default_factory=ContentConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    torch: TorchConfig = field(default_factory=TorchConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
@@ -340,6 +364,19 @@ def _check_ranges(obj: Any, prefix: str, source: str) -> None:
     elif isinstance(obj, SparkConfig):
         if obj.shuffle_partitions <= 0:
             fail("shuffle_partitions", "must be > 0")
+    elif isinstance(obj, ExportConfig):
+        for k in ("negatives", "row_group_mb", "files"):
+            if getattr(obj, k) < 1:
+                fail(k, "must be >= 1")
+        if obj.top_terms < 0:
+            fail("top_terms", "must be >= 0")
+    elif isinstance(obj, TorchConfig):
+        if obj.distributor not in ("local", "spark", "torchrun"):
+            fail("distributor", f"must be one of local, spark, torchrun; got {obj.distributor!r}")
+        if obj.backend not in ("arrow", "petastorm"):
+            fail("backend", f"must be arrow or petastorm; got {obj.backend!r}")
+        if obj.num_processes < 1:
+            fail("num_processes", "must be >= 1")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

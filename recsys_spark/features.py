@@ -60,9 +60,9 @@ NEGATIVES_SCHEMA = T.StructType(
 ITEM_FEATURES_SCHEMA = T.StructType(
     [
         T.StructField(COL_ITEM, T.IntegerType(), False),
-        T.StructField("genres", T.ArrayType(T.FloatType(), False), False),
+        T.StructField("genres", T.ArrayType(T.FloatType(), True), False),
         T.StructField("decade", T.IntegerType(), False),  # 0 unknown, 1.. decades from the earliest
-        T.StructField("terms", T.ArrayType(T.IntegerType(), False), False),  # top TF-IDF term ids, -1 padded
+        T.StructField("terms", T.ArrayType(T.IntegerType(), True), False),  # top TF-IDF term ids, -1 padded
     ]
 )
 USER_FEATURES_SCHEMA = T.StructType(
@@ -76,8 +76,8 @@ USER_FEATURES_SCHEMA = T.StructType(
 HISTORIES_SCHEMA = T.StructType(
     [
         T.StructField(COL_USER, T.IntegerType(), False),
-        T.StructField("items", T.ArrayType(T.IntegerType(), False), False),
-        T.StructField("ratings", T.ArrayType(T.FloatType(), False), False),
+        T.StructField("items", T.ArrayType(T.IntegerType(), True), False),
+        T.StructField("ratings", T.ArrayType(T.FloatType(), True), False),
         T.StructField("timestamps", T.ArrayType(T.LongType(), True), False),
         T.StructField("length", T.IntegerType(), False),
     ]
@@ -101,26 +101,36 @@ def interactions(ratings: DataFrame) -> DataFrame:
 def sample_negatives(positives: DataFrame, n_items: int, ratio: int = 4, seed: int = 42) -> DataFrame:
     """``ratio`` items per positive of each user, uniform over ``[0, n_items)`` minus the user's positives.
 
-    Candidates are ``pmod(xxhash64(seed, user, j), n_items)`` for ``j = 1..m``
-    with ``m`` over-sized for the collisions expected, kept in ``j`` order:
-    a user gets ``min(ratio * n_pos, n_items - n_pos)`` distinct negatives
-    unless the hash draws run out (reported by :func:`negatives_shortfall`).
+    A user gets ``want = min(ratio * n_pos, n_items - n_pos)`` distinct
+    negatives.  Users who need at least half of their unrated items (heavy
+    raters in a small catalogue) enumerate the catalogue - at most
+    ``(2 * ratio + 1) * n_pos`` rows - and keep the ``want`` with the smallest
+    hash: exact.  The others draw ``pmod(xxhash64(seed, user, j), n_items)``
+    for ``j = 1..m``, ``m`` three times the draws expected plus 64, and keep
+    the first ``want`` new items; a shortfall there is possible but
+    improbable, and :func:`negatives_shortfall` counts it.  No ``rand()``:
+    re-evaluation draws the same rows.
     """
     if ratio < 1:
         raise ValueError(f"negative ratio must be >= 1, got {ratio}")
     pos = positives.select(COL_USER, COL_ITEM).distinct()
     per_user = pos.groupBy(COL_USER).agg(F.count("*").alias("_n"))
-    want = F.least(F.col("_n") * ratio, F.lit(n_items) - F.col("_n"))
-    # expected draws to get `want` distinct items outside `n` of `n_items`: coupon-collector bound, plus slack
-    free = F.greatest(F.lit(1), F.lit(n_items) - F.col("_n")).cast("double")
-    frac = want.cast("double") / F.lit(float(n_items))
-    draws = F.ceil((F.lit(float(n_items)) / free) * want * (F.lit(1.0) + F.lit(2.0) * frac) + F.lit(32)).cast("int")
-    cand = per_user.where(want > 0).select(
-        COL_USER, want.alias("_want"), F.explode(F.sequence(F.lit(1), draws)).alias("_j")
-    ).withColumn(COL_ITEM, F.pmod(F.xxhash64(F.lit(seed), F.col(COL_USER), F.col("_j")), F.lit(n_items)).cast("int"))
-    first = cand.groupBy(COL_USER, COL_ITEM).agg(F.min("_j").alias("_j"), F.first("_want").alias("_want"))
-    fresh = first.join(pos, [COL_USER, COL_ITEM], "left_anti")
-    w = Window.partitionBy(COL_USER).orderBy("_j")
+    free = F.lit(n_items) - F.col("_n")
+    want = F.least(F.col("_n") * ratio, free)
+    users = per_user.select(COL_USER, want.alias("_want"), free.alias("_free")).where(F.col("_want") > 0)
+    dense = users.where(F.col("_want") * 2 >= F.col("_free"))
+    sparse = users.where(F.col("_want") * 2 < F.col("_free"))
+    draws = F.ceil(F.lit(3.0 * n_items) * F.col("_want") / F.col("_free") + F.lit(64)).cast("int")
+    cand_sparse = sparse.select(COL_USER, "_want", F.explode(F.sequence(F.lit(1), draws)).alias("_j")).withColumn(
+        COL_ITEM, F.pmod(F.xxhash64(F.lit(seed), F.col(COL_USER), F.col("_j")), F.lit(n_items)).cast("int")
+    )
+    cand_sparse = cand_sparse.groupBy(COL_USER, COL_ITEM).agg(F.min("_j").cast("long").alias("_key"), F.first("_want").alias("_want"))
+    cand_dense = dense.select(COL_USER, "_want", F.explode(F.sequence(F.lit(0), F.lit(n_items - 1))).alias(COL_ITEM)).withColumn(
+        "_key", F.xxhash64(F.lit(seed), F.col(COL_USER), F.col(COL_ITEM))
+    )
+    cand = cand_sparse.unionByName(cand_dense.select(COL_USER, COL_ITEM, "_key", "_want"))
+    fresh = cand.join(pos, [COL_USER, COL_ITEM], "left_anti")
+    w = Window.partitionBy(COL_USER).orderBy("_key", COL_ITEM)
     kept = fresh.withColumn("_r", F.row_number().over(w)).where(F.col("_r") <= F.col("_want"))
     return conform(kept.select(COL_USER, COL_ITEM), NEGATIVES_SCHEMA)
 

@@ -525,6 +525,129 @@ def run_content(spark: SparkSession, cfg: Config, name: str | None = None, force
     return run_stage(spark, cfg, "content", output, ("content",), [split_out], body, force, extra)
 
 
+def run_export(spark: SparkSession, cfg: Config, force: bool = False) -> dict[str, Any]:
+    """Write the feature tables a PyTorch job trains on (:mod:`recsys_spark.features`).
+
+    Output under ``<output>/<dataset>/features/<split>``: ``interactions/{train,
+    valid,test}``, ``negatives`` (for the training positives), ``items``,
+    ``users``, ``histories`` (training part, chronological) and
+    ``metadata.json`` (vocabulary sizes, the split they came from, schemas).
+    Row groups are ``export.row_group_mb`` MB, each table in ``export.files``
+    files.  Accounting: rows in = rows out per part; negatives asked and drawn.
+    """
+    from recsys_spark import features as fe
+
+    split_out = cfg.stage_path("splits", split_name(cfg))
+    output = cfg.stage_path("features", split_name(cfg))
+    ingest_out = cfg.stage_path("ingest")
+    content_vectors = cfg.stage_path("content", cfg.export.content_model, "features", "vectors")
+    e = cfg.export
+
+    def body(tmp: str) -> dict[str, Any]:
+        def write(df: DataFrame, name: str) -> int:
+            df.repartition(e.files).write.option("parquet.block.size", e.row_group_mb * 1024 * 1024).parquet(f"{tmp}/{name}")
+            return spark.read.parquet(f"{tmp}/{name}").count()
+
+        counts: dict[str, Any] = {}
+        parts = {p: read_split(spark, cfg, p) for p in (spl.TRAIN, spl.VALID, spl.TEST)}
+        for p, df in parts.items():
+            n_in = df.count()
+            n_out = write(fe.interactions(df), f"interactions/{p}")
+            if n_in != n_out:
+                raise RuntimeError(f"export: {n_in} {p} ratings in, {n_out} written")
+            counts[f"interactions_{p}"] = n_out
+        train = parts[spl.TRAIN]
+        n_users = spark.read.parquet(f"{ingest_out}/{USER_MAP}").count()
+        n_items = spark.read.parquet(f"{ingest_out}/{ITEM_MAP}").count()
+        neg = fe.sample_negatives(train, n_items, e.negatives, e.seed)
+        counts["negatives"] = write(neg, NEGATIVES)
+        counts["negatives_short"] = fe.negatives_shortfall(train, spark.read.parquet(f"{tmp}/{NEGATIVES}"), n_items, e.negatives)
+        items = read_ingested(spark, cfg, "items")
+        genres = fe.genre_vocabulary(items)
+        vectors = spark.read.parquet(content_vectors) if fs.exists(spark, content_vectors) else None
+        counts["items"] = write(fe.item_features(items, genres, vectors, e.top_terms), "items")
+        users_path = f"{ingest_out}/users"
+        users = spark.read.parquet(users_path) if fs.exists(spark, users_path) else None
+        user_table, occupations = fe.user_features(users, parts[spl.TRAIN].unionByName(parts[spl.VALID]).unionByName(parts[spl.TEST]))
+        counts["users"] = write(user_table, "users")
+        counts["histories"] = write(fe.histories(train), "histories")
+        n_terms = spark.read.parquet(content_vectors.rsplit("/", 1)[0] + "/vocabulary").count() if vectors is not None else 0
+        meta = fe.metadata(n_users, n_items, genres, occupations, n_terms, split_name(cfg), negatives_per_positive=e.negatives,
+                           row_group_mb=e.row_group_mb, terms_from=content_vectors if vectors is not None else None, counts=counts)  # fmt: skip
+        fs.write_json(spark, f"{tmp}/metadata.json", meta)
+        log.info("export: %s", counts)
+        return counts
+
+    inputs = [split_out, ingest_out] + ([content_vectors.rsplit("/features", 1)[0]] if fs.exists(spark, content_vectors) else [])
+    return run_stage(spark, cfg, "export_features", output, ("export",), inputs, body, force)
+
+
+def run_train_torch(spark: SparkSession, cfg: Config, name: str | None = None, force: bool = False) -> dict[str, Any]:
+    """Train ``torch.model`` on the exported features; write the model and its test predictions.
+
+    Trains on ``interactions/train`` with early stopping on
+    ``interactions/valid`` (locally or through TorchDistributor, per
+    ``[torch]``), then scores the test part in Spark (``predict_batch_udf``):
+    ``predictions/ratings`` and ``predictions/topn`` in the contract shapes,
+    ``model/`` (:class:`~recsys_spark.torch.recommender.DeepModel`), and the
+    run's ``best.pt`` / ``result.json``.  Accounting: test rows asked =
+    predicted; users with lists.
+    """
+    from recsys_spark.torch.recommender import DeepRecommender
+
+    name = name or cfg.torch.model
+    models_dir = _models_dir(cfg)
+    est = registry.build(name, Scale(), registry.model_params(name, models_dir), models_dir) if name in registry.REGISTRY else None
+    if not isinstance(est, DeepRecommender):
+        deep = sorted(n for n, (f, _) in registry.REGISTRY.items() if getattr(f, "__name__", "") == "factory")
+        raise ValueError(f"torch.model: {name!r} is not a registered deep model; choose one of {', '.join(deep)}")
+    export_out = cfg.stage_path("features", split_name(cfg))
+    output = cfg.stage_path("torch", name)
+    params = {
+        **registry.model_params(name, models_dir), "distributor": cfg.torch.distributor, "num_processes": cfg.torch.num_processes,
+        "backend": cfg.torch.backend,
+    }  # fmt: skip
+
+    def body(tmp: str) -> dict[str, Any]:
+        meta = json.loads(fs.read_text(spark, f"{export_out}/metadata.json"))
+        local = lambda p: p[len("file:"):] if p.startswith("file:") else p  # noqa: E731 - the loader reads local or mounted paths
+        mlflow = None
+        if cfg.torch.log_mlflow and cfg.tracking.enabled:
+            uri, _ = tracking.tracking_uri(cfg)
+            mlflow = {"uri": uri, "experiment": cfg.tracking.experiment, "run_name": f"train_torch:{name}"}
+        model_est = registry.build(name, rating_scale(spark, cfg), {**params, "mlflow": mlflow}, models_dir)
+        train = spark.read.parquet(f"{export_out}/interactions/{spl.TRAIN}")
+        with tempfile.TemporaryDirectory(prefix=f"train_torch-{name}-") as work:
+            valid = f"{export_out}/interactions/{spl.VALID}"
+            has_valid = spark.read.parquet(valid).limit(1).count() > 0
+            model = model_est.fit_exported(
+                train, local(f"{export_out}/interactions/{spl.TRAIN}"), local(valid) if has_valid else None, work,
+                n_users=meta["n_users"], n_items=meta["n_items"],
+            )  # fmt: skip
+            fs.copy_from_local(spark, model.info.pop("state"), f"{tmp}/best.pt")
+        model.save(f"{tmp}/model")
+        fs.write_json(spark, f"{tmp}/result.json", model.info)
+        test = spark.read.parquet(f"{export_out}/interactions/{spl.TEST}")
+        asked = test.count()
+        model.predict(test.select(COL_USER, COL_ITEM)).write.parquet(f"{tmp}/predictions/ratings")
+        users = test.select(COL_USER).distinct()
+        model.recommend(users, cfg.models.k).write.parquet(f"{tmp}/predictions/topn")
+        predicted = spark.read.parquet(f"{tmp}/predictions/ratings").count()
+        if predicted != asked:
+            raise RuntimeError(f"train_torch {name}: {asked} test rows asked, {predicted} predicted")
+        counts = {
+            "train_rows": train.count(), "test_rows": asked, "predicted": predicted, "users": users.count(),
+            "users_with_lists": spark.read.parquet(f"{tmp}/predictions/topn").select(COL_USER).distinct().count(),
+            "best_epoch": model.info["best_epoch"], "valid": model.info["valid"], "metric": model.info["metric"],
+            "distributor": cfg.torch.distributor,
+        }  # fmt: skip
+        log.info("train_torch %s: %s", name, counts)
+        return counts
+
+    extra = {"model": name, "params": params, "k": cfg.models.k}
+    return run_stage(spark, cfg, "train_torch", output, ("torch",), [export_out], body, force, extra)
+
+
 def read_predictions(spark: SparkSession, cfg: Config, name: str, part: str, kind: str) -> DataFrame:
     return spark.read.parquet(cfg.stage_path("predictions", name, part, kind))
 
@@ -637,7 +760,7 @@ def run_evaluate(spark: SparkSession, cfg: Config, force: bool = False) -> dict[
 
 STAGES = {
     "generate": run_generate, "ingest": run_ingest, "split": run_split, "neighbors": run_neighbors,
-    "factorize": run_factorize, "content": run_content,
+    "factorize": run_factorize, "content": run_content, "export_features": run_export, "train_torch": run_train_torch,
     "blend": run_blend, "evaluate": run_evaluate,
 }  # fmt: skip
 

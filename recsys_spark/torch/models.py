@@ -109,14 +109,17 @@ class NeuMF(nn.Module):
 class AutoRec(nn.Module):
     """I-AutoRec: rows are items, columns users; ``forward(r)`` reconstructs rating rows."""
 
-    def __init__(self, n_users: int, n_items: int, hidden: int = 500, mu: float = 0.0) -> None:
+    def __init__(self, n_users: int, n_items: int, hidden: int = 500, mu: float = 0.0, noise: float = 0.0) -> None:
         super().__init__()
+        self.noise = noise  # input drop-out while training (0: the plain I-AutoRec)
         self.encoder = nn.Linear(n_users, hidden)
         self.decoder = nn.Linear(hidden, n_users)
         self.register_buffer("mu", torch.tensor(float(mu)))
         self.register_buffer("codes", torch.zeros(n_items, hidden))
 
     def encode(self, r: torch.Tensor) -> torch.Tensor:
+        if self.training and self.noise > 0:
+            r = nn.functional.dropout(r, p=self.noise)
         return torch.sigmoid(self.encoder(r))
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:

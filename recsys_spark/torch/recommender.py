@@ -228,6 +228,8 @@ class DeepRecommender(Recommender):
     seed: int = 42
     valid_fraction: float = 0.1
     refit: bool = True
+    optimizer: str = "adam"  # adam | lbfgs (full batch; autorec, cdae)
+    lbfgs_iters: int = 20
     pretrain: bool = False  # neumf: start from trained GMF and MLP towers
     pretrain_lr: float = 1e-3
     backend: str = "arrow"
@@ -249,7 +251,7 @@ class DeepRecommender(Recommender):
             kind=self.kind, data=data, valid=valid, n_users=n_users, n_items=n_items, out_dir=out, explicit=self.explicit,
             net=self.net, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay, l2=self.l2,
             n_neg=self.n_neg, patience=self.patience, seed=self.seed, backend=self.backend, loader_workers=self.loader_workers,
-            mu=mu, mlflow=self.mlflow, **kw,
+            mu=mu, mlflow=self.mlflow, optimizer=self.optimizer, lbfgs_iters=self.lbfgs_iters, **kw,
         )  # fmt: skip
 
     def _train(self, spec: TrainSpec) -> dict[str, Any]:
@@ -264,37 +266,50 @@ class DeepRecommender(Recommender):
 
     def fit(self, train: DataFrame) -> DeepModel:
         self._check_train(train)
-        stats = train.agg(F.avg(COL_RATING), F.max(COL_USER), F.max(COL_ITEM)).first()  # scalars
-        if stats[0] is None:
-            raise ValueError(f"{self.name}: cannot fit on empty training data")
-        mu, n_users, n_items = float(stats[0]), int(stats[1]) + 1, int(stats[2]) + 1
-        base = BiasBaseline(scale=self.scale).fit(train)
         tmp = None
         if self.work_dir is None:
             tmp = tempfile.TemporaryDirectory(prefix=f"recsys-{self.name}-")
         work = self.work_dir or tmp.name
         try:
-            hold = (F.pmod(F.xxhash64(F.lit(self.seed), COL_USER, COL_ITEM), F.lit(1000)) < F.lit(int(self.valid_fraction * 1000)))
+            hold = F.pmod(F.xxhash64(F.lit(self.seed), COL_USER, COL_ITEM), F.lit(1000)) < F.lit(int(self.valid_fraction * 1000))
             early = self.valid_fraction > 0
             if early:
                 write_sorted(train.where(~hold), f"{work}/data/train")
                 write_sorted(train.where(hold), f"{work}/data/valid")
-                spec = self._spec(f"{work}/data/train", f"{work}/data/valid", f"{work}/run", n_users, n_items, mu)
-            else:
-                write_sorted(train, f"{work}/data/all")
-                spec = self._spec(f"{work}/data/all", None, f"{work}/run", n_users, n_items, mu)
-            result = self._train(spec)
-            info = {"epochs_run": len(result["history"]), "best_epoch": result["best_epoch"], "valid": result["best"], "metric": result["metric"], "history": result["history"]}
-            if early and self.refit:
-                write_sorted(train, f"{work}/data/all")
-                spec = self._spec(f"{work}/data/all", None, f"{work}/refit", n_users, n_items, mu)
-                spec = dataclasses.replace(spec, epochs=max(1, result["best_epoch"] + 1))
-                result = self._train(spec)
-                info["refit_epochs"] = spec.epochs
-            weights = {k: v.numpy() for k, v in load_state(result["state"]).items()}
+                return self.fit_exported(train, f"{work}/data/train", f"{work}/data/valid", work, refit_on=f"{work}/data/all" if self.refit else None)
+            write_sorted(train, f"{work}/data/all")
+            return self.fit_exported(train, f"{work}/data/all", None, work)
         finally:
             if tmp is not None:
                 tmp.cleanup()
+
+    def fit_exported(
+        self, train: DataFrame, data: str, valid: str | None, work: str, refit_on: str | None = None,
+        n_users: int | None = None, n_items: int | None = None,
+    ) -> DeepModel:  # fmt: skip
+        """Train on exported Parquet (``data``, early stopping on ``valid``); ``train`` gives mu and the fallback baseline.
+
+        ``refit_on``: a path where all of ``train`` is written, then trained on
+        for the best epoch count.  ``n_users``/``n_items`` default to the largest
+        index of ``train`` + 1 (the export's metadata gives the vocabulary sizes).
+        """
+        self._check_train(train)
+        stats = train.agg(F.avg(COL_RATING), F.max(COL_USER), F.max(COL_ITEM)).first()  # scalars
+        if stats[0] is None:
+            raise ValueError(f"{self.name}: cannot fit on empty training data")
+        mu = float(stats[0])
+        n_users = n_users or int(stats[1]) + 1
+        n_items = n_items or int(stats[2]) + 1
+        base = BiasBaseline(scale=self.scale).fit(train)
+        result = self._train(self._spec(data, valid, f"{work}/run", n_users, n_items, mu))
+        info = {"epochs_run": len(result["history"]), "best_epoch": result["best_epoch"], "valid": result["best"], "metric": result["metric"], "history": result["history"]}
+        if valid and refit_on:
+            write_sorted(train, refit_on)
+            spec = dataclasses.replace(self._spec(refit_on, None, f"{work}/refit", n_users, n_items, mu), epochs=max(1, result["best_epoch"] + 1))
+            result = self._train(spec)
+            info["refit_epochs"] = spec.epochs
+        info["state"] = result["state"]
+        weights = {k: v.numpy() for k, v in load_state(result["state"]).items()}
         log.info("%s: trained %s (%d users x %d items), best epoch %s, valid %s %s", self.name, self.kind, n_users, n_items,
                  info["best_epoch"], info["metric"], info["valid"])  # fmt: skip
         return DeepModel(self.name, self.kind, self.net, self.explicit, n_users, n_items, mu, weights, base, info, self.score_batch)

@@ -84,6 +84,8 @@ class TrainSpec:
     shuffle_buffer: int = 65536
     mu: float = 0.0  # global mean (explicit models predict mu + net)
     pretrained: dict[str, str] | None = None  # neumf: {"gmf": path, "mlp": path} state dicts
+    optimizer: str = "adam"  # adam | lbfgs (full batch, row models: the AutoRec paper's choice)
+    lbfgs_iters: int = 20  # L-BFGS iterations per epoch
     resume: bool = False
     device: str = "cpu"
     mlflow: dict[str, str] | None = None  # {"uri", "experiment", "run_name"}
@@ -234,12 +236,13 @@ class RowTask:
     def dense(self, rows: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(self.m[rows].toarray())
 
-    def batches(self, epoch: int):
+    def batches(self, epoch: int, full: bool = False):
         order = self.rows[np.random.default_rng([self.spec.seed, epoch]).permutation(len(self.rows))]
         per_rank = math.ceil(len(order) / self.world)
         mine = np.resize(order[self.rank :: self.world], per_rank) if len(order) else order  # equal lengths across ranks
-        for s in range(0, len(mine), self.spec.batch_size):
-            yield torch.from_numpy(mine[s : s + self.spec.batch_size])
+        size = len(mine) if full else self.spec.batch_size
+        for s in range(0, len(mine), max(1, size)):
+            yield torch.from_numpy(mine[s : s + size])
 
     def loss(self, net: nn.Module, rows: torch.Tensor, device: str) -> tuple[torch.Tensor, int]:
         x = self.dense(rows.numpy()).to(device)
@@ -313,8 +316,14 @@ def train(spec: TrainSpec | dict[str, Any]) -> dict[str, Any]:
     task = PairTask(spec, rank, world) if spec.kind in PAIR_KINDS else RowTask(spec, rank, world)
     validator = _Validator(spec, task.keys) if spec.valid else None
     # NeuMF from pre-trained towers: plain SGD, as in the paper (Adam's moments restart badly)
-    if spec.pretrained:
+    if spec.optimizer == "lbfgs":
+        if not isinstance(task, RowTask):
+            raise ValueError("optimizer 'lbfgs' is full-batch: only for the row models (autorec, cdae)")
+        opt = torch.optim.LBFGS(net.parameters(), lr=1.0, max_iter=spec.lbfgs_iters, history_size=20, line_search_fn="strong_wolfe")
+    elif spec.pretrained:
         opt = torch.optim.SGD(net.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    elif spec.optimizer != "adam":
+        raise ValueError(f"optimizer must be adam or lbfgs, got {spec.optimizer!r}")
     else:
         opt = torch.optim.Adam(net.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     history: list[dict[str, Any]] = []
@@ -338,11 +347,23 @@ def train(spec: TrainSpec | dict[str, Any]) -> dict[str, Any]:
             # uneven shards (pair models read whole row groups) must not hang the all-reduce
             ctx = model.join() if distributed else _nullcontext()
             with ctx:
-                for batch in _progress(task.batches(epoch), None, f"{spec.kind} epoch {epoch}", rank):
-                    loss, m = task.loss(model, batch, device)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
+                batches = task.batches(epoch, full=True) if spec.optimizer == "lbfgs" else task.batches(epoch)
+                for batch in _progress(batches, None, f"{spec.kind} epoch {epoch}", rank):
+                    if spec.optimizer == "lbfgs":
+                        def closure(batch=batch):
+                            opt.zero_grad(set_to_none=True)
+                            out, _ = task.loss(model, batch, device)
+                            out.backward()
+                            return out
+
+                        opt.step(closure)
+                        with torch.no_grad():
+                            loss, m = task.loss(model, batch, device)
+                    else:
+                        loss, m = task.loss(model, batch, device)
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        opt.step()
                     total += float(loss.detach()) * m
                     n += m
             train_loss = total / max(1, n)
