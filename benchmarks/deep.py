@@ -204,6 +204,7 @@ def scale(args: argparse.Namespace) -> dict:
                 log.info("scale %s rows %d: epochs %s (wall %.1fs)", mode, rows, per_epoch, wall)
             res["epoch_ratio_spark_to_local"] = round(min(res["spark"]["epoch_s"]) / min(res["local"]["epoch_s"]), 3)
             out["sizes"][rows] = res
+    spark.stop()
     return out
 
 
