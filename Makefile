@@ -1,6 +1,6 @@
 # make install  create .venv with the project and all extras (torch CPU, dev tools)
 # make run      the main pipeline on the embedded generated dataset
-# make test     the whole test suite (real-data tests read $RECSYS_DATA_DIR)
+# make test     the whole test suite (real-data tests read $RECSYS_DATA_DIR), then the petastorm lane
 # make bench    ingest + split benchmark (README figures)
 SHELL := /bin/bash
 PY ?= python3
@@ -9,7 +9,9 @@ BIN := $(VENV)/bin
 RECSYS_DATA_DIR ?= $(abspath ../shared/datasets)
 export RECSYS_DATA_DIR
 
-.PHONY: install blas run test test-fast lint bench clean
+PVENV := .venv-petastorm
+
+.PHONY: install install-petastorm blas run test test-main test-petastorm test-fast lint bench clean
 
 install: $(VENV)/.installed
 
@@ -33,11 +35,27 @@ blas:
 run: install
 	$(BIN)/recsys-spark pipeline --config conf/local.toml
 
-test: install
-	$(BIN)/python -m pytest -q
+test: test-main test-petastorm
+
+test-main: install
+	$(BIN)/python -m pytest -q -m "not petastorm"
+
+# petastorm needs pyarrow < 15, numpy < 2 and pyspark 4.0: its own environment,
+# the project installed into it without dependencies, only the tests marked for it
+install-petastorm: $(PVENV)/.installed
+
+$(PVENV)/.installed: pyproject.toml constraints-petastorm.txt
+	test -x $(PVENV)/bin/python || $(PY) -m venv $(PVENV)
+	$(PVENV)/bin/pip install -q --upgrade pip
+	$(PVENV)/bin/pip install -q -c constraints-petastorm.txt petastorm pyspark pyarrow numpy pandas torch pytest scipy
+	$(PVENV)/bin/pip install -q --no-deps -e .
+	touch $@
+
+test-petastorm: install-petastorm
+	RECSYS_PETASTORM_LANE=1 $(PVENV)/bin/python -m pytest -q -m petastorm -p no:cacheprovider tests/petastorm
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow and not integration"
+	$(BIN)/python -m pytest -q -m "not slow and not integration and not petastorm"
 
 lint: install
 	$(BIN)/ruff check recsys_spark jobs tests benchmarks
