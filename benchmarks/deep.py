@@ -210,54 +210,24 @@ def scale(args: argparse.Namespace) -> dict:
 
 # -- leave-last-out with sampled negatives -------------------------------------------------
 def lastout(args: argparse.Namespace) -> dict:
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
     from recsys_spark import registry, stages
-    from recsys_spark.torch.train import _pos_keys, _sample_negatives
+    from recsys_spark.torch.evaluate import leave_last_out, sampled_ranking
 
     spark, cfg = _session(args.dataset, ["split.protocol=stratified", "split.valid_ratio=0.0"])
-    ratings = stages.read_ingested(spark, cfg)
-    w = Window.partitionBy("user_idx").orderBy(F.desc("timestamp"), F.desc("item_idx"))
-    ranked = ratings.withColumn("_r", F.row_number().over(w))
-    train = ranked.where("_r > 1").drop("_r").persist()
-    test = ranked.where("_r = 1").drop("_r").select("user_idx", "item_idx").toPandas()  # one row per user: bounded by users
-    n_items = int(ratings.agg(F.max("item_idx")).first()[0]) + 1
-    allpos = ratings.select("user_idx", "item_idx").toPandas()  # the user's every rating must be excluded from the negatives
-    keys = _pos_keys(allpos["user_idx"].to_numpy(), allpos["item_idx"].to_numpy(), n_items)
-    rng = np.random.default_rng(42)
-    users = test["user_idx"].to_numpy().astype(np.int64)
-    negs = _sample_negatives(np.repeat(users, 99), n_items, keys, rng).reshape(len(users), 99)
-    cand = np.concatenate([test["item_idx"].to_numpy()[:, None], negs], axis=1)
-    pairs = spark.createDataFrame(
-        [(int(u), int(i), j) for u, row in zip(users, cand, strict=True) for j, i in enumerate(row)], "user_idx int, item_idx int, slot int"
-    )
+    ratings = stages.read_ingested(spark, cfg).persist()
+    train, test = leave_last_out(ratings)
+    train = train.persist()
     scale_ = stages.rating_scale(spark, cfg)
-    out: dict = {"protocol": {"name": "leave-last-out", "dataset": args.dataset, "negatives": 99, "users": len(users), "seed": 42}, "models": {}}
+    out: dict = {"protocol": {"name": "leave-last-out", "dataset": args.dataset, "negatives": 99, "seed": 42}, "models": {}}
     for name in args.models:
         t = time.perf_counter()
         model = registry.build(name, scale_).fit(train)
         fit_s = time.perf_counter() - t
-        score = _pair_scores(model, pairs)
-        s = score.reshape(len(users), 100)
-        rank = (s[:, 1:] > s[:, :1]).sum(1)  # 0 = the held-out item first; ties count in its favour
-        hr = float((rank < 10).mean())
-        ndcg = float(np.where(rank < 10, 1 / np.log2(rank + 2), 0).mean())
-        out["models"][name] = {"hr@10": hr, "ndcg@10": ndcg, "fit_s": round(fit_s, 1), "best_epoch": getattr(model, "info", {}).get("best_epoch")}
-        log.info("lastout %s: HR@10 %.4f NDCG@10 %.4f (fit %.0fs)", name, hr, ndcg, fit_s)
+        res = sampled_ranking(model, ratings, test, negatives=99, k=10, seed=42)
+        res.update({"fit_s": round(fit_s, 1), "best_epoch": getattr(model, "info", {}).get("best_epoch")})
+        out["models"][name] = res
+        log.info("lastout %s: HR@10 %.4f NDCG@10 %.4f (fit %.0fs)", name, res["hr@10"], res["ndcg@10"], fit_s)
     return out
-
-
-def _pair_scores(model, pairs) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """Scores of (user, item, slot) rows, ordered by user then slot; deep models score with their network."""
-    from pyspark.sql import functions as F
-
-    if hasattr(model, "score_udf"):
-        df = pairs.withColumn("s", model.score_udf()(F.col("user_idx"), F.col("item_idx")))
-    else:  # other models: their rating prediction as the score
-        df = pairs.join(model.predict(pairs.select("user_idx", "item_idx")).select("user_idx", "item_idx", F.col("prediction").alias("s")), ["user_idx", "item_idx"])
-    pdf = df.select("user_idx", "slot", "s").toPandas().sort_values(["user_idx", "slot"])  # users x 100 rows
-    return pdf["s"].to_numpy()
 
 
 def main() -> None:
