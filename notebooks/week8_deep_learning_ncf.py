@@ -45,6 +45,7 @@ MODELS = widget("models", "popularity,item_knn,gmf,mlp,neumf,cdae").split(",")  
 RATING_MODELS = [m for m in widget("rating_models", "bias,autorec,neumf_explicit").split(",") if m]
 LASTOUT = [m for m in widget("lastout_models", "gmf,mlp,neumf").split(",") if m]
 EPOCHS = widget("epochs", "")  # "" -> each model's conf/models/<name>.toml; a number caps every model (small runs)
+HOLDOUT = widget("valid_fraction", "")  # "" -> the models' early-stopping holdout; 0 -> fixed epochs, no refit (small runs)
 K = int(widget("k", "10"))
 EXTRA = [s for s in widget("overrides", "").split(";") if s]  # e.g. generate.n_ratings=5000
 
@@ -59,7 +60,7 @@ train = stages.read_split(spark, cfg, "train").unionByName(stages.read_split(spa
 test = stages.read_split(spark, cfg, "test").cache()
 items = stages.read_ingested(spark, cfg, "items").cache()
 log.info("train %d ratings, test %d; %d items", train.count(), test.count(), items.count())
-over = {"epochs": int(EPOCHS)} if EPOCHS else {}
+over = {**({"epochs": int(EPOCHS)} if EPOCHS else {}), **({"valid_fraction": float(HOLDOUT)} if HOLDOUT else {})}
 
 
 def build(name):
@@ -167,7 +168,7 @@ fig, axes = plt.subplots(1, 2, figsize=(11, 4))
 for name, hist in curves.items():
     ep = [h["epoch"] for h in hist]
     axes[0].plot(ep, [h["train_loss"] for h in hist], label=name)
-    key = next((k for k in hist[0] if k.startswith("valid_")), None)
+    key = next((k for k in hist[0] if k.startswith("valid_")), None) if hist else None
     if key:
         axes[1].plot(ep, [h[key] for h in hist], label=f"{name} ({key[6:]})")
 axes[0].set(title="training loss", xlabel="epoch", yscale="log")

@@ -21,7 +21,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from recsys_spark.schemas import COL_ITEM, COL_RATING, COL_TIMESTAMP, COL_USER
-from recsys_spark.torch.train import _pos_keys, _sample_negatives
+from recsys_spark.torch.train import _pos_keys
 
 
 def leave_last_out(ratings: DataFrame) -> tuple[DataFrame, DataFrame]:
@@ -47,14 +47,14 @@ def sampled_ranking(model: Any, ratings: DataFrame, test: DataFrame, negatives: 
     keys = _pos_keys(allpos[COL_USER].to_numpy(), allpos[COL_ITEM].to_numpy(), n_items)
     t = test.select(COL_USER, COL_ITEM).orderBy(COL_USER).toPandas()
     users = t[COL_USER].to_numpy().astype(np.int64)
-    negs = _sample_negatives(np.repeat(users, negatives), n_items, keys, np.random.default_rng(seed)).reshape(len(users), negatives)
+    negs = distinct_negatives(users, n_items, keys, negatives, np.random.default_rng(seed))
     cand = np.concatenate([t[COL_ITEM].to_numpy()[:, None], negs], axis=1)
     rows = [(int(u), int(i), j) for u, row in zip(users, cand, strict=True) for j, i in enumerate(row)]
     pairs = spark.createDataFrame(rows, f"{COL_USER} int, {COL_ITEM} int, slot int")
     if hasattr(model, "score_udf"):
         scored = pairs.withColumn("s", model.score_udf()(F.col(COL_USER), F.col(COL_ITEM)))
     else:  # rating models: their prediction is the score
-        pred = model.predict(pairs.select(COL_USER, COL_ITEM)).select(COL_USER, COL_ITEM, F.col("prediction").alias("s"))
+        pred = model.predict(pairs.select(COL_USER, COL_ITEM).distinct()).select(COL_USER, COL_ITEM, F.col("prediction").alias("s"))
         scored = pairs.join(pred, [COL_USER, COL_ITEM])
     pdf = scored.select(COL_USER, "slot", "s").toPandas().sort_values([COL_USER, "slot"])
     s = pdf["s"].to_numpy().reshape(len(users), negatives + 1)
@@ -63,6 +63,26 @@ def sampled_ranking(model: Any, ratings: DataFrame, test: DataFrame, negatives: 
         f"hr@{k}": float((rank < k).mean()), f"ndcg@{k}": float(np.where(rank < k, 1.0 / np.log2(rank + 2), 0.0).mean()),
         "users": int(len(users)), "negatives": negatives,
     }  # fmt: skip
+
+
+def distinct_negatives(users: np.ndarray, n_items: int, keys: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``(len(users), n)``: per user, ``n`` distinct items it never rated (keys: sorted ``u * n_items + i``)."""
+    out = np.empty((len(users), n), dtype=np.int64)
+    for row, u in enumerate(users):
+        lo, hi = np.searchsorted(keys, [u * n_items, (u + 1) * n_items])
+        rated = keys[lo:hi] - u * n_items
+        if n_items - len(rated) < n:
+            raise ValueError(f"user {u} has only {n_items - len(rated)} unrated items, {n} negatives asked")
+        if n_items - len(rated) < 4 * n:  # a heavy rater: draw from the unrated items directly
+            out[row] = rng.choice(np.setdiff1d(np.arange(n_items), rated), size=n, replace=False)
+            continue
+        chosen: list[int] = []
+        while len(chosen) < n:  # rejection: rated items are a small part of the catalogue for almost every user
+            draw = rng.integers(0, n_items, size=2 * n)
+            fresh = draw[~np.isin(draw, rated)]
+            chosen = list(dict.fromkeys([*chosen, *fresh.tolist()]))[:n]
+        out[row] = chosen
+    return out
 
 
 def reconstruction(model: Any, train: DataFrame, max_users: int = 500, seed: int = 0) -> dict[str, float]:

@@ -166,14 +166,37 @@ def test_spark_scoring_equals_local_scoring(spark):
 
 class TestGMFContract(ClassScopedContract):
     def make(self):
-        return DeepRecommender(name="gmf", kind="gmf", scale=self.scale, epochs=2, net={"dim": 4})
+        return DeepRecommender(name="gmf", kind="gmf", scale=self.scale, epochs=2, net={"dim": 4}, valid_fraction=0.0)
 
 
 class TestNeuMFExplicitContract(ClassScopedContract):
     def make(self):
-        return DeepRecommender(name="neumf_explicit", kind="neumf", explicit=True, scale=self.scale, epochs=2, net={"dim": 4, "mlp_dim": 4, "layers": [8]})
+        return DeepRecommender(name="neumf_explicit", kind="neumf", explicit=True, scale=self.scale, epochs=2, net={"dim": 4, "mlp_dim": 4, "layers": [8]}, valid_fraction=0.0)
 
 
 class TestAutoRecContract(ClassScopedContract):
     def make(self):
         return DeepRecommender(name="autorec", kind="autorec", scale=self.scale, epochs=3, net={"hidden": 8}, valid_fraction=0.0)
+
+
+def test_distinct_negatives_avoid_rated_items_and_repeat_nothing():
+    from recsys_spark.torch.evaluate import distinct_negatives
+
+    n_items = 300
+    rated = {0: set(range(0, 280)), 1: {5, 6, 7}}  # user 0: a heavy rater with 20 unrated items
+    keys = np.array(sorted(u * n_items + i for u, s in rated.items() for i in s))
+    negs = distinct_negatives(np.array([0, 1]), n_items, keys, 15, np.random.default_rng(0))
+    for row, u in enumerate((0, 1)):
+        assert len(set(negs[row])) == 15 and not set(negs[row]) & rated[u]
+    with pytest.raises(ValueError, match="unrated"):
+        distinct_negatives(np.array([0]), n_items, keys, 25, np.random.default_rng(0))
+
+
+@pytest.mark.slow
+def test_leave_last_out_holds_out_each_users_latest(spark):
+    from recsys_spark.torch.evaluate import leave_last_out
+
+    df = spark.createDataFrame([(0, 1, 4.0, 10), (0, 2, 3.0, 30), (0, 3, 5.0, 20), (1, 4, 2.0, 5), (2, 5, 1.0, 1), (2, 6, 1.0, 1)], RATINGS_SCHEMA)
+    train, test = leave_last_out(df)
+    assert sorted((r.user_idx, r.item_idx) for r in test.collect()) == [(0, 2), (2, 6)]  # user 1 has one rating: kept for training
+    assert train.count() + test.count() == df.count()

@@ -77,7 +77,7 @@ def test_week7_content_based(spark, tmp_path):
 def test_week8_deep_learning_ncf(spark, tmp_path):
     pytest.importorskip("torch")
     ns = run_notebook(
-        "week8_deep_learning_ncf", dataset="generated", output=str(tmp_path), k="5", epochs="2",
+        "week8_deep_learning_ncf", dataset="generated", output=str(tmp_path), k="5", epochs="2", valid_fraction="0",
         models="popularity,gmf,cdae", rating_models="autorec", lastout_models="gmf",
         overrides="generate.n_users=60;generate.n_items=80;generate.n_ratings=2400;generate.min_ratings_per_user=8",
     )  # fmt: skip
