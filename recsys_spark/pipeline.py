@@ -12,7 +12,7 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
-from recsys_spark import stages
+from recsys_spark import registry, stages
 from recsys_spark.config import Config
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,8 @@ def pipeline_stages(cfg: Config) -> list[str]:
         names.insert(2, "factorize")
     if cfg.content.model in cfg.models.names:  # export the features, profiles and explanations of the content model it fits
         names.insert(2, "content")
+    if any(registry.is_deep(m) for m in cfg.models.names):  # the Parquet hand-off to PyTorch jobs
+        names.insert(2, "export_features")
     if cfg.dataset.kind == "generated":
         names.insert(0, "generate")
     return names

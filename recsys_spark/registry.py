@@ -56,7 +56,13 @@ def _deep(name: str, kind: str, **fixed: Any) -> Callable[..., Recommender]:
 
         return DeepRecommender(scale=scale, name=name, kind=kind, **{**fixed, **p})
 
+    factory.deep = True  # type: ignore[attr-defined]
     return factory
+
+
+def is_deep(name: str) -> bool:
+    """Whether ``name`` is a PyTorch model (trained on exported Parquet; needs the ``deep`` extra)."""
+    return name in REGISTRY and bool(getattr(REGISTRY[name][0], "deep", False))
 
 
 REGISTRY.update({

@@ -599,7 +599,7 @@ def run_train_torch(spark: SparkSession, cfg: Config, name: str | None = None, f
     models_dir = _models_dir(cfg)
     est = registry.build(name, Scale(), registry.model_params(name, models_dir), models_dir) if name in registry.REGISTRY else None
     if not isinstance(est, DeepRecommender):
-        deep = sorted(n for n, (f, _) in registry.REGISTRY.items() if getattr(f, "__name__", "") == "factory")
+        deep = sorted(n for n in registry.REGISTRY if registry.is_deep(n))
         raise ValueError(f"torch.model: {name!r} is not a registered deep model; choose one of {', '.join(deep)}")
     export_out = cfg.stage_path("features", split_name(cfg))
     output = cfg.stage_path("torch", name)

@@ -86,6 +86,7 @@ class NeuMF(nn.Module):
         super().__init__()
         self.gmf = GMF(n_users, n_items, dim)
         self.mlp = MLP(n_users, n_items, mlp_dim, layers, dropout)
+        del self.gmf.out, self.mlp.out  # the towers' own output layers: unused here (DDP rejects unused parameters)
         self.out = nn.Linear(dim + (layers[-1] if layers else 2 * mlp_dim), 1)
         self.explicit = explicit
         self.register_buffer("mu", torch.tensor(float(mu)))
@@ -99,8 +100,8 @@ class NeuMF(nn.Module):
 
     def load_pretrained(self, gmf: GMF, mlp: MLP, alpha: float = 0.5) -> None:
         """Start from trained towers; the output layer is ``alpha``/``1 - alpha`` of theirs (the paper's recipe)."""
-        self.gmf.load_state_dict(gmf.state_dict())
-        self.mlp.load_state_dict(mlp.state_dict())
+        self.gmf.load_state_dict({k: v for k, v in gmf.state_dict().items() if not k.startswith("out.")})
+        self.mlp.load_state_dict({k: v for k, v in mlp.state_dict().items() if not k.startswith("out.")})
         with torch.no_grad():
             self.out.weight.copy_(torch.cat([alpha * gmf.out.weight, (1 - alpha) * mlp.out.weight], dim=1))
             self.out.bias.copy_(alpha * gmf.out.bias + (1 - alpha) * mlp.out.bias)

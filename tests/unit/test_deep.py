@@ -135,7 +135,9 @@ def test_unknown_kind_and_distributor():
 
 @pytest.mark.slow
 def test_torch_distributor_runs_two_processes_in_local_2(spark, data, tmp_path):
-    spec = TrainSpec(kind="gmf", data=data["train"], valid=data["valid"], n_users=NU, n_items=NI, out_dir=str(tmp_path), epochs=2, batch_size=32)
+    # NeuMF: every parameter must take part in the loss, or DDP's reducer fails on the second step
+    spec = TrainSpec(kind="neumf", data=data["train"], valid=data["valid"], n_users=NU, n_items=NI, out_dir=str(tmp_path), epochs=2,
+                     batch_size=32, net={"dim": 4, "mlp_dim": 4, "layers": [8]})  # fmt: skip
     res = run(spec, "spark", num_processes=2)
     assert res["world_size"] == 2
     # rank 0 read about half of the rows; the other half went to rank 1

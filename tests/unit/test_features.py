@@ -113,3 +113,11 @@ def test_export_and_train_torch_stages(spark, cfg_factory):
     assert np.isfinite([r.score for r in top.collect()]).all()
     with pytest.raises(ValueError, match="not a registered deep model"):
         stages.run_train_torch(spark, cfg, "bias")
+
+
+def test_pipeline_exports_features_when_a_deep_model_is_fitted(cfg_factory):
+    from recsys_spark.pipeline import pipeline_stages
+
+    with_deep = pipeline_stages(cfg_factory('models.names=["popularity", "gmf"]'))
+    assert with_deep[:4] == ["generate", "ingest", "split", "export_features"] and "predict:gmf" in with_deep
+    assert "export_features" not in pipeline_stages(cfg_factory('models.names=["popularity"]'))
