@@ -90,12 +90,10 @@ def reconstruction(model: Any, train: DataFrame, max_users: int = 500, seed: int
     import torch
 
     net = model.network()
-    pdf = train.select(COL_USER, COL_ITEM, COL_RATING).toPandas()  # the (small) training set being reconstructed
+    # the sample of users is drawn in Spark (seeded hash order); only their ratings reach the driver
+    users_df = train.select(COL_USER).distinct().orderBy(F.xxhash64(F.lit(seed), COL_USER), COL_USER).limit(max_users)
+    pdf = train.join(users_df, COL_USER, "left_semi").select(COL_USER, COL_ITEM, COL_RATING).toPandas()
     users = np.unique(pdf[COL_USER].to_numpy())
-    rng = np.random.default_rng(seed)
-    if len(users) > max_users:
-        users = np.sort(rng.choice(users, max_users, replace=False))
-    pdf = pdf[pdf[COL_USER].isin(users)]
     u = torch.from_numpy(pdf[COL_USER].to_numpy().astype(np.int64))
     i = torch.from_numpy(pdf[COL_ITEM].to_numpy().astype(np.int64))
     with torch.no_grad():

@@ -164,6 +164,18 @@ class CDAE(nn.Module):
         return (self.codes[users] * self.decoder.weight[items]).sum(-1) + self.decoder.bias[items]
 
 
+def net_kwargs(kind: str, net: dict, explicit: bool = False, mu: float = 0.0) -> dict:
+    """``build_net`` keyword arguments from a TOML ``[params.net]`` table plus the task (explicit / mu)."""
+    p = dict(net)
+    if "layers" in p:
+        p["layers"] = tuple(p["layers"])
+    if kind in ("gmf", "mlp", "neumf"):
+        p.update(explicit=explicit, mu=mu)
+    elif kind == "autorec":
+        p.update(mu=mu)
+    return p
+
+
 def build_net(kind: str, n_users: int, n_items: int, **params) -> nn.Module:
     """The network ``kind`` (one of :data:`KINDS`) with its architecture parameters."""
     if kind == "gmf":

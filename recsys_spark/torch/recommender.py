@@ -54,7 +54,7 @@ from recsys_spark.schemas import (
     COL_TIMESTAMP,
     COL_USER,
 )
-from recsys_spark.torch.models import KINDS, build_net
+from recsys_spark.torch.models import KINDS, build_net, net_kwargs
 from recsys_spark.torch.train import TrainSpec, load_state, run
 
 log = logging.getLogger(__name__)
@@ -66,17 +66,6 @@ WEIGHTS_SCHEMA = T.StructType(
         T.StructField("values", T.ArrayType(T.FloatType(), False), False),
     ]
 )
-
-
-def _net_params(kind: str, net: dict[str, Any], explicit: bool, mu: float) -> dict[str, Any]:
-    p = dict(net)
-    if "layers" in p:
-        p["layers"] = tuple(p["layers"])
-    if kind in ("gmf", "mlp", "neumf"):
-        p.update(explicit=explicit, mu=mu)
-    elif kind == "autorec":
-        p.update(mu=mu)
-    return p
 
 
 def make_scorer(kind: str, params: dict[str, Any], n_users: int, n_items: int, weights: Any, threads: int = 1):
@@ -128,14 +117,14 @@ class DeepModel(RecommenderModel):
 
     def network(self) -> torch.nn.Module:
         """The trained network, in eval mode, on the driver (for analysis; scoring runs in Spark)."""
-        net = build_net(self.kind, self.n_users, self.n_items, **_net_params(self.kind, self.net, self.explicit, self.mu))
+        net = build_net(self.kind, self.n_users, self.n_items, **net_kwargs(self.kind, self.net, self.explicit, self.mu))
         net.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in self.weights.items()})
         return net.eval()
 
     def score_udf(self):
         from pyspark.ml.functions import predict_batch_udf
 
-        params = _net_params(self.kind, self.net, self.explicit, self.mu)
+        params = net_kwargs(self.kind, self.net, self.explicit, self.mu)
         if self._broadcast is None:
             self._broadcast = self.base.seen.sparkSession.sparkContext.broadcast(self.weights)
         return predict_batch_udf(

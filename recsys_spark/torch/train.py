@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from recsys_spark.torch import data as tdata
-from recsys_spark.torch.models import NeuMF, build_net
+from recsys_spark.torch.models import NeuMF, build_net, net_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -298,13 +298,7 @@ def train(spec: TrainSpec | dict[str, Any]) -> dict[str, Any]:
     out = Path(spec.out_dir)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-    net_params = dict(spec.net)
-    if spec.kind in PAIR_KINDS:
-        net_params.update(explicit=spec.explicit, mu=spec.mu)
-    elif spec.kind == "autorec":
-        net_params.update(mu=spec.mu)
-    if "layers" in net_params:
-        net_params["layers"] = tuple(net_params["layers"])
+    net_params = net_kwargs(spec.kind, spec.net, spec.explicit, spec.mu)
     net = build_net(spec.kind, spec.n_users, spec.n_items, **net_params)
     if spec.pretrained and isinstance(net, NeuMF):
         gmf = build_net("gmf", spec.n_users, spec.n_items, dim=net.gmf.user.embedding_dim)
