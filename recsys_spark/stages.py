@@ -605,7 +605,7 @@ def run_train_torch(spark: SparkSession, cfg: Config, name: str | None = None, f
     output = cfg.stage_path("torch", name)
     params = {
         **registry.model_params(name, models_dir), "distributor": cfg.torch.distributor, "num_processes": cfg.torch.num_processes,
-        "backend": cfg.torch.backend,
+        "backend": cfg.torch.backend, "use_gpu": cfg.torch.use_gpu,
     }  # fmt: skip
 
     def body(tmp: str) -> dict[str, Any]:

@@ -224,6 +224,7 @@ class DeepRecommender(Recommender):
     backend: str = "arrow"
     distributor: str = "local"
     num_processes: int = 2
+    use_gpu: bool = False  # train on CUDA (one GPU per rank); scoring in Spark stays on CPU
     loader_workers: int = 0
     score_batch: int = 8192
     work_dir: str | None = None  # where the exported data and checkpoints go (a temporary directory by default)
@@ -240,7 +241,8 @@ class DeepRecommender(Recommender):
             kind=self.kind, data=data, valid=valid, n_users=n_users, n_items=n_items, out_dir=out, explicit=self.explicit,
             net=self.net, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay, l2=self.l2,
             n_neg=self.n_neg, patience=self.patience, seed=self.seed, backend=self.backend, loader_workers=self.loader_workers,
-            mu=mu, mlflow=self.mlflow, optimizer=self.optimizer, lbfgs_iters=self.lbfgs_iters, **kw,
+            mu=mu, mlflow=self.mlflow, optimizer=self.optimizer, lbfgs_iters=self.lbfgs_iters,
+            device="cuda" if self.use_gpu else "cpu", **kw,
         )  # fmt: skip
 
     def _train(self, spec: TrainSpec) -> dict[str, Any]:
@@ -248,10 +250,10 @@ class DeepRecommender(Recommender):
             towers = {}
             for tower in ("gmf", "mlp"):
                 net = {"dim": self.net.get("dim", 32)} if tower == "gmf" else {"dim": self.net.get("mlp_dim", 32), "layers": self.net.get("layers", [64, 32, 16])}
-                res = run(dataclasses.replace(spec, kind=tower, net=net, out_dir=f"{spec.out_dir}/{tower}"), self.distributor, self.num_processes)
+                res = run(dataclasses.replace(spec, kind=tower, net=net, out_dir=f"{spec.out_dir}/{tower}"), self.distributor, self.num_processes, self.use_gpu)
                 towers[tower] = res["state"]
             spec = dataclasses.replace(spec, pretrained=towers, lr=self.pretrain_lr)
-        return run(spec, self.distributor, self.num_processes)
+        return run(spec, self.distributor, self.num_processes, self.use_gpu)
 
     def fit(self, train: DataFrame) -> DeepModel:
         self._check_train(train)

@@ -257,15 +257,15 @@ class RowTask:
         return nn.functional.binary_cross_entropy_with_logits(logits, x), len(rows)
 
     @torch.no_grad()
-    def freeze(self, net: nn.Module) -> None:
+    def freeze(self, net: nn.Module, device: str) -> None:
         net.eval()
         for s in range(0, len(self.rows), 1024):
             rows = self.rows[s : s + 1024]
-            idx = torch.from_numpy(rows)
+            idx, x = torch.from_numpy(rows).to(device), self.dense(rows).to(device)
             if self.spec.kind == "autorec":
-                net.freeze_codes(self.dense(rows), idx)
+                net.freeze_codes(x, idx)
             else:
-                net.freeze_codes(idx, self.dense(rows))
+                net.freeze_codes(idx, x)
 
 
 # -- the loop ---------------------------------------------------------------------------
@@ -295,6 +295,9 @@ def train(spec: TrainSpec | dict[str, Any]) -> dict[str, Any]:
     rank, world, distributed = _init_distributed(spec.device)
     seed_everything(spec.seed)
     device = spec.device
+    if device == "cuda":  # one GPU per rank (torchrun / TorchDistributor set LOCAL_RANK)
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(device)
     out = Path(spec.out_dir)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -331,7 +334,7 @@ def train(spec: TrainSpec | dict[str, Any]) -> dict[str, Any]:
         best = float(ck["best"]) if ck["best"] == ck["best"] else None
         best_epoch = int(ck["best_epoch"])
         log.info("%s: resumed from %s at epoch %d", spec.kind, last, start_epoch)
-    model = nn.parallel.DistributedDataParallel(net) if distributed else net
+    model = nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.startswith("cuda") else None) if distributed else net
     mlf = _mlflow_start(spec) if (spec.mlflow and rank == 0) else None
     try:
         for epoch in range(start_epoch, spec.epochs):
@@ -362,9 +365,9 @@ def train(spec: TrainSpec | dict[str, Any]) -> dict[str, Any]:
                     n += m
             train_loss = total / max(1, n)
             if isinstance(task, RowTask):
-                task.freeze(net)
+                task.freeze(net, device)
             net.eval()
-            metric = validator(net.score) if validator else float("nan")
+            metric = validator(lambda u, i: net.score(u.to(device), i.to(device)).cpu()) if validator else float("nan")
             secs = time.perf_counter() - t0
             row = {"epoch": epoch, "train_loss": train_loss, "samples": n, "seconds": round(secs, 3)}
             if validator:
@@ -378,16 +381,16 @@ def train(spec: TrainSpec | dict[str, Any]) -> dict[str, Any]:
             if improved:
                 best, best_epoch, bad = (metric if validator else None), epoch, 0
                 if rank == 0:
-                    torch.save(net.state_dict(), out / "best.pt")
+                    torch.save(_cpu_state(net), out / "best.pt")
             else:
                 bad += 1
             if rank == 0:
-                torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "epoch": epoch, "best": best if best is not None else float("nan"), "best_epoch": best_epoch}, last)
+                torch.save({"net": _cpu_state(net), "opt": opt.state_dict(), "epoch": epoch, "best": best if best is not None else float("nan"), "best_epoch": best_epoch}, last)
             if validator and bad >= spec.patience:
                 log.info("%s: early stop at epoch %d (best %s %.5f at epoch %d)", spec.kind, epoch, validator.name, best, best_epoch)
                 break
         if rank == 0 and not (out / "best.pt").exists():  # no epoch ran (resumed past the end)
-            torch.save(net.state_dict(), out / "best.pt")
+            torch.save(_cpu_state(net), out / "best.pt")
         result = {
             "kind": spec.kind, "history": history, "best_epoch": best_epoch, "best": best,
             "metric": validator.name if validator else None, "state": str(out / "best.pt"), "world_size": world,
@@ -406,6 +409,11 @@ def train(spec: TrainSpec | dict[str, Any]) -> dict[str, Any]:
         if distributed:
             torch.distributed.barrier()
             torch.distributed.destroy_process_group()
+
+
+def _cpu_state(net: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict on the CPU: checkpoints load anywhere (and scoring in Spark runs on CPU)."""
+    return {k: v.detach().cpu() for k, v in net.state_dict().items()}
 
 
 class _nullcontext:

@@ -202,3 +202,13 @@ def test_leave_last_out_holds_out_each_users_latest(spark):
     train, test = leave_last_out(df)
     assert sorted((r.user_idx, r.item_idx) for r in test.collect()) == [(0, 2), (2, 6)]  # user 1 has one rating: kept for training
     assert train.count() + test.count() == df.count()
+
+
+def test_neumf_pretraining_trains_both_towers_first(data, tmp_path):
+    est = DeepRecommender(name="neumf", kind="neumf", pretrain=True, epochs=2, batch_size=32, net={"dim": 4, "mlp_dim": 4, "layers": [8]})
+    spec = est._spec(data["train"], None, str(tmp_path / "run"), NU, NI, 0.0)
+    res = est._train(spec)
+    assert (tmp_path / "run" / "gmf" / "best.pt").exists() and (tmp_path / "run" / "mlp" / "best.pt").exists()
+    gmf = load_state(str(tmp_path / "run" / "gmf" / "best.pt"))
+    neu = load_state(res["state"])
+    assert neu["gmf.user.weight"].shape == gmf["user.weight"].shape and len(res["history"]) == 2
