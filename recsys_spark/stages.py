@@ -608,6 +608,9 @@ def run_train_torch(spark: SparkSession, cfg: Config, name: str | None = None, f
         "backend": cfg.torch.backend, "use_gpu": cfg.torch.use_gpu,
     }  # fmt: skip
 
+    if not fs.exists(spark, f"{export_out}/metadata.json"):
+        raise FileNotFoundError(f"{export_out}/metadata.json not found: run the export_features stage first (recsys-spark export_features)")
+
     def body(tmp: str) -> dict[str, Any]:
         meta = json.loads(fs.read_text(spark, f"{export_out}/metadata.json"))
         local = lambda p: p[len("file:"):] if p.startswith("file:") else p  # noqa: E731 - the loader reads local or mounted paths

@@ -80,6 +80,8 @@ def test_export_and_train_torch_stages(spark, cfg_factory):
     cfg = cfg_factory(*SMALL, "export.files=2", "export.negatives=2", "torch.model=gmf", "tracking.enabled=false")
     for stage in ("generate", "ingest", "split"):
         stages.STAGES[stage](spark, cfg)
+    with pytest.raises(FileNotFoundError, match="run the export_features stage first"):
+        stages.run_train_torch(spark, cfg)
     res = stages.run_export(spark, cfg)
     c = res["counts"]
     for part in ("train", "valid", "test"):
