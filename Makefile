@@ -35,7 +35,10 @@ blas:
 run: install
 	$(BIN)/recsys-spark pipeline --config conf/local.toml
 
-test: test-main test-petastorm
+# the two lanes run side by side (the petastorm lane is mostly its install);
+# output is grouped per lane
+test:
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-main test-petastorm
 
 test-main: install
 	$(BIN)/python -m pytest -q -m "not petastorm"
@@ -52,7 +55,7 @@ $(PVENV)/.installed: pyproject.toml constraints-petastorm.txt
 	touch $@
 
 test-petastorm: install-petastorm
-	RECSYS_PETASTORM_LANE=1 $(PVENV)/bin/python -m pytest -q -m petastorm -p no:cacheprovider tests/petastorm
+	RECSYS_PETASTORM_LANE=1 $(PVENV)/bin/python -m pytest -q -m petastorm -p no:cacheprovider --basetemp=build/pytest-petastorm tests/petastorm
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow and not integration and not petastorm"
