@@ -11,7 +11,7 @@ export RECSYS_DATA_DIR
 
 PVENV := .venv-petastorm
 
-.PHONY: install install-petastorm blas run test test-main test-petastorm test-fast lint bench clean
+.PHONY: install install-petastorm blas run test test-main test-main-a test-main-b test-petastorm test-fast lint bench clean
 
 install: $(VENV)/.installed
 
@@ -35,13 +35,22 @@ blas:
 run: install
 	$(BIN)/recsys-spark pipeline --config conf/local.toml
 
-# the two lanes run side by side (the petastorm lane is mostly its install);
-# output is grouped per lane
+# Three pytest processes side by side (each its own Spark session): the main
+# suite in two shards - notebooks and end-to-end jobs, and the rest - and the
+# petastorm lane (mostly its install).  Spark on tiny test data is latency
+# bound, so two shards use the 2 cores better than one.  Output is grouped
+# per shard.
+MAIN_A := tests/unit/test_notebooks.py tests/integration
 test:
-	$(MAKE) --no-print-directory -j2 --output-sync=target test-main test-petastorm
+	$(MAKE) --no-print-directory -j3 --output-sync=target test-main-a test-main-b test-petastorm
 
-test-main: install
-	$(BIN)/python -m pytest -q -m "not petastorm"
+test-main: test-main-a test-main-b
+
+test-main-a: install
+	$(BIN)/python -m pytest -q -m "not petastorm" -p no:cacheprovider --basetemp=build/pytest-a $(MAIN_A)
+
+test-main-b: install
+	$(BIN)/python -m pytest -q -m "not petastorm" -p no:cacheprovider --basetemp=build/pytest-b tests $(addprefix --ignore=,$(MAIN_A))
 
 # petastorm needs pyarrow < 15, numpy < 2 and pyspark 4.0: its own environment,
 # the project installed into it without dependencies, only the tests marked for it
