@@ -4,8 +4,9 @@
   is the test item, the rest is training data.
 * :func:`sampled_ranking`: the test item ranked against ``negatives`` items
   the user never rated (seeded), HR@k and NDCG@k; any model answers through
-  its scores (deep models' networks via ``predict_batch_udf``; others via
-  their rating prediction).
+  its scores (deep models' networks via ``predict_batch_udf``, popularity and
+  bias through their top-N item score, others through their rating
+  prediction).
 * :func:`reconstruction`: how well an autoencoder reproduces its input:
   RMSE on the training ratings (AutoRec) or recall of a user's training
   items in the top-``n_u`` of the reconstruction (CDAE), over a bounded
@@ -53,7 +54,9 @@ def sampled_ranking(model: Any, ratings: DataFrame, test: DataFrame, negatives: 
     pairs = spark.createDataFrame(rows, f"{COL_USER} int, {COL_ITEM} int, slot int")
     if hasattr(model, "score_udf"):
         scored = pairs.withColumn("s", model.score_udf()(F.col(COL_USER), F.col(COL_ITEM)))
-    else:  # rating models: their prediction is the score
+    elif hasattr(model, "item_score"):  # user-independent rankers (popularity, bias): their top-N score
+        scored = pairs.join(model.item_score.select(COL_ITEM, F.col("score").alias("s")), COL_ITEM, "left").fillna(float("-inf"), ["s"])
+    else:  # other models: their rating prediction is the score
         pred = model.predict(pairs.select(COL_USER, COL_ITEM).distinct()).select(COL_USER, COL_ITEM, F.col("prediction").alias("s"))
         scored = pairs.join(pred, [COL_USER, COL_ITEM])
     pdf = scored.select(COL_USER, "slot", "s").toPandas().sort_values([COL_USER, "slot"])
