@@ -293,9 +293,6 @@ def train(spec: TrainSpec | dict[str, Any]) -> dict[str, Any]:
     if isinstance(spec, dict):
         spec = TrainSpec(**spec)
     rank, world, distributed = _init_distributed(spec.device)
-    if distributed and not spec.device.startswith("cuda"):  # ranks on one machine share its cores
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     seed_everything(spec.seed)
     device = spec.device
     if device == "cuda":  # one GPU per rank (torchrun / TorchDistributor set LOCAL_RANK)
