@@ -47,10 +47,10 @@ test:
 test-main: test-main-a test-main-b
 
 test-main-a: install
-	$(BIN)/python -m pytest -q -m "not petastorm" -p no:cacheprovider --basetemp=build/pytest-a $(MAIN_A)
+	mkdir -p build && $(BIN)/python -m pytest -q -m "not petastorm" -p no:cacheprovider --basetemp=build/pytest-a $(MAIN_A)
 
 test-main-b: install
-	$(BIN)/python -m pytest -q -m "not petastorm" -p no:cacheprovider --basetemp=build/pytest-b tests $(addprefix --ignore=,$(MAIN_A))
+	mkdir -p build && $(BIN)/python -m pytest -q -m "not petastorm" -p no:cacheprovider --basetemp=build/pytest-b tests $(addprefix --ignore=,$(MAIN_A))
 
 # petastorm needs pyarrow < 15, numpy < 2 and pyspark 4.0: its own environment,
 # the project installed into it without dependencies, only the tests marked for it
@@ -64,7 +64,7 @@ $(PVENV)/.installed: pyproject.toml constraints-petastorm.txt
 	touch $@
 
 test-petastorm: install-petastorm
-	RECSYS_PETASTORM_LANE=1 $(PVENV)/bin/python -m pytest -q -m petastorm -p no:cacheprovider --basetemp=build/pytest-petastorm tests/petastorm
+	mkdir -p build && RECSYS_PETASTORM_LANE=1 $(PVENV)/bin/python -m pytest -q -m petastorm -p no:cacheprovider --basetemp=build/pytest-petastorm tests/petastorm
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow and not integration and not petastorm"
