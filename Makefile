@@ -47,10 +47,10 @@ test:
 test-main: test-main-a test-main-b
 
 test-main-a: install
-	mkdir -p build && $(BIN)/python -m pytest -q -m "not petastorm" -p no:cacheprovider --basetemp=build/pytest-a $(MAIN_A)
+	mkdir -p build && $(BIN)/python -m pytest -q -m "not petastorm" -p no:cacheprovider --durations=15 --basetemp=build/pytest-a $(MAIN_A)
 
 test-main-b: install
-	mkdir -p build && $(BIN)/python -m pytest -q -m "not petastorm" -p no:cacheprovider --basetemp=build/pytest-b tests $(addprefix --ignore=,$(MAIN_A))
+	mkdir -p build && $(BIN)/python -m pytest -q -m "not petastorm" -p no:cacheprovider --durations=15 --basetemp=build/pytest-b tests $(addprefix --ignore=,$(MAIN_A))
 
 # petastorm needs pyarrow < 15, numpy < 2 and pyspark 4.0: its own environment,
 # the project installed into it without dependencies, only the tests marked for it

@@ -44,6 +44,7 @@ OUTPUT = widget("output", "output", "output directory")
 MODELS = widget("models", "popularity,item_knn,gmf,mlp,neumf,cdae").split(",")  # top-N
 RATING_MODELS = [m for m in widget("rating_models", "bias,autorec,neumf_explicit").split(",") if m]
 LASTOUT = [m for m in widget("lastout_models", "gmf,mlp,neumf").split(",") if m]
+NEGATIVES = int(widget("negatives", "99"))  # leave-last-out: sampled unrated items per user (small catalogues need fewer)
 EPOCHS = widget("epochs", "")  # "" -> each model's conf/models/<name>.toml; a number caps every model (small runs)
 HOLDOUT = widget("valid_fraction", "")  # "" -> the models' early-stopping holdout; 0 -> fixed epochs, no refit (small runs)
 K = int(widget("k", "10"))
@@ -248,7 +249,7 @@ if check_model is not None:
 # MAGIC ## Leave-last-out with 99 sampled negatives
 # MAGIC
 # MAGIC The NCF paper's protocol: each user's latest rating is held out and
-# MAGIC ranked against 99 items the user never rated.
+# MAGIC ranked against 99 items the user never rated (the `negatives` widget).
 
 # COMMAND ----------
 
@@ -258,5 +259,5 @@ lo_train = lo_train.cache()
 lastout = {}
 for name in LASTOUT:
     model = build(name).fit(lo_train)
-    lastout[name] = sampled_ranking(model, ratings, lo_test, negatives=99, k=10, seed=42)
+    lastout[name] = sampled_ranking(model, ratings, lo_test, negatives=NEGATIVES, k=10, seed=42)
 show(results_markdown(lastout, 10))

@@ -39,7 +39,8 @@ def sampled_ranking(model: Any, ratings: DataFrame, test: DataFrame, negatives: 
     """HR@k and NDCG@k of each test item against ``negatives`` sampled items its user never rated.
 
     ``ratings``: all of the users' ratings (negatives avoid every one of
-    them).  The positives and the candidate table are collected: one row per
+    them).  A user with fewer than ``negatives`` unrated items is left out and
+    counted (``users_skipped``).  The positives and the candidate table are collected: one row per
     test user and ``negatives + 1`` candidates each (bounded by users).
     """
     spark = test.sparkSession
@@ -47,6 +48,10 @@ def sampled_ranking(model: Any, ratings: DataFrame, test: DataFrame, negatives: 
     allpos = ratings.select(COL_USER, COL_ITEM).toPandas()  # the evaluation set's ratings (small protocols)
     keys = _pos_keys(allpos[COL_USER].to_numpy(), allpos[COL_ITEM].to_numpy(), n_items)
     t = test.select(COL_USER, COL_ITEM).orderBy(COL_USER).toPandas()
+    rated = np.bincount((keys // n_items).astype(np.int64), minlength=int(t[COL_USER].max() or 0) + 1) if len(t) else np.zeros(1, np.int64)
+    fits = n_items - rated[t[COL_USER].to_numpy()] >= negatives  # users with fewer unrated items cannot be ranked this way
+    skipped = int((~fits).sum())
+    t = t[fits]
     users = t[COL_USER].to_numpy().astype(np.int64)
     negs = distinct_negatives(users, n_items, keys, negatives, np.random.default_rng(seed))
     cand = np.concatenate([t[COL_ITEM].to_numpy()[:, None], negs], axis=1)
@@ -64,7 +69,7 @@ def sampled_ranking(model: Any, ratings: DataFrame, test: DataFrame, negatives: 
     rank = (s[:, 1:] > s[:, :1]).sum(1)  # 0: the test item first; ties count in its favour
     return {
         f"hr@{k}": float((rank < k).mean()), f"ndcg@{k}": float(np.where(rank < k, 1.0 / np.log2(rank + 2), 0.0).mean()),
-        "users": int(len(users)), "negatives": negatives,
+        "users": int(len(users)), "users_skipped": skipped, "negatives": negatives,
     }  # fmt: skip
 
 
