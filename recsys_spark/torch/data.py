@@ -110,6 +110,18 @@ class _Batcher:
             self.parts, self.n = [], 0
 
 
+def _batches(ds, chunks: Iterator[dict[str, np.ndarray]]) -> Iterator[dict[str, torch.Tensor]]:
+    """Either backend's column chunks -> shuffled (seed, epoch, stream) batches of tensors."""
+    stream, _ = stream_position(ds.rank, ds.world_size)
+    rng = np.random.default_rng([ds.seed, ds.epoch, stream]) if ds.shuffle else None
+    batcher = _Batcher(list(ds.columns), ds.batch_size, ds.shuffle_buffer, rng, ds.drop_last)
+    for chunk in chunks:
+        for b in batcher.add(chunk):
+            yield to_tensors(ds.columns, b)
+    for b in batcher.finish():
+        yield to_tensors(ds.columns, b)
+
+
 class ArrowDataset(IterableDataset):
     """Batches of tensors from Parquet row groups, sharded over ranks and workers.
 
@@ -160,19 +172,15 @@ class ArrowDataset(IterableDataset):
         return units[stream::streams]
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        stream, _ = stream_position(self.rank, self.world_size)
-        rng = np.random.default_rng([self.seed, self.epoch, stream]) if self.shuffle else None
-        batcher = _Batcher(list(self.columns), self.batch_size, self.shuffle_buffer, rng, self.drop_last)
+        yield from _batches(self, self._chunks())
+
+    def _chunks(self) -> Iterator[dict[str, np.ndarray]]:
         names = list(self.columns)
         files: dict[str, pq.ParquetFile] = {}
         for u in self.my_units():
             pf = files.setdefault(u.path, pq.ParquetFile(u.path))
             for rb in pf.iter_batches(batch_size=self.read_batch_rows, row_groups=[u.row_group], columns=names):
-                chunk = {c: rb.column(c).to_numpy(zero_copy_only=False) for c in names}
-                for b in batcher.add(chunk):
-                    yield to_tensors(self.columns, b)
-        for b in batcher.finish():
-            yield to_tensors(self.columns, b)
+                yield {c: rb.column(c).to_numpy(zero_copy_only=False) for c in names}
 
 
 class PetastormDataset(IterableDataset):
@@ -204,22 +212,19 @@ class PetastormDataset(IterableDataset):
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        yield from _batches(self, self._chunks())
+
+    def _chunks(self) -> Iterator[dict[str, np.ndarray]]:
         from petastorm import make_batch_reader
 
         stream, streams = stream_position(self.rank, self.world_size)
-        rng = np.random.default_rng([self.seed, self.epoch, stream]) if self.shuffle else None
-        batcher = _Batcher(list(self.columns), self.batch_size, self.shuffle_buffer, rng, self.drop_last)
         with make_batch_reader(
             self.url, schema_fields=list(self.columns), num_epochs=1, cur_shard=stream, shard_count=streams,
             shuffle_row_groups=self.shuffle, seed=self.seed + self.epoch, workers_count=self.workers_count,
             reader_pool_type="dummy",
         ) as reader:  # fmt: skip
             for nt in reader:
-                chunk = {c: np.asarray(getattr(nt, c)) for c in self.columns}
-                for b in batcher.add(chunk):
-                    yield to_tensors(self.columns, b)
-        for b in batcher.finish():
-            yield to_tensors(self.columns, b)
+                yield {c: np.asarray(getattr(nt, c)) for c in self.columns}
 
     @staticmethod
     def from_spark(df, cache_dir: str):
