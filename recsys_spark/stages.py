@@ -593,12 +593,9 @@ def run_train_torch(spark: SparkSession, cfg: Config, name: str | None = None, f
     run's ``best.pt`` / ``result.json``.  Accounting: test rows asked =
     predicted; users with lists.
     """
-    from recsys_spark.torch.recommender import DeepRecommender
-
     name = name or cfg.torch.model
     models_dir = _models_dir(cfg)
-    est = registry.build(name, Scale(), registry.model_params(name, models_dir), models_dir) if name in registry.REGISTRY else None
-    if not isinstance(est, DeepRecommender):
+    if not registry.is_deep(name):
         deep = sorted(n for n in registry.REGISTRY if registry.is_deep(n))
         raise ValueError(f"torch.model: {name!r} is not a registered deep model; choose one of {', '.join(deep)}")
     export_out = cfg.stage_path("features", split_name(cfg))

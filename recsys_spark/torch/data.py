@@ -122,7 +122,36 @@ def _batches(ds, chunks: Iterator[dict[str, np.ndarray]]) -> Iterator[dict[str, 
         yield to_tensors(ds.columns, b)
 
 
-class ArrowDataset(IterableDataset):
+class _StreamDataset(IterableDataset):
+    """What both backends share: batching, shuffling, the stream position and the epoch."""
+
+    def __init__(
+        self, columns: dict[str, torch.dtype], batch_size: int, shuffle: bool, shuffle_buffer: int, seed: int,
+        rank: int | None, world_size: int | None, drop_last: bool,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.columns = dict(columns)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.shuffle_buffer = shuffle_buffer if shuffle else 0
+        self.seed = seed
+        self.rank, self.world_size = rank, world_size
+        self.drop_last = drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        yield from _batches(self, self._chunks())
+
+    def _chunks(self) -> Iterator[dict[str, np.ndarray]]:  # pragma: no cover - each backend defines it
+        raise NotImplementedError
+
+
+class ArrowDataset(_StreamDataset):
     """Batches of tensors from Parquet row groups, sharded over ranks and workers.
 
     ``columns``: name -> torch dtype (read and converted in that order).
@@ -135,19 +164,9 @@ class ArrowDataset(IterableDataset):
         shuffle_buffer: int = 65536, seed: int = 0, rank: int | None = None, world_size: int | None = None,
         drop_last: bool = False, read_batch_rows: int = 65536,
     ) -> None:  # fmt: skip
-        super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        super().__init__(columns, batch_size, shuffle, shuffle_buffer, seed, rank, world_size, drop_last)
         self.path = path
-        self.columns = dict(columns)
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.shuffle_buffer = shuffle_buffer if shuffle else 0
-        self.seed = seed
-        self.rank, self.world_size = rank, world_size
-        self.drop_last = drop_last
         self.read_batch_rows = read_batch_rows
-        self.epoch = 0
         self.units = list_units(path)
         if not self.units:
             raise ValueError(f"{path}: no Parquet row groups to read")
@@ -160,9 +179,6 @@ class ArrowDataset(IterableDataset):
     def num_rows(self) -> int:
         return sum(u.rows for u in self.units)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def my_units(self) -> list[Unit]:
         stream, streams = stream_position(self.rank, self.world_size)
         units = self.units
@@ -170,9 +186,6 @@ class ArrowDataset(IterableDataset):
             order = np.random.default_rng([self.seed, self.epoch]).permutation(len(units))
             units = [units[j] for j in order]
         return units[stream::streams]
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        yield from _batches(self, self._chunks())
 
     def _chunks(self) -> Iterator[dict[str, np.ndarray]]:
         names = list(self.columns)
@@ -183,7 +196,7 @@ class ArrowDataset(IterableDataset):
                 yield {c: rb.column(c).to_numpy(zero_copy_only=False) for c in names}
 
 
-class PetastormDataset(IterableDataset):
+class PetastormDataset(_StreamDataset):
     """The petastorm backend: ``make_batch_reader`` over the same Parquet files, same batches.
 
     Sharding uses petastorm's ``cur_shard``/``shard_count`` over row groups
@@ -196,23 +209,9 @@ class PetastormDataset(IterableDataset):
         shuffle_buffer: int = 65536, seed: int = 0, rank: int | None = None, world_size: int | None = None,
         drop_last: bool = False, workers_count: int = 1,
     ) -> None:  # fmt: skip
-        super().__init__()
+        super().__init__(columns, batch_size, shuffle, shuffle_buffer, seed, rank, world_size, drop_last)
         self.url = path if "://" in path else "file://" + os.path.abspath(path)
-        self.columns = dict(columns)
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.shuffle_buffer = shuffle_buffer if shuffle else 0
-        self.seed = seed
-        self.rank, self.world_size = rank, world_size
-        self.drop_last = drop_last
         self.workers_count = workers_count
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        yield from _batches(self, self._chunks())
 
     def _chunks(self) -> Iterator[dict[str, np.ndarray]]:
         from petastorm import make_batch_reader
