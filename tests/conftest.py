@@ -27,9 +27,14 @@ def spark(tmp_path_factory):
         .config("spark.local.dir", str(local_dir))
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.driver.memory", "2g")
-        # tiny data: compiling whole-stage code for every new query costs more than it saves
-        # (test_content.py: 176 s with it, 144 s without)
+        # Tiny data: compiling generated code for every new query costs more than it saves, and
+        # adaptive re-planning adds stages.  A JFR profile of test_content.py put a fifth of the
+        # driver's CPU in janino; test_content.py took 155-166 s with Spark's defaults, 140 s
+        # with interpreted expressions, 123 s with AQE off as well; `make test` 31m49 -> 21m18.
+        # The jobs' own settings (codegen with fallback, AQE on) still run in the spark-submit tests.
         .config("spark.sql.codegen.wholeStage", "false")
+        .config("spark.sql.codegen.factoryMode", "NO_CODEGEN")
+        .config("spark.sql.adaptive.enabled", "false")
         .getOrCreate()
     )
     session.sparkContext.setLogLevel("ERROR")
