@@ -75,8 +75,10 @@ def materialize(model: RecommenderModel) -> RecommenderModel:
     return model
 
 
-def _timed_fit(name: str, cfg_scale: Scale, train: DataFrame, side: SideData | None = None) -> tuple[RecommenderModel, float]:
-    est = registry.build(name, cfg_scale, side=side)
+def _timed_fit(
+    name: str, cfg_scale: Scale, train: DataFrame, side: SideData | None = None, models_dir: Path = registry.MODELS_DIR,
+) -> tuple[RecommenderModel, float]:  # fmt: skip
+    est = registry.build(name, cfg_scale, models_dir=models_dir, side=side)
     t = time.perf_counter()
     model = materialize(est.fit(train))
     return model, time.perf_counter() - t
@@ -106,7 +108,7 @@ def run_rating(spark: SparkSession, cfg: Config, models: list[str], folds: list[
         for k in folds:
             train = stages.read_split(spark, cfg, "train", fold=k).persist()
             test = stages.read_split(spark, cfg, "test", fold=k).persist()
-            model, fit_s = _timed_fit(name, scale, train, side)
+            model, fit_s = _timed_fit(name, scale, train, side, stages.models_dir_of(cfg))
             t = time.perf_counter()
             # the timestamp travels with the pairs: time-aware models use it, the others ignore it
             pred = model.predict(test.select(*[c for c in ("user_idx", "item_idx", "timestamp") if c in test.columns])).persist()
@@ -142,7 +144,7 @@ def run_topn(spark: SparkSession, cfg: Config, models: list[str], k: int) -> dic
     side = stages.side_data(spark, cfg)
     out: dict[str, Any] = {"protocol": {"name": "topn", "dataset": cfg.dataset_name, "k": k, **TOPN_PROTOCOL, "test_users": users.count(), "catalog": n_catalog}, "models": {}}
     for name in models:
-        model, fit_s = _timed_fit(name, scale, train, side)
+        model, fit_s = _timed_fit(name, scale, train, side, stages.models_dir_of(cfg))
         t = time.perf_counter()
         top = model.recommend(users, k).persist()
         top.count()

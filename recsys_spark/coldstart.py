@@ -109,7 +109,7 @@ def _evaluate(
     n_catalog = counts["cold_items"] if kind == "items" else items.count()
     out: dict[str, Any] = {"counts": counts, "models": {}}
     for name in models:
-        est = registry.build(name, scale, side=side if registry.uses_side(name) else None)
+        est = registry.build(name, scale, models_dir=stages.models_dir_of(cfg), side=side if registry.uses_side(name) else None)
         t = time.perf_counter()
         model = est.fit(train)
         fit_s = time.perf_counter() - t

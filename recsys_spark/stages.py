@@ -308,7 +308,8 @@ def rating_scale(spark: SparkSession, cfg: Config) -> Scale:
     return Scale(lo, hi)
 
 
-def _models_dir(cfg: Config) -> Path:
+def models_dir_of(cfg: Config) -> Path:
+    """`models.models_dir`, else the project's conf/models: where every model's tuned defaults are read."""
     return Path(cfg.models.models_dir) if cfg.models.models_dir else registry.MODELS_DIR
 
 
@@ -324,7 +325,7 @@ def run_model(spark: SparkSession, cfg: Config, name: str, force: bool = False) 
         raise ValueError(f"models.names: unknown model {name!r}; registered: {', '.join(sorted(registry.REGISTRY))}")
     split_out = cfg.stage_path("splits", split_name(cfg))
     output = cfg.stage_path("predictions", name)
-    models_dir = _models_dir(cfg)
+    models_dir = models_dir_of(cfg)
     params = registry.model_params(name, models_dir)
     k = cfg.models.k
 
@@ -374,7 +375,7 @@ def run_neighbors(spark: SparkSession, cfg: Config, force: bool = False) -> dict
         raise ValueError(f"neighbors.model: unknown model {name!r}; registered: {', '.join(sorted(registry.REGISTRY))}")
     split_out = cfg.stage_path("splits", split_name(cfg))
     output = cfg.stage_path("neighbors", name)
-    models_dir = _models_dir(cfg)
+    models_dir = models_dir_of(cfg)
     params = {**registry.model_params(name, models_dir), "max_neighbors": cfg.neighbors.max_neighbors or None}
     if not isinstance(registry.build(name, Scale(), {}, models_dir), KNN):
         raise ValueError(f"neighbors.model: {name!r} is not a neighbourhood model")
@@ -421,7 +422,7 @@ def run_factorize(spark: SparkSession, cfg: Config, name: str | None = None, for
         raise ValueError(f"factorize.model: unknown model {name!r}; registered: {', '.join(sorted(registry.REGISTRY))}")
     split_out = cfg.stage_path("splits", split_name(cfg))
     output = cfg.stage_path("factors", name)
-    models_dir = _models_dir(cfg)
+    models_dir = models_dir_of(cfg)
     params = registry.model_params(name, models_dir)
 
     def body(tmp: str) -> dict[str, Any]:
@@ -479,7 +480,7 @@ def run_content(spark: SparkSession, cfg: Config, name: str | None = None, force
         raise ValueError(f"content.model: {name!r} is not a content model")
     split_out = cfg.stage_path("splits", split_name(cfg))
     output = cfg.stage_path("content", name)
-    models_dir = _models_dir(cfg)
+    models_dir = models_dir_of(cfg)
     params = registry.model_params(name, models_dir)
 
     def body(tmp: str) -> dict[str, Any]:
@@ -594,7 +595,7 @@ def run_train_torch(spark: SparkSession, cfg: Config, name: str | None = None, f
     predicted; users with lists.
     """
     name = name or cfg.torch.model
-    models_dir = _models_dir(cfg)
+    models_dir = models_dir_of(cfg)
     if not registry.is_deep(name):
         deep = sorted(n for n in registry.REGISTRY if registry.is_deep(n))
         raise ValueError(f"torch.model: {name!r} is not a registered deep model; choose one of {', '.join(deep)}")

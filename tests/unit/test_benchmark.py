@@ -1,6 +1,7 @@
 """The benchmark command's plumbing, and the top-N protocol on tiny generated data."""
 
 import json
+import re
 
 import pytest
 
@@ -61,6 +62,12 @@ def test_topn_protocol_on_generated_data(spark, tmp_path):
     write_result(res, str(path))
     assert json.loads(path.read_text())["models"]["popularity"]["ndcg@5"] == pop["ndcg@5"]
     assert "| popularity |" in summary_table(res)
+    # the tuned defaults come from models.models_dir when the config names one
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "global_mean.toml").write_text("[params]\nno_such_param = 1\n")
+    with pytest.raises(ValueError, match=re.escape(f"bad parameter in {models / 'global_mean.toml'}")):
+        run_benchmark(spark, "topn", "generated", ["global_mean"], k=5, overrides=[f'paths.output="{out}"', f'models.models_dir="{models}"', *SMALL])
 
 
 def test_rating_protocol_needs_ml100k(spark, tmp_path):
