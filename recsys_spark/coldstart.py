@@ -34,6 +34,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from recsys_spark import metrics as M
 from recsys_spark import registry, stages
 from recsys_spark.config import Config
 from recsys_spark.evaluate import rating_report, topn_report
@@ -108,6 +109,7 @@ def _evaluate(
     counts = {"train": train.count(), "test": test.count(), "test_users": users.count(), f"cold_{kind}": cold.count()}
     n_catalog = counts["cold_items"] if kind == "items" else items.count()
     out: dict[str, Any] = {"counts": counts, "models": {}}
+    paired: dict[str, Any] = {}  # model -> per-user metrics (pandas, by user): one row per test user
     for name in models:
         est = registry.build(name, scale, models_dir=stages.models_dir_of(cfg), side=side if registry.uses_side(name) else None)
         t = time.perf_counter()
@@ -116,7 +118,9 @@ def _evaluate(
         pred = model.predict(test.select(*[c for c in (COL_USER, COL_ITEM, COL_TIMESTAMP) if c in test.columns])).persist()
         rep = rating_report(pred, test, primary_is_fallback=name == "global_mean")
         top = (rank_new_items(model, users, cold, k) if kind == "items" else model.recommend(users, k)).persist()
-        rep.update(topn_report(top, test, train, items, n_catalog, k))
+        per_user: list[DataFrame] = []
+        rep.update(topn_report(top, test, train, items, n_catalog, k, per_user=per_user, name=name))
+        paired[name] = per_user[0].select(COL_USER, *_paired_metrics(k)).toPandas().set_index(COL_USER).sort_index()
         rep["fit_s"] = round(fit_s, 3)
         rep["total_s"] = round(time.perf_counter() - t, 3)
         log.info("cold %s, %s: rmse %.4f ndcg@%d %.4f precision@%d %.4f", kind, name, rep["rmse"], k, rep[f"ndcg@{k}"], k, rep[f"precision@{k}"])
@@ -124,6 +128,33 @@ def _evaluate(
         pred.unpersist()
         top.unpersist()
     users.unpersist()
+    out["paired"] = paired_differences(paired, k)
+    return out
+
+
+def _paired_metrics(k: int) -> list[str]:
+    return [f"ndcg@{k}", f"precision@{k}", f"recall@{k}", f"hr@{k}"]
+
+
+def paired_differences(per_user: dict[str, Any], k: int, n_boot: int = 2000, seed: int = 42) -> dict[str, Any]:
+    """The first model against each other one, per ranking metric: mean per-user difference and bootstrap 95% interval.
+
+    ``per_user``: model -> pandas frame indexed by user (every test user of the
+    experiment, the same users for every model).  Keys: ``"first - other"``.
+    """
+    names = list(per_user)
+    out: dict[str, Any] = {}
+    if len(names) < 2:
+        return out
+    first = per_user[names[0]]
+    for other in names[1:]:
+        b = per_user[other]
+        if not first.index.equals(b.index):
+            raise ValueError(f"paired comparison {names[0]} - {other}: the per-user tables cover different users")
+        res = {m: M.paired_bootstrap(first[m].to_numpy(), b[m].to_numpy(), n_boot, seed) for m in _paired_metrics(k)}
+        out[f"{names[0]} - {other}"] = res
+        d = res[f"ndcg@{k}"]
+        log.info("%s - %s: ndcg@%d %+.4f (95%% CI %+.4f..%+.4f, %d users)", names[0], other, k, d["diff"], d["ci95_lo"], d["ci95_hi"], d["users"])
     return out
 
 
@@ -153,4 +184,11 @@ def summary_table(result: dict[str, Any]) -> str:
     for kind, exp in result["experiments"].items():
         for name, m in exp["models"].items():
             lines.append(f"| cold {kind} | {name} | " + " | ".join(f"{m[c]:.4f}" for c in cols) + f" | {m['fallback_rows']} |")
+    paired = [(kind, pair, d) for kind, exp in result["experiments"].items() for pair, d in exp.get("paired", {}).items()]
+    if paired:
+        ms = _paired_metrics(k)
+        lines += ["", "| experiment | paired, per user | " + " | ".join(f"{m} (95% CI)" for m in ms) + " |", "|---|---|" + "---|" * len(ms)]
+        for kind, pair, d in paired:
+            cells = [f"{d[m]['diff']:+.4f} ({d[m]['ci95_lo']:+.4f}..{d[m]['ci95_hi']:+.4f})" for m in ms]
+            lines.append(f"| cold {kind} | {pair} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

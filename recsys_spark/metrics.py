@@ -34,6 +34,10 @@ Beyond accuracy (over the recommendation lists, all users that got one):
 * diversity = mean over users of the mean pairwise distance ``1 - cos`` of
   the items' feature sets (cosine of binary vectors: |A∩B| / sqrt(|A||B|),
   0 when either set is empty); lists with fewer than 2 items are skipped.
+
+Comparing two models on the same users (:func:`paired_bootstrap`): the mean
+per-user difference and a seeded percentile bootstrap 95% interval over
+users (resampling users, both models' values together).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
@@ -187,3 +192,20 @@ def diversity(topn: DataFrame, item_features: DataFrame, features_col: str = "ge
     v = per_user.agg(F.avg("_d")).first()[0]
     return float(v) if v is not None else 0.0
 
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 42) -> dict[str, float]:
+    """``mean(a - b)`` over paired per-user values, with a percentile bootstrap 95% interval.
+
+    ``a[i]`` and ``b[i]`` belong to the same user.  Users are resampled with
+    replacement ``n_boot`` times (seeded); the interval is the 2.5th and 97.5th
+    percentile of the resampled mean differences.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise MetricError(f"paired_bootstrap needs two equal-length, non-empty 1-d arrays, got {a.shape} and {b.shape}")
+    d = a - b
+    idx = np.random.default_rng(seed).integers(0, len(d), size=(n_boot, len(d)))
+    means = d[idx].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {"diff": float(d.mean()), "ci95_lo": float(lo), "ci95_hi": float(hi), "users": int(len(d))}

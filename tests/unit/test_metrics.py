@@ -132,3 +132,39 @@ def test_beyond_accuracy(spark):
     feats = spark.createDataFrame([(1, ["a", "b"]), (2, ["a"]), (3, [])], "item_idx int, genres array<string>")
     # user 0: 1 - 1/sqrt(2); user 1: item 3 has no features -> distance 1
     assert M.diversity(topn, feats) == pytest.approx(((1 - 1 / math.sqrt(2)) + 1.0) / 2)
+
+
+def test_paired_bootstrap_by_hand():
+    a = np.array([1.0, 0.5, 0.0, 1.0])
+    b = np.array([0.0, 0.5, 0.5, 0.0])
+    res = M.paired_bootstrap(a, b, n_boot=500, seed=3)
+    assert res["diff"] == pytest.approx((1.0 + 0.0 - 0.5 + 1.0) / 4) and res["users"] == 4
+    # resampled means of the differences {1, 0, -0.5, 1} lie in [-0.5, 1]
+    assert -0.5 <= res["ci95_lo"] <= res["diff"] <= res["ci95_hi"] <= 1.0
+    assert M.paired_bootstrap(a, b, n_boot=500, seed=3) == res  # seeded
+    same = M.paired_bootstrap(a, a)
+    assert (same["diff"], same["ci95_lo"], same["ci95_hi"]) == (0.0, 0.0, 0.0)
+    # a constant shift of 0.1 on 200 users: the interval is that shift
+    x = np.linspace(0, 1, 200)
+    shifted = M.paired_bootstrap(x + 0.1, x)
+    assert shifted["ci95_lo"] == pytest.approx(0.1) and shifted["ci95_hi"] == pytest.approx(0.1)
+    with pytest.raises(M.MetricError, match="equal-length"):
+        M.paired_bootstrap(a, b[:3])
+
+
+def test_cold_start_paired_differences_compare_the_first_model_with_each_other():
+    import pandas as pd
+
+    from recsys_spark.coldstart import paired_differences
+
+    users = pd.Index([3, 5, 8], name="user_idx")
+    cols = ["ndcg@2", "precision@2", "recall@2", "hr@2"]
+    content = pd.DataFrame([[1.0, 0.5, 0.5, 1.0], [0.0, 0.0, 0.0, 0.0], [0.5, 0.5, 1.0, 1.0]], index=users, columns=cols)
+    pop = pd.DataFrame([[0.5, 0.5, 0.5, 1.0], [0.5, 0.5, 0.5, 1.0], [0.5, 0.5, 1.0, 1.0]], index=users, columns=cols)
+    out = paired_differences({"content": content, "popularity": pop, "bias": pop}, k=2, n_boot=200)
+    assert set(out) == {"content - popularity", "content - bias"}
+    d = out["content - popularity"]
+    assert d["ndcg@2"]["diff"] == pytest.approx((0.5 - 0.5 + 0.0) / 3) and d["hr@2"]["diff"] == pytest.approx(-1 / 3)
+    assert d["ndcg@2"]["users"] == 3
+    with pytest.raises(ValueError, match="different users"):
+        paired_differences({"content": content, "popularity": pop.iloc[:2]}, k=2)

@@ -68,6 +68,7 @@ def test_week7_content_based(spark, tmp_path):
     assert ns["profile_check"]["index_mismatch"] == 0
     assert set(ns["ablation"]) == {"(all)", "tags"}
     assert set(ns["cold"]["experiments"]) == {"items", "users"}
+    assert ns["cold"]["experiments"]["users"]["paired"]["content - bias"]["ndcg@5"]["users"] > 0
     assert ns["fallback"].count() > 0 and ns["explained"].where("reason is null").count() == 0
     for png in ("neighbour_overlap", "ablation", "coldstart"):
         assert (tmp_path / f"week7_generated_{png}.png").stat().st_size > 1000
