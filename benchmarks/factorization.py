@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/factorization.py sgd --datasets gen-1m,gen-5m --reference-python /tmp/surprise-venv/bin/python \
         --out benchmarks/results/factorization_sgd.json
 
-* ``als-blas``: ``pyspark.ml.recommendation.ALS`` (rank 10, 10 iterations,
+* ``als-blas``: ``pyspark.ml.recommendation.ALS`` (rank ``--als-rank``, default 10, 10 iterations,
   reg 0.1) fitted on all ingested ratings, in three fresh JVMs: one that
   loads the native BLAS (``libblas.so.3``), the same with
   ``OPENBLAS_NUM_THREADS=1`` (Spark's advice: its tasks are already
@@ -80,7 +80,7 @@ def _session(name: str):  # type: ignore[no-untyped-def]
     return spark, cfg
 
 
-def child_als(name: str, java_blas: bool) -> None:
+def child_als(name: str, java_blas: bool, rank: int = 10) -> None:
     from pyspark.ml.recommendation import ALS
 
     from recsys_spark.stages import read_ingested
@@ -93,11 +93,11 @@ def child_als(name: str, java_blas: bool) -> None:
     impl = spark.sparkContext._jvm.dev.ludovic.netlib.blas.BLAS.getInstance().getClass().getName()
     print("MARK fit", flush=True)
     t = time.perf_counter()
-    model = ALS(rank=10, maxIter=10, regParam=0.1, seed=42, userCol="user_idx", itemCol="item_idx", ratingCol="rating").fit(ratings)
+    model = ALS(rank=rank, maxIter=10, regParam=0.1, seed=42, userCol="user_idx", itemCol="item_idx", ratingCol="rating").fit(ratings)
     model.userFactors.count()
     model.itemFactors.count()
     fit = time.perf_counter() - t
-    print("RESULT " + json.dumps({"dataset": name, "ratings": n, "blas": impl, "fit_s": round(fit, 2)}), flush=True)
+    print("RESULT " + json.dumps({"dataset": name, "ratings": n, "rank": rank, "blas": impl, "fit_s": round(fit, 2)}), flush=True)
     spark.stop()
 
 
@@ -127,6 +127,7 @@ def main() -> None:
     ap.add_argument("--dataset", default="gen-5m")
     ap.add_argument("--datasets", default="gen-1m,gen-5m")
     ap.add_argument("--rank", type=int, default=100)
+    ap.add_argument("--als-rank", type=int, default=10, help="als-blas: the ALS rank")
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--reference-python", default=None, help="interpreter with the reference library (scikit-surprise)")
     ap.add_argument("--out", default=None)
@@ -135,7 +136,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         if args.what == "als-blas":
-            child_als(args.child, args.java_blas)
+            child_als(args.child, args.java_blas, args.als_rank)
         else:
             child_sgd(args.child, args.rank, args.epochs)
         return
@@ -147,7 +148,7 @@ def main() -> None:
             "java fallback": (["--java-blas"], {}),
         }
         for label, (extra, env) in variants.items():
-            cmd = [sys.executable, __file__, "als-blas", "--child", args.dataset, *extra]
+            cmd = [sys.executable, __file__, "als-blas", "--child", args.dataset, "--als-rank", str(args.als_rank), *extra]
             saved = {k: os.environ.get(k) for k in env}
             os.environ.update(env)
             try:
