@@ -193,7 +193,6 @@ def diversity(topn: DataFrame, item_features: DataFrame, features_col: str = "ge
     return float(v) if v is not None else 0.0
 
 
-
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 42) -> dict[str, float]:
     """``mean(a - b)`` over paired per-user values, with a percentile bootstrap 95% interval.
 
