@@ -11,7 +11,8 @@ per item it touched, what the driver needs to update the item side:
 
 * ``sgd`` / ``svdpp``: per-partition SGD; item deltas are averaged across
   partitions weighted by each partition's rating count of the item
-  (parameter averaging; with one partition it is plain SGD);
+  (parameter averaging; with one partition it is plain SGD); the step sizes
+  shrink by ``lr_decay`` per epoch (default 1.0: constant);
 * ``gd``: full-batch gradient sums (exact whatever the partitioning),
   each parameter's gradient divided by its rating count, with optional
   momentum (a step too large for the data diverges: training stops with an
@@ -255,7 +256,7 @@ def _make_step(method, hp, mu, n_items, tp, seed, epoch, history, eval_only, bia
         rng = np.random.default_rng([seed, epoch, int(sh["users"][0])])
         if method in ("sgd", "svdpp"):
             I = {k: v.copy() for k, v in I_bc.items()}
-            hp2 = {**hp, "biased": biased}
+            hp2 = {**hp, "biased": biased, **_decayed(hp, epoch)}
             if method == "sgd":
                 rec["seen_sse"] = K.sgd_epoch(sh, U, I, mu, hp2, rng)
             else:
@@ -285,6 +286,12 @@ def _make_step(method, hp, mu, n_items, tp, seed, epoch, history, eval_only, bia
         return U, rec
 
     return step
+
+
+def _decayed(hp: dict[str, Any], epoch: int) -> dict[str, float]:
+    """The SGD step sizes of ``epoch``: each multiplied by ``lr_decay ** epoch`` (Koren's schedule; 1.0 keeps them)."""
+    f = float(hp.get("lr_decay", 1.0)) ** epoch
+    return {k: hp[k] * f for k in ("lr", "lr_bias", "lr_time") if k in hp}
 
 
 def _valid_sse(sh, vsh, U, I, mu, N, tp):

@@ -64,7 +64,7 @@ def _fit(est, train: DataFrame, method: str, hp: dict, valid: DataFrame | None, 
 
 def _sgd_hyper(est, **extra) -> dict:
     """The step/regularization settings SVD and SVD++ share (bias lr/reg only when set), plus ``extra``."""
-    hp = {"lr": est.lr, "reg": est.reg, "init_std": est.init_std, "batch_size": est.batch_size, **extra}
+    hp = {"lr": est.lr, "reg": est.reg, "init_std": est.init_std, "batch_size": est.batch_size, "lr_decay": est.lr_decay, **extra}
     if est.lr_bias is not None:
         hp["lr_bias"] = est.lr_bias
     if est.reg_bias is not None:
@@ -82,6 +82,7 @@ class SVD(Recommender):
     reg: float = 0.02
     lr_bias: float | None = None  # None: lr
     reg_bias: float | None = None  # None: reg
+    lr_decay: float = 1.0  # sgd: step sizes times lr_decay ** epoch
     init_std: float = 0.1
     optimizer: Literal["sgd", "gd"] = "sgd"
     batch_size: int = 256  # sgd: ratings per vectorized step
@@ -111,6 +112,7 @@ class SVDpp(Recommender):
     reg: float = 0.02
     lr_bias: float | None = None
     reg_bias: float | None = None
+    lr_decay: float = 1.0  # step sizes times lr_decay ** epoch
     init_std: float = 0.1
     batch_size: int = 256  # ratings per batch of users
     time_bins: int = 0  # > 0: item bias per time bin and user drift alpha_u * dev_u(t)

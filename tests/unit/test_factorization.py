@@ -171,6 +171,21 @@ def test_sgd_recovers_a_rank1_matrix(rank1):
     assert np.sqrt(np.mean((_dense(m, *R.shape) - R) ** 2)) < 1e-3
 
 
+def test_sgd_lr_decay_scales_every_step_size_per_epoch(rank1):
+    from recsys_spark.factorization.engine import _decayed
+
+    assert _decayed({"lr": 0.1, "lr_bias": 0.2, "reg": 0.3, "lr_decay": 0.5}, 2) == pytest.approx({"lr": 0.025, "lr_bias": 0.05})
+    assert _decayed({"lr": 0.1}, 7) == {"lr": 0.1}
+    # lr_decay 0: only the first epoch moves anything, so three epochs end where one does
+    df, R = rank1
+    kw = dict(rank=2, lr=0.05, reg=0.01, batch_size=16, scale=Scale(0.5, 5))
+    for est in (SVD, SVDpp):
+        one = _dense(est(n_epochs=1, **kw).fit(df), *R.shape)
+        three = _dense(est(n_epochs=3, lr_decay=0.0, **kw).fit(df), *R.shape)
+        np.testing.assert_allclose(three, one, atol=1e-12)
+        assert not np.allclose(_dense(est(n_epochs=3, **kw).fit(df), *R.shape), one)
+
+
 def test_nmf_mu_recovers_a_rank1_matrix_with_nonnegative_factors(rank1):
     df, R = rank1
     m = NMFMU(rank=1, n_epochs=30, reg_pu=0.0, reg_qi=0.0, scale=Scale(0.5, 5)).fit(df)
