@@ -10,7 +10,9 @@ estimator   model and optimizer
 SVD         ``mu + b_u + b_i + p_u.q_i`` (Funk / Koren), ``optimizer="sgd"``
             (mini-batch SGD, parameter averaging across partitions) or
             ``"gd"`` (full-batch gradient descent, count-preconditioned, with
-            momentum); ``biased=False`` drops the biases (the objective
+            momentum; ``bold_driver=True`` adapts the step: a step that
+            raises the objective is undone and halved, one that lowers it
+            grows by 5%); ``biased=False`` drops the biases (the objective
             MLlib's ALS minimises)
 SVDpp       SVD++: ``p_u + |N(u)|^-1/2 sum_{j in N(u)} y_j``, ``N(u)`` the
             items ``u`` rated (plus optional implicit-only pairs passed to
@@ -87,6 +89,9 @@ class SVD(Recommender):
     optimizer: Literal["sgd", "gd"] = "sgd"
     batch_size: int = 256  # sgd: ratings per vectorized step
     momentum: float = 0.9  # gd only
+    bold_driver: bool = False  # gd only: reject a step that raises the objective (back, lr * lr_shrink), else lr * lr_grow
+    lr_grow: float = 1.05
+    lr_shrink: float = 0.5
     biased: bool = True
     num_partitions: int | None = None  # None: spark.default.parallelism
     seed: int = 42
@@ -94,7 +99,8 @@ class SVD(Recommender):
     name: str = "svd"
 
     def hyper(self) -> dict:
-        return _sgd_hyper(self, momentum=self.momentum, biased=self.biased)
+        extra = {"bold_driver": True, "lr_grow": self.lr_grow, "lr_shrink": self.lr_shrink} if self.bold_driver else {}
+        return _sgd_hyper(self, momentum=self.momentum, biased=self.biased, **extra)
 
     def fit(self, train: DataFrame, valid: DataFrame | None = None, history: bool = False) -> FactorModel:
         if self.optimizer not in ("sgd", "gd"):

@@ -202,9 +202,44 @@ def test_gd_objective_decreases_every_epoch(rank1):
     assert all(b < a for a, b in zip(obj, obj[1:], strict=False)), obj
 
 
+def test_gd_bold_driver_recovers_from_a_step_that_diverges_without_it(rank1):
+    df, R = rank1
+    kw = dict(rank=2, n_epochs=12, lr=8.0, reg=0.01, optimizer="gd", momentum=0.9, init_std=0.3, scale=Scale(0.5, 5))
+    with pytest.raises(ValueError, match="diverged"):
+        SVD(**kw).fit(df)
+    m = SVD(**kw, bold_driver=True).fit(df, history=True)
+    hist = m.info["history"]
+    assert len(hist) == 13  # every epoch's start point plus the end point, rejected ones included
+    acc = [h for h in hist if h["accepted"] and not h["retry"]]  # new points that lowered the objective
+    rej = [h for h in hist if not h["accepted"]]
+    assert rej and len(acc) >= 3, hist
+    obj = [h["objective"] for h in acc]
+    assert all(b < a for a, b in zip(obj, obj[1:], strict=False)), obj
+    best = None
+    for a, b in zip(hist, hist[1:], strict=False):
+        # a new point that lowers the objective: kept, 5% more step; a rejected one: back to the kept point, half the step
+        best = a if a["accepted"] and not a["retry"] else best
+        assert b["lr"] == pytest.approx(a["lr"] * (0.5 if not a["accepted"] else 1.0 if a["retry"] else 1.05))
+        if not a["accepted"] and b is not hist[-1]:
+            assert b["retry"] and b["objective"] == pytest.approx(best["objective"], rel=1e-12)
+    # the returned model is the best accepted point: its training error is that point's
+    best = min(acc, key=lambda h: h["objective"])
+    assert np.sqrt(np.mean((_dense(m, *R.shape) - R) ** 2)) == pytest.approx(best["train_rmse"], rel=1e-9)
+    assert best["train_rmse"] < hist[0]["train_rmse"] / 2
+
+
+def test_gd_bold_driver_grows_the_step_while_every_step_helps(rank1):
+    df, _ = rank1
+    m = SVD(rank=2, n_epochs=5, lr=0.05, reg=0.01, optimizer="gd", momentum=0.0, bold_driver=True, scale=Scale(0.5, 5)).fit(df, history=True)
+    hist = m.info["history"]
+    assert all(h["accepted"] for h in hist)
+    assert [h["lr"] for h in hist] == pytest.approx([0.05 * 1.05**e for e in range(6)])
+
+
 def test_exact_optimizers_do_not_depend_on_the_partitioning(spark):
     df = spark.createDataFrame(TRAIN * 1, RATINGS_SCHEMA)
-    for est in (SVD(rank=2, n_epochs=4, lr=0.2, optimizer="gd", seed=3), NMFMU(rank=2, n_epochs=4, seed=3)):
+    bold = SVD(rank=2, n_epochs=6, lr=3.0, optimizer="gd", bold_driver=True, seed=3)  # rejects steps: the same ones either way
+    for est in (SVD(rank=2, n_epochs=4, lr=0.2, optimizer="gd", seed=3), bold, NMFMU(rank=2, n_epochs=4, seed=3)):
         a = _dense(_with(est, num_partitions=1).fit(df), 4, 5)
         b = _dense(_with(est, num_partitions=3).fit(df), 4, 5)
         np.testing.assert_allclose(a, b, atol=1e-10)
