@@ -145,7 +145,7 @@ def _tune(spark, cfg: Config, args: argparse.Namespace, log: logging.Logger) -> 
 
     result = run_tune(spark, cfg, args.model, n_trials=args.trials, fold=args.fold)
     write(result, args.out)
-    log.info("best rmse %.4f with %s", result["best_rmse"], result["best_params"])
+    log.info("best %s %.4f with %s", result["metric"], result["best_value"], result["best_params"])
     return 0
 
 

@@ -6,7 +6,8 @@ The search space is declared in ``conf/tuning/<model>.toml``::
 
     [study]
     n_trials = 30
-    metric = "rmse"            # rmse (minimised) on the validation part
+    metric = "rmse"            # rmse (minimised), or a top-N metric (maximised):
+                               # ndcg@K, precision@K, recall@K, map@K, hr@K, mrr@K
     [space.rank]
     type = "int"               # int | float | categorical
     low = 10
@@ -18,7 +19,9 @@ The search space is declared in ``conf/tuning/<model>.toml``::
 Protocol (never the test part): the training part of ML-100K fold ``u1``
 (``--fold``) is split by a seeded hash of (user, item) into fit (90%) and
 validation (10%); every trial fits on the first and scores RMSE on the
-second.  Trials are logged to MLflow (one run per trial, nested under one
+second, or -- for a top-N metric -- ranks the first ``K`` unseen items for
+every validation user and scores them against that user's validation items
+(all relevant, as in the top-N benchmark).  Trials are logged to MLflow (one run per trial, nested under one
 run per study) and the best parameters are written as JSON; copying them to
 ``conf/models/<model>.toml`` makes them the model's defaults.
 """
@@ -35,6 +38,7 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from recsys_spark import metrics as M
 from recsys_spark import registry, stages
 from recsys_spark.config import Config, SplitConfig
 from recsys_spark.evaluate import rating_report
@@ -53,6 +57,10 @@ def load_space(model: str, tuning_dir: Path = TUNING_DIR) -> dict[str, Any]:
     unknown = set(data) - {"study", "space", "fixed"}
     if unknown:
         raise ValueError(f"{path}: unknown table(s) {sorted(unknown)}; use [study], [space.<param>], [fixed]")
+    try:
+        parse_metric(data.get("study", {}).get("metric", "rmse"))
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     for name, spec in data.get("space", {}).items():
         kind = spec.get("type")
         if kind not in ("int", "float", "categorical"):
@@ -99,35 +107,69 @@ def run_tune(spark: SparkSession, cfg: Config, model: str, n_trials: int | None 
     fit_part, valid = fit_part.persist(), valid.persist()
     log.info("tuning %s: %d fit rows, %d validation rows (from u%d.base only)", model, fit_part.count(), valid.count(), fold)
     tracker = _Tracker(cfg, model)
+    metric, direction, objective = make_objective(model, spec, scale, fit_part, valid, tracker)
+
+    sampler = optuna.samplers.TPESampler(seed=seed)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction=direction, sampler=sampler, study_name=f"{model}-u{fold}")
+    tracker.start()
+    try:
+        study.optimize(objective, n_trials=n_trials)
+    finally:
+        tracker.stop({f"best_{_key(metric)}": study.best_value if study.trials else float("nan")})
+    best = {**spec.get("fixed", {}), **study.best_params}
+    result = {
+        "model": model, "protocol": {"dataset": cfg.dataset_name, "fold": f"u{fold}", "valid": "10% hash holdout of the training part", "seed": seed},
+        "n_trials": n_trials, "metric": metric, "best_value": study.best_value, "best_params": best,
+        "trials": [{"number": t.number, metric: t.value, "params": t.params} for t in study.trials],
+    }  # fmt: skip
+    if metric == "rmse":
+        result["best_rmse"] = study.best_value
+    fit_part.unpersist()
+    valid.unpersist()
+    return result
+
+
+TOPN_METRICS = ("ndcg", "precision", "recall", "map", "hr", "mrr")
+
+
+def parse_metric(metric: str) -> tuple[str, int | None]:
+    """``"rmse"`` -> ("rmse", None); ``"ndcg@10"`` -> ("ndcg@10", 10); anything else is an error."""
+    if metric == "rmse":
+        return metric, None
+    name, _, k = metric.partition("@")
+    if name not in TOPN_METRICS or not k.isdigit() or int(k) < 1:
+        raise ValueError(f"study metric must be rmse or one of {', '.join(m + '@K' for m in TOPN_METRICS)}, got {metric!r}")
+    return metric, int(k)
+
+
+def make_objective(model: str, spec: dict[str, Any], scale: Any, fit_part: DataFrame, valid: DataFrame,
+                   tracker: Any = None) -> tuple[str, str, Any]:  # fmt: skip
+    """(metric, Optuna direction, objective(trial)) for ``spec``'s study metric on ``fit_part`` / ``valid``."""
+    metric, k = parse_metric(spec.get("study", {}).get("metric", "rmse"))
+    users = valid.select(COL_USER).distinct() if k else None
 
     def objective(trial: Any) -> float:
         params = {**spec.get("fixed", {}), **suggest(trial, spec.get("space", {}))}
         t = time.perf_counter()
         m = registry.build(model, scale, params).fit(fit_part)
-        cols = [COL_USER, COL_ITEM] + ([COL_TIMESTAMP] if COL_TIMESTAMP in valid.columns else [])
-        rmse = rating_report(m.predict(valid.select(*cols)), valid)["rmse"]
+        if k is None:
+            cols = [COL_USER, COL_ITEM] + ([COL_TIMESTAMP] if COL_TIMESTAMP in valid.columns else [])
+            value = rating_report(m.predict(valid.select(*cols)), valid)["rmse"]
+        else:
+            value = M.ranking_metrics(m.recommend(users, k), valid, k).metrics[metric]
         secs = time.perf_counter() - t
-        log.info("trial %d: rmse %.4f with %s (%.1fs)", trial.number, rmse, params, secs)
-        tracker.trial(trial.number, params, {"rmse": rmse, "seconds": secs})
-        return rmse
+        log.info("trial %d: %s %.4f with %s (%.1fs)", trial.number, metric, value, params, secs)
+        if tracker is not None:
+            tracker.trial(trial.number, params, {_key(metric): value, "seconds": secs})
+        return value
 
-    sampler = optuna.samplers.TPESampler(seed=seed)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="minimize", sampler=sampler, study_name=f"{model}-u{fold}")
-    tracker.start()
-    try:
-        study.optimize(objective, n_trials=n_trials)
-    finally:
-        tracker.stop({"best_rmse": study.best_value if study.trials else float("nan")})
-    best = {**spec.get("fixed", {}), **study.best_params}
-    result = {
-        "model": model, "protocol": {"dataset": cfg.dataset_name, "fold": f"u{fold}", "valid": "10% hash holdout of the training part", "seed": seed},
-        "n_trials": n_trials, "best_rmse": study.best_value, "best_params": best,
-        "trials": [{"number": t.number, "rmse": t.value, "params": t.params} for t in study.trials],
-    }  # fmt: skip
-    fit_part.unpersist()
-    valid.unpersist()
-    return result
+    return metric, "minimize" if k is None else "maximize", objective
+
+
+def _key(metric: str) -> str:
+    """An MLflow-safe metric name (no ``@``)."""
+    return metric.replace("@", "_at_")
 
 
 def _rating_cfg(cfg: Config) -> Config:
