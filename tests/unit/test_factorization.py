@@ -388,3 +388,19 @@ def test_als_on_baseline_residuals_predicts_baseline_plus_factors(spark):
 class TestALSResiduals(_FastContract):
     def make(self):
         return ALS(rank=2, max_iter=3, residuals=True, scale=self.scale, name="als")
+
+
+def test_convergence_curve_keeps_the_iterate_where_the_bold_driver_rejected_a_point():
+    from recsys_spark.factorization.convergence import _iterates
+
+    hist = [
+        {"epoch": 0, "train_rmse": 1.0, "valid_rmse": 1.1, "accepted": 1.0},
+        {"epoch": 1, "train_rmse": 0.8, "valid_rmse": 0.9, "accepted": 1.0},
+        {"epoch": 2, "train_rmse": 9.0, "valid_rmse": 9.5, "accepted": 0.0},  # rejected: back to epoch 1's point
+        {"epoch": 3, "train_rmse": 0.8, "valid_rmse": 0.9, "accepted": 1.0, "retry": 1.0},
+        {"epoch": 4, "train_rmse": 0.7, "valid_rmse": 0.85, "accepted": 1.0},
+    ]
+    assert [(r["train_rmse"], r["valid_rmse"]) for r in _iterates(hist)] == [(1.0, 1.1), (0.8, 0.9), (0.8, 0.9), (0.8, 0.9), (0.7, 0.85)]
+    assert [r["epoch"] for r in _iterates(hist)] == [0, 1, 2, 3, 4]
+    # SGD's history has no accepted flag: every point is the iterate
+    assert _iterates([{"epoch": 0, "train_rmse": 2.0, "valid_rmse": 2.0}])[0]["train_rmse"] == 2.0
