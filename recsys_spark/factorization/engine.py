@@ -15,13 +15,17 @@ per item it touched, what the driver needs to update the item side:
   shrink by ``lr_decay`` per epoch (default 1.0: constant);
 * ``gd``: full-batch gradient sums (exact whatever the partitioning),
   each parameter's gradient divided by its rating count, with optional
-  momentum (a step too large for the data diverges: training stops with an
-  error naming the epoch, never with NaN factors);
+  momentum (a fixed step too large for the data diverges: training stops
+  with an error naming the epoch, never with NaN factors); with
+  ``bold_driver`` a point whose objective is not below the best one's is
+  rejected (back to the best point, momentum dropped, step halved) and an
+  accepted one grows the step (``lr_grow``, 5%); the best point is returned;
 * ``nmf_mu``: numerator/denominator sums of the multiplicative updates (exact).
 
 The driver holds the item arrays (``n_items x rank``: catalogue-sized, never
 rating-sized).  Lineage is cut every epoch (``localCheckpoint``), and the
-previous epoch's cached state is released once the next one exists.  With a
+previous epoch's cached state (and its item broadcast, destroyed) is
+released once the next one exists.  With a
 seed the result is deterministic for a given ``num_partitions``; initial
 factors do not depend on the partitioning.
 """
