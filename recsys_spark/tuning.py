@@ -21,9 +21,10 @@ Protocol (never the test part): the training part of ML-100K fold ``u1``
 validation (10%); every trial fits on the first and scores RMSE on the
 second, or -- for a top-N metric -- ranks the first ``K`` unseen items for
 every validation user and scores them against that user's validation items
-(all relevant, as in the top-N benchmark).  Trials are logged to MLflow (one run per trial, nested under one
-run per study) and the best parameters are written as JSON; copying them to
-``conf/models/<model>.toml`` makes them the model's defaults.
+(all relevant, as in the top-N benchmark).  Trials are logged to MLflow (one
+run per trial, nested under one run per study) and the best parameters are
+written as JSON; copying them to ``conf/models/<model>.toml`` makes them the
+model's defaults.
 """
 
 from __future__ import annotations

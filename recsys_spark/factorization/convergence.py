@@ -8,8 +8,9 @@ minimises (ALS-WR: the penalty of each factor scaled by its rating count)::
 ``SVD(biased=False)`` minimises exactly this with ``optimizer="sgd"`` or
 ``"gd"`` (with the bold driver: a fixed step that suits ML-100K diverges on
 ml-latest-small; a rejected step leaves the iterate where it was, so that
-epoch repeats the kept point's errors); ALS's curve comes from refitting MLlib with ``maxIter = 1..E``
-(deterministic with a seed, so fit ``e`` is iterate ``e``).  The validation
+epoch repeats the kept point's errors); ALS's curve comes from refitting
+MLlib with ``maxIter = 1..E`` (deterministic with a seed, so fit ``e`` is
+iterate ``e``).  The validation
 pairs are restricted to users and items present in training, the same set
 for the three.
 """
