@@ -194,7 +194,7 @@ def train(
         rec["epoch"] = epoch
         accepted = True
         if bold:  # a new point whose objective is not below the kept one's is rejected
-            f = _objective(parts, I, n_item_total, hp["reg"])
+            f = _objective(sum(r.get("seen_sse", 0.0) for r in parts), parts, I, n_item_total, hp["reg"])
             accepted = kept is None or reset or bool(np.isfinite(f) and f < kept[0])
             rec["lr"], rec["accepted"], rec["retry"] = lr, float(accepted), float(reset)
             if accepted and not reset:
@@ -275,7 +275,8 @@ def _make_step(method, hp, mu, n_items, tp, seed, epoch, history, eval_only, bia
         items, cnt = np.unique(sh["i"], return_counts=True)
         rec["rows"], rec["counts"] = items, cnt
         if eval_only or len(sh["r"]) == 0:  # the bold driver judges the end point by its full error
-            rec["seen_sse"] = K.sse(sh, U, I_bc, mu, N, tp)[0] if eval_only and hp.get("bold_driver") and len(sh["r"]) else 0.0
+            judged = eval_only and hp.get("bold_driver") and len(sh["r"])
+            rec["seen_sse"] = (rec["train_sse"] if "train_sse" in rec else K.sse(sh, U, I_bc, mu, N, tp)[0]) if judged else 0.0
             return U, rec
         rng = np.random.default_rng([seed, epoch, int(sh["users"][0])])
         if method in ("sgd", "svdpp"):
@@ -332,9 +333,8 @@ def _release(held: list, keep: list | tuple = (), bcs: dict[int, Any] | None = N
     held[:] = rest
 
 
-def _objective(parts, I, n_item, reg) -> float:
-    """The regularized objective at the epoch-start parameters (GD: every shard's full error)."""
-    sse = sum(rec.get("seen_sse", 0.0) for rec in parts)
+def _objective(sse: float, parts, I, n_item, reg) -> float:
+    """``sse`` plus the regularizer at the epoch-start parameters (users' terms from ``parts``, items' from ``I``)."""
     item_reg = float(np.sum(n_item * (I["bi"] ** 2 + np.sum(I["Q"] ** 2, axis=1))))
     return float(sse + reg * (sum(r["user_reg"] for r in parts) + item_reg))
 
@@ -372,8 +372,7 @@ def _metrics(parts, I, n_item, hp, method) -> dict[str, float]:
         tr = sum(r.get("train_sse", 0.0) for r in parts)
         out["train_rmse"] = float(np.sqrt(tr / max(sum(r.get("train_n", 0) for r in parts), 1)))
         reg = hp.get("reg", 0.0)
-        item_reg = float(np.sum(n_item * (I["bi"] ** 2 + np.sum(I["Q"] ** 2, axis=1))))
-        out["objective"] = tr + reg * (sum(r["user_reg"] for r in parts) + item_reg)
+        out["objective"] = _objective(tr, parts, I, n_item, reg)
         vn = sum(r.get("valid_n", 0) for r in parts)
         if vn:
             out["valid_rmse"] = float(np.sqrt(sum(r.get("valid_sse", 0.0) for r in parts) / vn))
