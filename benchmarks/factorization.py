@@ -1,8 +1,9 @@
 """Factorization performance: MLlib ALS with the native BLAS vs the Java fallback; our SGD SVD vs a single-node reference.
 
     .venv/bin/python benchmarks/factorization.py als-blas --dataset gen-5m --out benchmarks/results/factorization_als_blas.json
-    .venv/bin/python benchmarks/factorization.py sgd --datasets gen-1m,gen-5m --reference-python /tmp/surprise-venv/bin/python \
-        --out benchmarks/results/factorization_sgd.json
+    .venv/bin/python benchmarks/factorization.py sgd --datasets gen-1m,gen-5m --epochs 10 \
+        --variants float64/numpy,float64/auto,float32/auto --reference-python /tmp/surprise-venv/bin/python \
+        --out benchmarks/results/factorization_sgd_torch_scatter.json
 
 * ``als-blas``: ``pyspark.ml.recommendation.ALS`` (rank ``--als-rank``, default 10, 10 iterations,
   reg 0.1) fitted on all ingested ratings, in three fresh JVMs: one that
@@ -12,9 +13,12 @@
   (``-Ddev.ludovic.netlib.blas.nativeLib=...``), so netlib falls back to its
   Java implementation; the implementation actually used is read back from
   the JVM and recorded.
-* ``sgd``: our ``SVD`` (mini-batch SGD, rank ``--rank``) for ``--epochs``
-  epochs in ``local[2]``; per-epoch seconds are the median of epochs 2..E
-  (epoch 1 also builds the shards, reported separately).  The reference is
+* ``sgd``: our ``SVD`` (mini-batch SGD, rank ``--rank``, batch 1,024) for
+  ``--epochs`` epochs in ``local[2]``, once per ``--variants`` entry
+  ``DTYPE/SCATTER`` (the kernel's float precision; the scatter-add backend,
+  set through ``RECSYS_SCATTER_BACKEND``, and the one the workers really used
+  is recorded); per-epoch seconds are the median of epochs 2..E (epoch 1
+  also builds the shards, reported separately).  The reference is
   the widely used single-node library's ``SVD`` (same rank and epochs) run by
   ``--reference-python`` -- an interpreter where that library is installed,
   kept out of the project's dependencies -- on the same ratings, with its
@@ -101,7 +105,7 @@ def child_als(name: str, java_blas: bool, rank: int = 10) -> None:
     spark.stop()
 
 
-def child_sgd(name: str, rank: int, epochs: int) -> None:
+def child_sgd(name: str, rank: int, epochs: int, dtype: str) -> None:
     from recsys_spark.factorization.svd import SVD
     from recsys_spark.stages import read_ingested
 
@@ -110,15 +114,27 @@ def child_sgd(name: str, rank: int, epochs: int) -> None:
     n = ratings.count()
     print("MARK fit", flush=True)
     t = time.perf_counter()
-    model = SVD(rank=rank, n_epochs=epochs, batch_size=1024, name="svd").fit(ratings)
+    model = SVD(rank=rank, n_epochs=epochs, batch_size=1024, dtype=dtype, name="svd").fit(ratings)
     model.user_factors.count()
     fit = time.perf_counter() - t
     ep = model.info["epoch_seconds"]
     print("RESULT " + json.dumps({
-        "dataset": name, "ratings": n, "rank": rank, "epochs": epochs, "fit_s": round(fit, 2),
+        "dataset": name, "ratings": n, "rank": rank, "epochs": epochs, "dtype": dtype, "scatter": _scatter_backend(spark), "fit_s": round(fit, 2),
         "first_epoch_s": ep[0], "epoch_s": round(statistics.median(ep[1:]), 3) if len(ep) > 1 else ep[0], "epoch_seconds": ep,
     }), flush=True)  # fmt: skip
     spark.stop()
+
+
+def _scatter_backend(spark) -> str:  # type: ignore[no-untyped-def]
+    """The scatter-add implementation the Python workers actually use."""
+
+    def probe(_):
+        from recsys_spark.factorization import kernels as K
+
+        b = K.SCATTER_BACKEND
+        yield "torch" if b == "torch" or (b == "auto" and K._torch()) else "numpy"
+
+    return spark.sparkContext.parallelize([0], 1).mapPartitions(probe).first()
 
 
 def main() -> None:
@@ -129,6 +145,9 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=100)
     ap.add_argument("--als-rank", type=int, default=10, help="als-blas: the ALS rank")
     ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--variants", default="float64/auto",
+                    help="sgd: comma-separated DTYPE/SCATTER runs of ours (SCATTER: auto|torch|numpy, RECSYS_SCATTER_BACKEND)")
+    ap.add_argument("--dtype", default="float64", help=argparse.SUPPRESS)
     ap.add_argument("--reference-python", default=None, help="interpreter with the reference library (scikit-surprise)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -138,7 +157,7 @@ def main() -> None:
         if args.what == "als-blas":
             child_als(args.child, args.java_blas, args.als_rank)
         else:
-            child_sgd(args.child, args.rank, args.epochs)
+            child_sgd(args.child, args.rank, args.epochs, args.dtype)
         return
     result: dict = {"what": args.what, "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}, "runs": []}
     if args.what == "als-blas":
@@ -166,17 +185,31 @@ def main() -> None:
         result["fit_s_over_native"] = {r["variant"]: round(r["fit_s"] / base, 2) for r in result["runs"]}
     else:
         for name in args.datasets.split(","):
-            cmd = [sys.executable, __file__, "sgd", "--child", name, "--rank", str(args.rank), "--epochs", str(args.epochs)]
-            ours, _ = run_child(cmd, ROOT, f"sgd {name}")
-            run = {"ours": ours}
+            run: dict = {"ours": []}
+            for variant in args.variants.split(","):
+                dtype, scatter = variant.split("/")
+                cmd = [sys.executable, __file__, "sgd", "--child", name, "--rank", str(args.rank), "--epochs", str(args.epochs), "--dtype", dtype]
+                saved = os.environ.get("RECSYS_SCATTER_BACKEND")
+                os.environ["RECSYS_SCATTER_BACKEND"] = scatter
+                try:
+                    ours, _ = run_child(cmd, ROOT, f"sgd {name} {variant}")
+                finally:
+                    if saved is None:
+                        os.environ.pop("RECSYS_SCATTER_BACKEND")
+                    else:
+                        os.environ["RECSYS_SCATTER_BACKEND"] = saved
+                run["ours"].append(ours)
+                print(json.dumps(ours), flush=True)
             if args.reference_python:
                 path = SCRATCH / name / name / "ingest" / "ratings"
                 out = subprocess.run([args.reference_python, "-c", REFERENCE, str(path), str(args.rank), str(args.epochs)],
                                      capture_output=True, text=True, check=True)  # fmt: skip
                 run["reference"] = json.loads(out.stdout.strip().splitlines()[-1])
-                run["ours_over_reference_per_epoch"] = round(ours["epoch_s"] / run["reference"]["epoch_s"], 2)
+                run["ours_over_reference_per_epoch"] = {
+                    f"{o['dtype']}/{o['scatter']}": round(o["epoch_s"] / run["reference"]["epoch_s"], 2) for o in run["ours"]
+                }
             result["runs"].append(run)
-            print(json.dumps(run), flush=True)
+            print(json.dumps({k: v for k, v in run.items() if k != "ours"}), flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 

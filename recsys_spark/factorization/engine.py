@@ -1,7 +1,8 @@
 """Partition-parallel training of our own factorization models on Spark RDDs.
 
 Ratings are hash-partitioned by user into ``num_partitions`` shards (one
-numpy shard per partition, built with ``mapInArrow`` and cached).  A user's
+numpy shard per partition, built with ``mapInArrow`` and cached, stored
+packed: :func:`~recsys_spark.factorization.kernels.pack`).  A user's
 parameters live in the partition that owns the user and never leave it
 during training; item parameters (``bi``, ``Q`` and, for SVD++, ``Y`` and
 ``Bbin``) are broadcast at the start of each epoch.  Each epoch is one Spark
@@ -93,7 +94,7 @@ def _shards(df: DataFrame, num_partitions: int, n_items: int, with_time: bool, i
                 ok = (pos < len(sh["users"])) & (sh["users"][np.minimum(pos, len(sh["users"]) - 1)] == users[~rated])
                 extra = (pos[ok], items[~rated][ok])
             sh["N"] = K.implicit_matrix(sh, n_items, extra)
-        yield pa.RecordBatch.from_pydict({"blob": [pickle.dumps(sh, protocol=5)]})
+        yield pa.RecordBatch.from_pydict({"blob": [pickle.dumps(K.pack(sh), protocol=5)]})
 
     blobs = df.select(*cols).repartition(num_partitions, COL_USER).mapInArrow(to_blob, "blob binary")
     return blobs.rdd.map(lambda row: pickle.loads(row.blob))
@@ -137,6 +138,9 @@ def train(
     else:
         vshards = shards.map(lambda _: None)
 
+    dtype = np.dtype(hp.get("dtype", "float64"))  # sgd: the precision of the kernel's parameters
+    if dtype not in (np.float32, np.float64) or (dtype != np.float64 and method != "sgd"):
+        raise ValueError(f"{name}: dtype must be float64, or float32 with the sgd optimizer; got {dtype} with {method}")
     rng = np.random.default_rng(seed)
     init_std = float(hp.get("init_std", 0.1))
     if method == "nmf_mu":
@@ -151,9 +155,10 @@ def train(
     vel = {k: np.zeros_like(v) for k, v in I.items()} if method == "gd" else {}
 
     def init_users(sh):
+        sh = K.unpack(sh)
         r = np.random.default_rng([seed, 1])  # the same draw in every partition: independent of the partitioning
         full = r.uniform(hp.get("init_low", 0.0), hp.get("init_high", 1.0), (n_users, rank)) if method == "nmf_mu" else r.normal(0.0, init_std, (n_users, rank))
-        U = {"P": full[sh["users"]].copy(), "bu": np.zeros(len(sh["users"]))}
+        U = {"P": full[sh["users"]].astype(dtype), "bu": np.zeros(len(sh["users"]), dtype)}
         if tp is not None:
             n = np.diff(sh["indptr"])
             U["alpha"] = np.zeros(len(sh["users"]))
@@ -265,6 +270,8 @@ def _make_step(method, hp, mu, n_items, tp, seed, epoch, history, eval_only, bia
         return U, rec
 
     def _step(sh, vsh, U, I_bc):
+        items, cnt = sh["items"], sh["item_counts"]
+        sh, vsh = K.unpack(sh), None if vsh is None else K.unpack(vsh)
         rec: dict[str, Any] = {}
         N = sh.get("N")
         if history:  # exact train / valid error of the epoch-start parameters
@@ -272,7 +279,6 @@ def _make_step(method, hp, mu, n_items, tp, seed, epoch, history, eval_only, bia
             if vsh is not None and len(vsh["r"]):
                 rec["valid_sse"], rec["valid_n"] = _valid_sse(sh, vsh, U, I_bc, mu, N, tp)
         rec["user_reg"] = K.reg_terms(U, np.diff(sh["indptr"]).astype(np.float64)) if len(sh["users"]) else 0.0
-        items, cnt = np.unique(sh["i"], return_counts=True)
         rec["rows"], rec["counts"] = items, cnt
         if eval_only or len(sh["r"]) == 0:  # the bold driver judges the end point by its full error
             judged = eval_only and hp.get("bold_driver") and len(sh["r"])
@@ -280,13 +286,15 @@ def _make_step(method, hp, mu, n_items, tp, seed, epoch, history, eval_only, bia
             return U, rec
         rng = np.random.default_rng([seed, epoch, int(sh["users"][0])])
         if method in ("sgd", "svdpp"):
+            dt = U["P"].dtype  # float32: the kernel works on a float32 copy, the driver keeps float64
+            I_bc = I_bc if dt == np.float64 else {k: v.astype(dt) for k, v in I_bc.items()}
             I = {k: v.copy() for k, v in I_bc.items()}
             hp2 = {**hp, "biased": biased, **_decayed(hp, epoch)}
             if method == "sgd":
                 rec["seen_sse"] = K.sgd_epoch(sh, U, I, mu, hp2, rng)
             else:
                 rec["seen_sse"] = K.svdpp_epoch(sh, U, I, mu, hp2, rng, N, tp)
-            rec["delta"] = {"Q": I["Q"][items] - I_bc["Q"][items], "bi": I["bi"][items] - I_bc["bi"][items]}
+            rec["delta"] = {k: I[k][items] - I_bc[k][items] for k in ("Q", "bi")}  # in the kernel dtype
             if "Y" in I:
                 ycols = np.unique(N.indices)
                 rec["y_rows"], rec["y_counts"] = ycols, np.bincount(N.indices, minlength=n_items)[ycols]

@@ -88,6 +88,7 @@ class SVD(Recommender):
     init_std: float = 0.1
     optimizer: Literal["sgd", "gd"] = "sgd"
     batch_size: int = 256  # sgd: ratings per vectorized step
+    dtype: Literal["float64", "float32"] = "float64"  # sgd: precision of the kernel's parameters
     momentum: float = 0.9  # gd only
     bold_driver: bool = False  # gd only: reject a step that raises the objective (back, lr * lr_shrink), else lr * lr_grow
     lr_grow: float = 1.05
@@ -100,6 +101,8 @@ class SVD(Recommender):
 
     def hyper(self) -> dict:
         extra = {"bold_driver": True, "lr_grow": self.lr_grow, "lr_shrink": self.lr_shrink} if self.bold_driver else {}
+        if self.dtype != "float64":
+            extra["dtype"] = self.dtype
         return _sgd_hyper(self, momentum=self.momentum, biased=self.biased, **extra)
 
     def fit(self, train: DataFrame, valid: DataFrame | None = None, history: bool = False) -> FactorModel:

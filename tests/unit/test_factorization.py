@@ -40,6 +40,60 @@ def test_build_shard_sorts_by_user_and_builds_offsets():
     assert sh["indptr"].tolist() == [0, 2, 4, 5]
 
 
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_scatter_add_sums_repeated_indices_like_add_at(backend, dtype):
+    if backend == "torch":
+        pytest.importorskip("torch")
+    rng = np.random.default_rng(4)
+    idx = rng.integers(0, 7, 50)  # every index repeated
+    for shape in ((10,), (10, 3)):
+        target = rng.normal(size=shape).astype(dtype)
+        vals = rng.normal(size=(50, *shape[1:])).astype(dtype)
+        want = target.copy()
+        np.add.at(want, idx, vals)
+        K.scatter_add(target, idx, vals, backend=backend)
+        assert target.dtype == dtype
+        np.testing.assert_allclose(target, want, rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+def test_scatter_add_rejects_an_unknown_backend():
+    with pytest.raises(ValueError, match="auto, torch or numpy"):
+        K.scatter_add(np.zeros(3), np.array([0]), np.ones(1), backend="cuda")
+
+
+def test_pack_round_trips_a_shard_and_keeps_inexact_ratings_in_float64():
+    sh, _, _ = _tiny()
+    packed = K.pack(sh)
+    assert "u" not in packed and packed["i"].dtype == np.int32 and packed["r"].dtype == np.float32  # 1..5: exact
+    back = K.unpack(packed)
+    for key in ("users", "u", "i", "r", "t", "indptr"):
+        np.testing.assert_array_equal(back[key], sh[key])
+        assert back[key].dtype == sh[key].dtype
+    assert packed["items"].tolist() == sorted(set(sh["i"].tolist()))
+    assert packed["item_counts"].tolist() == [int((sh["i"] == j).sum()) for j in packed["items"]]
+    odd = K.build_shard(np.array([0, 1]), np.array([0, 0]), np.array([3.7, 0.1]), None)  # not exact in float32
+    assert K.pack(odd)["r"].dtype == np.float64
+    np.testing.assert_array_equal(K.unpack(K.pack(odd))["r"], [3.7, 0.1])
+    assert K.unpack(sh) is sh  # a working shard passes through
+
+
+def test_sgd_float32_parameters_stay_float32_and_follow_the_float64_epoch():
+    sh, nu, ni = _tiny(n_users=40, n_items=30, density=0.5)
+    P0, Q0 = RNG.normal(0, 0.1, (nu, 4)), RNG.normal(0, 0.1, (ni, 4))
+    hp = {"lr": 0.01, "reg": 0.05, "batch_size": 8}
+    out = {}
+    for dt in (np.float64, np.float32):
+        U = {"P": P0.astype(dt), "bu": np.zeros(nu, dt)}
+        I = {"Q": Q0.astype(dt), "bi": np.zeros(ni, dt)}
+        seen = K.sgd_epoch(sh, U, I, 3.0, hp, np.random.default_rng(5))
+        assert all(a.dtype == dt for a in (*U.values(), *I.values()))
+        out[dt] = (seen, U, I)
+    assert out[np.float32][0] == pytest.approx(out[np.float64][0], rel=1e-5)
+    np.testing.assert_allclose(out[np.float32][1]["P"], out[np.float64][1]["P"], atol=1e-5)
+    np.testing.assert_allclose(out[np.float32][2]["bi"], out[np.float64][2]["bi"], atol=1e-5)
+
+
 def test_sgd_batch_of_one_is_sequential_funk_sgd():
     sh, nu, ni = _tiny()
     k, mu, lr, reg = 3, 3.0, 0.01, 0.05
@@ -243,6 +297,16 @@ def test_exact_optimizers_do_not_depend_on_the_partitioning(spark):
         a = _dense(_with(est, num_partitions=1).fit(df), 4, 5)
         b = _dense(_with(est, num_partitions=3).fit(df), 4, 5)
         np.testing.assert_allclose(a, b, atol=1e-10)
+
+
+def test_sgd_float32_fit_matches_float64_and_other_optimizers_refuse_it(spark):
+    df = spark.createDataFrame(TRAIN * 3, RATINGS_SCHEMA)
+    a = _dense(SVD(rank=2, n_epochs=5, lr=0.02, seed=3).fit(df), 4, 5)
+    b = _dense(SVD(rank=2, n_epochs=5, lr=0.02, seed=3, dtype="float32").fit(df), 4, 5)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    assert np.abs(a - b).max() > 0  # the float32 kernel really ran
+    with pytest.raises(ValueError, match="float32 with the sgd optimizer"):
+        SVD(rank=2, n_epochs=1, optimizer="gd", dtype="float32").fit(df)
 
 
 def _with(est, **kw):
