@@ -138,6 +138,8 @@ class ALS(Recommender):
     block_size: int = 4096
     checkpoint_interval: int = 10
     residuals: bool = False  # factorize r - (mu + b_u + b_i) of the bias baseline; predict baseline + p.q
+    base_reg_user: float = 15.0  # the bias baseline's damping (BiasBaseline.reg_user / reg_item)
+    base_reg_item: float = 10.0
     seed: int = 42
     scale: Scale = None  # type: ignore[assignment]
     name: str = "als"
@@ -168,7 +170,7 @@ class ALS(Recommender):
         ratings = train.select(
             F.col(COL_USER).cast("int"), F.col(COL_ITEM).cast("int"), F.col(COL_RATING).cast("float")
         ).persist(StorageLevel.MEMORY_AND_DISK)
-        base = BiasBaseline(scale=self.scale or Scale(), name=self.name).fit(ratings)
+        base = BiasBaseline(reg_user=self.base_reg_user, reg_item=self.base_reg_item, scale=self.scale or Scale(), name=self.name).fit(ratings)
         mu = 0.0
         if self.residuals:
             if self.implicit_prefs or self.nonnegative:

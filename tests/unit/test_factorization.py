@@ -9,6 +9,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from recsys_spark import registry
+from recsys_spark.baselines import BiasBaseline
 from recsys_spark.factorization import kernels as K
 from recsys_spark.factorization.als import ALS, ALSFactorModel
 from recsys_spark.factorization.model import FactorModel, factor_topk
@@ -447,6 +448,12 @@ def test_als_on_baseline_residuals_predicts_baseline_plus_factors(spark):
         m.recommend_mllib(df.select("user_idx"), 2)
     with pytest.raises(ValueError, match="explicit"):
         ALS(rank=2, residuals=True, implicit_prefs=True).fit(df)
+    # the residuals' baseline takes the estimator's damping
+    m2 = ALS(rank=2, max_iter=3, residuals=True, base_reg_user=0.5, base_reg_item=2.0, scale=Scale(0.5, 5)).fit(df)
+    want = BiasBaseline(reg_user=0.5, reg_item=2.0, scale=Scale(0.5, 5)).fit(df)
+    assert {r["user_idx"]: r["b_u"] for r in m2.user_factors.collect()} == pytest.approx({r[0]: r[1] for r in want.user_bias.collect()})
+    assert {r["item_idx"]: r["b_i"] for r in m2.item_factors.collect()} == pytest.approx({r[0]: r[1] for r in want.item_bias.collect()})
+    assert m2.base.user_bias.collect() != m.base.user_bias.collect()  # 0.5 / 2 is not the default 15 / 10
 
 
 class TestALSResiduals(_FastContract):
