@@ -168,16 +168,7 @@ def main() -> None:
         }
         for label, (extra, env) in variants.items():
             cmd = [sys.executable, __file__, "als-blas", "--child", args.dataset, "--als-rank", str(args.als_rank), *extra]
-            saved = {k: os.environ.get(k) for k in env}
-            os.environ.update(env)
-            try:
-                res, _ = run_child(cmd, ROOT, f"als {label}")
-            finally:
-                for k, v in saved.items():
-                    if v is None:
-                        os.environ.pop(k, None)
-                    else:
-                        os.environ[k] = v
+            res, _ = run_child(cmd, ROOT, f"als {label}", env=env)
             res["variant"] = label
             result["runs"].append(res)
             print(json.dumps(res), flush=True)
@@ -189,15 +180,7 @@ def main() -> None:
             for variant in args.variants.split(","):
                 dtype, scatter = variant.split("/")
                 cmd = [sys.executable, __file__, "sgd", "--child", name, "--rank", str(args.rank), "--epochs", str(args.epochs), "--dtype", dtype]
-                saved = os.environ.get("RECSYS_SCATTER_BACKEND")
-                os.environ["RECSYS_SCATTER_BACKEND"] = scatter
-                try:
-                    ours, _ = run_child(cmd, ROOT, f"sgd {name} {variant}")
-                finally:
-                    if saved is None:
-                        os.environ.pop("RECSYS_SCATTER_BACKEND")
-                    else:
-                        os.environ["RECSYS_SCATTER_BACKEND"] = saved
+                ours, _ = run_child(cmd, ROOT, f"sgd {name} {variant}", env={"RECSYS_SCATTER_BACKEND": scatter})
                 run["ours"].append(ours)
                 print(json.dumps(ours), flush=True)
             if args.reference_python:

@@ -10,6 +10,7 @@ peak per phase.  Each child is a fresh JVM, so peaks are per run.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 import time
@@ -31,9 +32,10 @@ def tree_rss(proc: psutil.Process) -> tuple[int, int]:
     return py, jvm
 
 
-def run_child(cmd: list[str], cwd: Path, name: str) -> tuple[dict, dict[str, tuple[int, int]]]:
-    """Run ``cmd``; return its RESULT and ``{phase: (peak Python bytes, peak JVM bytes)}``."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=cwd)
+def run_child(cmd: list[str], cwd: Path, name: str, env: dict[str, str] | None = None) -> tuple[dict, dict[str, tuple[int, int]]]:
+    """Run ``cmd`` (with ``env`` added to this process's environment); return its RESULT and
+    ``{phase: (peak Python bytes, peak JVM bytes)}``."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=cwd, env={**os.environ, **(env or {})})
     ps = psutil.Process(proc.pid)
     state = {"phase": "setup"}
     peaks: dict[str, tuple[int, int]] = {}

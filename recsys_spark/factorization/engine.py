@@ -271,13 +271,13 @@ def _make_step(method, hp, mu, n_items, tp, seed, epoch, history, eval_only, bia
 
     def _step(sh, vsh, U, I_bc):
         items, cnt = sh["items"], sh["item_counts"]
-        sh, vsh = K.unpack(sh), None if vsh is None else K.unpack(vsh)
+        sh = K.unpack(sh)
         rec: dict[str, Any] = {}
         N = sh.get("N")
         if history:  # exact train / valid error of the epoch-start parameters
             rec["train_sse"], rec["train_n"] = K.sse(sh, U, I_bc, mu, N, tp)
             if vsh is not None and len(vsh["r"]):
-                rec["valid_sse"], rec["valid_n"] = _valid_sse(sh, vsh, U, I_bc, mu, N, tp)
+                rec["valid_sse"], rec["valid_n"] = _valid_sse(sh, K.unpack(vsh), U, I_bc, mu, N, tp)
         rec["user_reg"] = K.reg_terms(U, np.diff(sh["indptr"]).astype(np.float64)) if len(sh["users"]) else 0.0
         rec["rows"], rec["counts"] = items, cnt
         if eval_only or len(sh["r"]) == 0:  # the bold driver judges the end point by its full error
