@@ -131,8 +131,7 @@ def _scatter_backend(spark) -> str:  # type: ignore[no-untyped-def]
     def probe(_):
         from recsys_spark.factorization import kernels as K
 
-        b = K.SCATTER_BACKEND
-        yield "torch" if b == "torch" or (b == "auto" and K._torch()) else "numpy"
+        yield K.scatter_backend()
 
     return spark.sparkContext.parallelize([0], 1).mapPartitions(probe).first()
 

@@ -108,6 +108,9 @@ def train(
     """Train with ``method`` (see module docstring) and return the factor tables."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    dtype = np.dtype(hp.get("dtype", "float64"))  # sgd: the precision of the kernel's parameters
+    if dtype not in (np.float32, np.float64) or (dtype != np.float64 and method != "sgd"):
+        raise ValueError(f"{name}: dtype must be float64, or float32 with the sgd optimizer; got {dtype} with {method}")
     sc = spark.sparkContext
     P = num_partitions or sc.defaultParallelism
     biased = hp.get("biased", True) and method != "nmf_mu"
@@ -138,9 +141,6 @@ def train(
     else:
         vshards = shards.map(lambda _: None)
 
-    dtype = np.dtype(hp.get("dtype", "float64"))  # sgd: the precision of the kernel's parameters
-    if dtype not in (np.float32, np.float64) or (dtype != np.float64 and method != "sgd"):
-        raise ValueError(f"{name}: dtype must be float64, or float32 with the sgd optimizer; got {dtype} with {method}")
     rng = np.random.default_rng(seed)
     init_std = float(hp.get("init_std", 0.1))
     if method == "nmf_mu":

@@ -48,6 +48,16 @@ def _torch() -> Any:
     return _TORCH
 
 
+def scatter_backend(backend: str | None = None) -> str:
+    """The backend :func:`scatter_add` uses for ``backend`` (None: ``RECSYS_SCATTER_BACKEND``): torch or numpy."""
+    backend = backend or SCATTER_BACKEND
+    if backend not in ("auto", "torch", "numpy"):
+        raise ValueError(f"scatter backend must be auto, torch or numpy; got {backend!r}")
+    if backend == "torch" and not _torch():
+        raise RuntimeError("scatter backend 'torch' needs torch (the 'deep' extra)")
+    return "torch" if backend != "numpy" and _torch() else "numpy"
+
+
 def scatter_add(target: np.ndarray, idx: np.ndarray, vals: np.ndarray, backend: str | None = None) -> None:
     """``target[idx] += vals`` along the first axis, repeated indices summed (``np.add.at``, but fast).
 
@@ -60,16 +70,14 @@ def scatter_add(target: np.ndarray, idx: np.ndarray, vals: np.ndarray, backend: 
     faster than ``np.add.at`` in Spark's Python workers, where ``ufunc.at``
     runs on its slow path.
     """
-    backend = backend or SCATTER_BACKEND
-    if backend not in ("auto", "torch", "numpy"):
-        raise ValueError(f"scatter backend must be auto, torch or numpy; got {backend!r}")
-    th = _torch() if backend != "numpy" else False
-    if th and target.flags.c_contiguous and target.flags.writeable:
+    use = scatter_backend(backend)
+    if use == "torch" and target.flags.c_contiguous and target.flags.writeable:
+        th = _torch()
         src = np.ascontiguousarray(vals, dtype=target.dtype)
         th.from_numpy(target).index_add_(0, th.from_numpy(np.ascontiguousarray(idx, dtype=np.int64)), th.from_numpy(src))
         return
-    if backend == "torch":
-        raise RuntimeError("scatter_add(backend='torch') needs torch (the 'deep' extra) and a writeable C-contiguous target")
+    if (backend or SCATTER_BACKEND) == "torch":
+        raise RuntimeError("scatter_add(backend='torch') needs a writeable C-contiguous target")
     uniq, inv = np.unique(idx, return_inverse=True)
     if vals.ndim == 1:
         target[uniq] += np.bincount(inv, vals, len(uniq))
