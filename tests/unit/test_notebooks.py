@@ -6,11 +6,16 @@ from tests.notebooks import run_notebook
 
 pytestmark = pytest.mark.slow
 
+# Small generated data; the notebooks set the session's shuffle partitions from their config
+# (local.toml: 4), so they are held at the test session's 2: on data this small every extra
+# task is latency (week 4 + week 5 run alone: 79 s with 4, 64 s with 2).
+SMALL = "spark.shuffle_partitions=2;generate.n_users=60;generate.n_items=80;generate.n_ratings=2400;generate.min_ratings_per_user=8"
+
 
 def test_week4_baselines(spark, tmp_path):
     ns = run_notebook(
         "week4_baselines", dataset="generated", output=str(tmp_path), models="popularity,bias", k="5",
-        overrides="generate.n_users=60;generate.n_items=80;generate.n_ratings=2400;generate.min_ratings_per_user=8",
+        overrides=SMALL,
     )  # fmt: skip
     rows = ns["rows"]
     assert set(rows) == {"popularity", "bias"}
@@ -23,7 +28,7 @@ def test_week5_collaborative_filtering(spark, tmp_path):
     ns = run_notebook(
         "week5_collaborative_filtering", dataset="generated", output=str(tmp_path), models="popularity,item_knn,user_knn",
         k="5", cap="30",
-        overrides="generate.n_users=60;generate.n_items=80;generate.n_ratings=2400;generate.min_ratings_per_user=8",
+        overrides=SMALL,
     )  # fmt: skip
     rows = ns["rows"]
     assert set(rows) == {"popularity", "item_knn", "user_knn"}
@@ -42,7 +47,7 @@ def test_week6_matrix_factorization(spark, tmp_path):
         "week6_matrix_factorization", dataset="generated", output=str(tmp_path),
         models="bias,nmf,svdpp,svdpp_time", k="5", epochs="3", rank="4",
         params="nmf:max_iter=3;svdpp:n_epochs=3;svdpp_time:n_epochs=3;svdpp_time:rank=5",
-        overrides="generate.n_users=60;generate.n_items=80;generate.n_ratings=2400;generate.min_ratings_per_user=8",
+        overrides=SMALL,
     )  # fmt: skip
     rows = ns["rows"]
     assert set(rows) == {"bias", "nmf", "svdpp", "svdpp_time"}
@@ -60,7 +65,7 @@ def test_week7_content_based(spark, tmp_path):
     ns = run_notebook(
         "week7_content_based", dataset="generated", output=str(tmp_path), k="5",
         models="bias,content", cold_models="content,bias", genres="Drama", ablate="tags",
-        overrides="generate.n_users=60;generate.n_items=80;generate.n_ratings=2400;generate.min_ratings_per_user=8",
+        overrides=SMALL,
     )  # fmt: skip
     rows = ns["rows"]
     assert set(rows) == {"bias", "content"}
@@ -80,7 +85,7 @@ def test_week8_deep_learning_ncf(spark, tmp_path):
     ns = run_notebook(
         "week8_deep_learning_ncf", dataset="generated", output=str(tmp_path), k="5", epochs="2", valid_fraction="0",
         models="popularity,gmf,cdae", rating_models="autorec", lastout_models="gmf", negatives="20",
-        overrides="generate.n_users=60;generate.n_items=80;generate.n_ratings=2400;generate.min_ratings_per_user=8",
+        overrides=SMALL,
     )  # fmt: skip
     assert set(ns["rows"]) == {"popularity", "gmf", "cdae"}
     assert all(0 <= r["ndcg@5"] <= 1 for r in ns["rows"].values())
