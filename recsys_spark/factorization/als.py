@@ -19,6 +19,13 @@
 * ``residuals=True``: MLlib factorizes what the bias baseline leaves,
   ``r - (mu + b_u + b_i)``, and the model predicts ``mu + b_u + b_i + p.q``
   (ALS itself has no bias terms; this is the usual way to give it some).
+* ``scale_residuals=True`` (with ``residuals``): each residual is divided by
+  its user's and its item's residual scale, ``s_u = sqrt((sum e^2 + k g) /
+  (n_u + k) / g)`` with ``g`` the mean squared residual and ``k`` =
+  ``scale_damping`` (likewise ``s_i``), so MLlib factorizes z-scores, in
+  which every user and item speaks on the same scale; the scales are folded
+  back into the factors (``s_u p_u``, ``s_i q_i``), so the model still
+  predicts ``mu + b_u + b_i + p.q`` and saves, loads and ranks like any other.
 * Implicit feedback (``implicit_prefs=True``, Hu, Koren & Volinsky): the
   rating is the confidence ``1 + alpha * r``; the model scores preference,
   not ratings, so its rating predictions come from the bias baseline
@@ -53,6 +60,8 @@ from recsys_spark.schemas import (
 )
 
 log = logging.getLogger(__name__)
+
+_SCALE = "_scale"
 
 
 class ALSFactorModel(FactorModel):
@@ -140,6 +149,8 @@ class ALS(Recommender):
     residuals: bool = False  # factorize r - (mu + b_u + b_i) of the bias baseline; predict baseline + p.q
     base_reg_user: float = 15.0  # the bias baseline's damping (BiasBaseline.reg_user / reg_item)
     base_reg_item: float = 10.0
+    scale_residuals: bool = False  # factorize residual / (s_u * s_i), the user's and item's damped residual scales
+    scale_damping: float = 5.0  # k in s = sqrt((sum e^2 + k g) / (n + k) / g): n ratings, g the mean e^2
     seed: int = 42
     scale: Scale = None  # type: ignore[assignment]
     name: str = "als"
@@ -161,6 +172,10 @@ class ALS(Recommender):
         self._check_train(train)
         if self.rank < 1 or self.max_iter < 1 or self.reg_param < 0:
             raise ValueError(f"{self.name}: rank and max_iter must be >= 1, reg_param >= 0")
+        if self.scale_residuals and not self.residuals:
+            raise ValueError(f"{self.name}: scale_residuals=True scales the baseline's residuals; set residuals=True")
+        if self.scale_damping <= 0:
+            raise ValueError(f"{self.name}: scale_damping must be > 0 (it keeps a one-rating user's scale finite)")
         spark = train.sparkSession
         sc = spark.sparkContext
         if not sc.getCheckpointDir():  # checkpointInterval is silently ignored without one
@@ -178,12 +193,18 @@ class ALS(Recommender):
             mu = base.mu
             data = ratings.join(base.user_bias, COL_USER).join(base.item_bias, COL_ITEM).select(
                 COL_USER, COL_ITEM, (F.col(COL_RATING) - F.lit(mu) - F.col(B_U) - F.col(B_I)).cast("float").alias(COL_RATING)
-            ).persist(StorageLevel.MEMORY_AND_DISK)  # deterministic input for MLlib
+            )
+            if self.scale_residuals:
+                data, user_scale, item_scale = self._scaled(data)
+            data = data.persist(StorageLevel.MEMORY_AND_DISK)  # deterministic input for MLlib
         else:
             data = ratings
         mllib = self.estimator().fit(data)
         uf = mllib.userFactors.select(F.col("id").alias(COL_USER), F.col("features").cast("array<double>").alias(FACTORS))
         itf = mllib.itemFactors.select(F.col("id").alias(COL_ITEM), F.col("features").cast("array<double>").alias(FACTORS))
+        if self.scale_residuals:  # s_u p_u . s_i q_i = s_u s_i p.q: the z-scores back on the rating scale
+            uf = uf.join(user_scale, COL_USER).select(COL_USER, F.transform(FACTORS, lambda x: x * F.col(_SCALE)).alias(FACTORS))
+            itf = itf.join(item_scale, COL_ITEM).select(COL_ITEM, F.transform(FACTORS, lambda x: x * F.col(_SCALE)).alias(FACTORS))
         if self.residuals:  # the baseline's biases go into the factor tables: mu + b_u + b_i + p.q
             uf = uf.join(base.user_bias, COL_USER).select(COL_USER, F.col(B_U).alias(BU), FACTORS)
             itf = itf.join(base.item_bias, COL_ITEM).select(COL_ITEM, F.col(B_I).alias(BI), FACTORS)
@@ -192,5 +213,24 @@ class ALS(Recommender):
             itf = itf.select(COL_ITEM, F.lit(0.0).alias(BI), FACTORS)
         info = {"rank": self.rank, "method": "mllib_als", "max_iter": self.max_iter, "reg_param": self.reg_param,
                 "implicit_prefs": self.implicit_prefs, "alpha": self.alpha, "nonnegative": self.nonnegative,
-                "residuals": self.residuals}  # fmt: skip
+                "residuals": self.residuals, "scale_residuals": self.scale_residuals}  # fmt: skip
         return ALSFactorModel(self.name, mu, uf, itf, base, None, None, info, self.name, mllib=mllib, implicit=self.implicit_prefs)
+
+    def _scaled(self, res: DataFrame) -> tuple[DataFrame, DataFrame, DataFrame]:
+        """``res`` with each residual divided by ``s_u * s_i``, and the per-user and per-item scale tables."""
+        k = float(self.scale_damping)
+        e2 = F.col(COL_RATING).cast("double") ** 2
+        g = res.agg(F.mean(e2)).first()[0]  # a scalar: the mean squared residual
+        if not g or g <= 0:  # the baseline fits exactly: nothing to scale
+            g = 1.0
+
+        def scales(key: str) -> DataFrame:
+            return res.groupBy(key).agg(F.sqrt((F.sum(e2) + k * g) / (F.count(F.lit(1)) + k) / g).alias(_SCALE))
+
+        user_scale, item_scale = scales(COL_USER), scales(COL_ITEM)
+        su, si = user_scale.withColumnRenamed(_SCALE, "_su"), item_scale.withColumnRenamed(_SCALE, "_si")
+        out = res.join(su, COL_USER).join(si, COL_ITEM).select(
+            COL_USER, COL_ITEM, (F.col(COL_RATING) / (F.col("_su") * F.col("_si"))).cast("float").alias(COL_RATING)
+        )
+        return out, user_scale, item_scale
+

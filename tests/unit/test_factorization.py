@@ -456,9 +456,47 @@ def test_als_on_baseline_residuals_predicts_baseline_plus_factors(spark):
     assert m2.base.user_bias.collect() != m.base.user_bias.collect()  # 0.5 / 2 is not the default 15 / 10
 
 
+def test_als_scaled_residuals_factor_z_scores_and_fold_the_scales_back(spark):
+    """The factors are MLlib's times the user's / item's damped residual scale, computed here by hand."""
+    df = spark.createDataFrame(TRAIN, RATINGS_SCHEMA)
+    k = 2.0
+    m = ALS(rank=2, max_iter=3, residuals=True, scale_residuals=True, scale_damping=k, scale=Scale(0.5, 5)).fit(df)
+    bu = {r[0]: r[1] for r in m.base.user_bias.collect()}
+    bi = {r[0]: r[1] for r in m.base.item_bias.collect()}
+    rows = [(u, i, r - m.base.mu - bu[u] - bi[i]) for u, i, r, *_ in TRAIN]
+    g = np.mean([e * e for *_, e in rows])
+
+    def want(pos: int) -> dict[int, float]:
+        keys = {row[pos] for row in rows}
+        return {key: np.sqrt((sum(e * e for *kk, e in rows if kk[pos] == key) + k * g) / (sum(1 for row in rows if row[pos] == key) + k) / g) for key in keys}
+
+    su, si = want(0), want(1)
+    assert min(su.values()) != pytest.approx(max(su.values()))  # the scales differ, so the check below means something
+    raw_u = {r["id"]: np.array(r["features"]) for r in m.mllib.userFactors.collect()}
+    raw_i = {r["id"]: np.array(r["features"]) for r in m.mllib.itemFactors.collect()}
+    for r in m.user_factors.collect():
+        assert np.array(r["factors"]) == pytest.approx(su[r["user_idx"]] * raw_u[r["user_idx"]], rel=1e-5, abs=1e-6)
+    for r in m.item_factors.collect():
+        assert np.array(r["factors"]) == pytest.approx(si[r["item_idx"]] * raw_i[r["item_idx"]], rel=1e-5, abs=1e-6)
+    # predictions put MLlib's z-score back on the rating scale: mu + b_u + b_i + s_u s_i p.q (clipped)
+    got = {(r["user_idx"], r["item_idx"]): r["prediction"] for r in m.predict(df.select("user_idx", "item_idx")).collect()}
+    for u, i, _ in rows:
+        want_p = np.clip(m.base.mu + bu[u] + bi[i] + su[u] * si[i] * float(raw_u[u] @ raw_i[i]), 0.5, 5)
+        assert got[(u, i)] == pytest.approx(want_p, abs=1e-5)
+    with pytest.raises(ValueError, match="residuals=True"):
+        ALS(rank=2, scale_residuals=True).fit(df)
+    with pytest.raises(ValueError, match="scale_damping"):
+        ALS(rank=2, residuals=True, scale_residuals=True, scale_damping=0.0).fit(df)
+
+
 class TestALSResiduals(_FastContract):
     def make(self):
         return ALS(rank=2, max_iter=3, residuals=True, scale=self.scale, name="als")
+
+
+class TestALSScaledResiduals(_FastContract):
+    def make(self):
+        return ALS(rank=2, max_iter=3, residuals=True, scale_residuals=True, scale=self.scale, name="als")
 
 
 def test_convergence_curve_keeps_the_iterate_where_the_bold_driver_rejected_a_point():
