@@ -157,7 +157,10 @@ def run_topn(spark: SparkSession, cfg: Config, models: list[str], k: int) -> dic
     return out
 
 
-def run_benchmark(spark: SparkSession, protocol: str, dataset: str, models: list[str], folds: str = "1-5", k: int = 10, config: str | None = None, overrides: list[str] = ()) -> dict[str, Any]:
+def run_benchmark(
+    spark: SparkSession, protocol: str, dataset: str, models: list[str], folds: str = "1-5", k: int = 10, config: str | None = None,
+    overrides: list[str] = (), slices: int = 1,
+) -> dict[str, Any]:  # fmt: skip
     cfg = load_config(config, [*overrides, *dataset_overrides(dataset)])
     for name in models:
         if name not in registry.REGISTRY:
@@ -171,7 +174,7 @@ def run_benchmark(spark: SparkSession, protocol: str, dataset: str, models: list
     if protocol == "coldstart":
         from recsys_spark.coldstart import run_coldstart
 
-        return run_coldstart(spark, cfg, models, k)
+        return run_coldstart(spark, cfg, models, k, {"slices": slices})
     raise ValueError(f"unknown protocol {protocol!r}: rating, topn or coldstart")
 
 

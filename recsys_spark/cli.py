@@ -51,6 +51,7 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
         p.add_argument("--models", default="bias", help="comma-separated registered model names")
         p.add_argument("--folds", default="1-5", help="rating protocol: folds, e.g. 1-5 or 1,3")
         p.add_argument("--k", type=int, default=10, help="topn protocol: list length")
+        p.add_argument("--slices", type=int, default=1, help="coldstart protocol: pool the new-user experiment over this many disjoint user slices")
         p.add_argument("--out", default=None, help="write the JSON result here")
     if stage == "tune":
         p.add_argument("--model", required=True, help="registered model with a conf/tuning/<model>.toml")
@@ -131,7 +132,7 @@ def _benchmark(spark, args: argparse.Namespace, log: logging.Logger) -> int:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     result = run_benchmark(
         spark, args.protocol, args.dataset, models, folds=args.folds, k=args.k,
-        config=args.config, overrides=args.overrides,
+        config=args.config, overrides=args.overrides, slices=args.slices,
     )  # fmt: skip
     write_result(result, args.out)
     log.info("%s on %s:\n%s", args.protocol, args.dataset, summary_table(result))

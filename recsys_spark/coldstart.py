@@ -15,6 +15,10 @@ Two experiments on the full ingested ratings, both seeded and deterministic:
   (by timestamp, ties by item) stay in training, the rest is held out.
   Scored: the held-out ratings, and a top-``k`` list over the usual candidates
   (training items the user has not rated; relevant: the held-out items).
+  With ``slices = S > 1`` the experiment runs ``S`` times on disjoint user
+  slices (hash in ``[s f, (s + 1) f)``; slice 0 is the single run's users),
+  each with every other user warm, and pools them: ``S`` times the users
+  for the paired comparison, so its intervals narrow by about ``sqrt(S)``.
 
 A model ranks new items with its own top-N scorer where it has one for
 candidates outside training (content: profile similarity, via
@@ -27,6 +31,7 @@ their order among new items is arbitrary: ties broken by a seeded hash).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
@@ -51,7 +56,7 @@ from recsys_spark.split import hash_uniform
 
 log = logging.getLogger(__name__)
 
-PROTOCOL = {"fraction": 0.1, "min_item_ratings": 5, "min_user_ratings": 10, "keep": 3, "seed": 42}
+PROTOCOL = {"fraction": 0.1, "min_item_ratings": 5, "min_user_ratings": 10, "keep": 3, "seed": 42, "slices": 1}
 
 
 def cold_item_split(ratings: DataFrame, fraction: float = 0.1, min_ratings: int = 5, seed: int = 42) -> tuple[DataFrame, DataFrame, DataFrame]:
@@ -64,10 +69,21 @@ def cold_item_split(ratings: DataFrame, fraction: float = 0.1, min_ratings: int 
     return train, test, cold
 
 
-def cold_user_split(ratings: DataFrame, fraction: float = 0.1, keep: int = 3, min_ratings: int = 10, seed: int = 42) -> tuple[DataFrame, DataFrame, DataFrame]:
-    """``(train, test, cold_users)``: a chosen user keeps only their first ``keep`` ratings in ``train``."""
+def cold_user_split(
+    ratings: DataFrame, fraction: float = 0.1, keep: int = 3, min_ratings: int = 10, seed: int = 42, slice_index: int = 0,
+) -> tuple[DataFrame, DataFrame, DataFrame]:  # fmt: skip
+    """``(train, test, cold_users)``: a chosen user keeps only their first ``keep`` ratings in ``train``.
+
+    Chosen: users with at least ``min_ratings`` ratings whose seeded hash lies in
+    ``[slice_index * fraction, (slice_index + 1) * fraction)``, so distinct
+    ``slice_index`` values pick disjoint users.
+    """
+    if slice_index < 0 or (slice_index + 1) * fraction > 1 + 1e-9:
+        raise ValueError(f"cold-user slice {slice_index} of fraction {fraction} lies outside [0, 1]")
     n = ratings.groupBy(COL_USER).agg(F.count("*").alias("_n"))
-    cold = n.where((F.col("_n") >= min_ratings) & (hash_uniform(seed, F.lit("cold-user"), COL_USER) < fraction)).select(COL_USER)
+    h = hash_uniform(seed, F.lit("cold-user"), COL_USER)
+    lo, hi = slice_index * fraction, (slice_index + 1) * fraction
+    cold = n.where((F.col("_n") >= min_ratings) & (h >= lo) & (h < hi)).select(COL_USER)
     order = [F.col(COL_TIMESTAMP).asc_nulls_last(), F.col(COL_ITEM)] if COL_TIMESTAMP in ratings.columns else [F.col(COL_ITEM)]
     w = Window.partitionBy(COL_USER).orderBy(*order)
     flagged = ratings.join(cold.withColumn("_cold", F.lit(True)), COL_USER, "left").withColumn("_r", F.row_number().over(w))
@@ -129,7 +145,47 @@ def _evaluate(
         top.unpersist()
     users.unpersist()
     out["paired"] = paired_differences(paired, k)
+    out["per_user"] = paired  # for pooling slices; run_coldstart drops it before writing
     return out
+
+
+def pool_slices(slices: list[dict[str, Any]], k: int) -> dict[str, Any]:
+    """One experiment from several runs on disjoint user slices.
+
+    Per model: RMSE / MAE over every held-out rating of every slice (each
+    slice's weighted by its rows), the per-user ranking metrics averaged over
+    every slice's users, and the paired comparison over all those users.
+    Catalogue-level figures (coverage, novelty, diversity) stay per slice.
+    """
+    import pandas as pd
+
+    names = list(slices[0]["models"])
+    per_user = {n: pd.concat([s["per_user"][n] for s in slices]).sort_index() for n in names}
+    models: dict[str, Any] = {}
+    for name in names:
+        reps = [s["models"][name] for s in slices]
+        rows = sum(r["rows"] for r in reps)
+        users = per_user[name]
+        if users.index.has_duplicates:
+            raise ValueError(f"pooled cold-user slices overlap: {int(users.index.duplicated().sum())} users are in two slices")
+        models[name] = {
+            "rmse": math.sqrt(sum(r["rows"] * r["rmse"] ** 2 for r in reps) / rows),
+            "mae": sum(r["rows"] * r["mae"] for r in reps) / rows,
+            "rows": rows,
+            "fallback_rows": sum(r["fallback_rows"] for r in reps),
+            "users": len(users),
+            **{m: float(users[m].mean()) for m in _paired_metrics(k)},
+            "fit_s": round(sum(r["fit_s"] for r in reps), 3),
+            "total_s": round(sum(r["total_s"] for r in reps), 3),
+        }
+    counts = {key: sum(s["counts"][key] for s in slices) for key in ("test", "test_users", "cold_users")}
+    return {
+        "counts": {**counts, "slices": len(slices)},
+        "models": models,
+        "paired": paired_differences(per_user, k),
+        "slices": [{"counts": s["counts"], "models": s["models"]} for s in slices],
+        "per_user": per_user,
+    }
 
 
 def _paired_metrics(k: int) -> list[str]:
@@ -160,6 +216,8 @@ def paired_differences(per_user: dict[str, Any], k: int, n_boot: int = 2000, see
 
 def run_coldstart(spark: SparkSession, cfg: Config, models: list[str], k: int = 10, protocol: dict[str, Any] | None = None) -> dict[str, Any]:
     p = {**PROTOCOL, **(protocol or {})}
+    if int(p["slices"]) < 1 or int(p["slices"]) * p["fraction"] > 1 + 1e-9:
+        raise ValueError(f"coldstart: {p['slices']} slices of fraction {p['fraction']} need slices >= 1 and slices * fraction <= 1")
     stages.run_ingest(spark, cfg)
     ratings = stages.read_ingested(spark, cfg).persist(StorageLevel.MEMORY_AND_DISK)
     items = stages.read_ingested(spark, cfg, "items").persist()
@@ -169,11 +227,20 @@ def run_coldstart(spark: SparkSession, cfg: Config, models: list[str], k: int = 
     result["experiments"]["items"] = _evaluate(spark, cfg, "items", models, tr, te, cold, items, k)
     for df in (tr, te, cold):
         df.unpersist()
-    tr, te, cold = cold_user_split(ratings, p["fraction"], p["keep"], p["min_user_ratings"], p["seed"])
-    tr, te, cold = tr.persist(), te.persist(), cold.persist()
-    result["experiments"]["users"] = _evaluate(spark, cfg, "users", models, tr, te, cold, items, k)
-    for df in (tr, te, cold, ratings, items):
+    runs = []
+    for s in range(int(p["slices"])):
+        if p["slices"] > 1:
+            log.info("cold users: slice %d of %d", s + 1, p["slices"])
+        tr, te, cold = cold_user_split(ratings, p["fraction"], p["keep"], p["min_user_ratings"], p["seed"], slice_index=s)
+        tr, te, cold = tr.persist(), te.persist(), cold.persist()
+        runs.append(_evaluate(spark, cfg, "users", models, tr, te, cold, items, k))
+        for df in (tr, te, cold):
+            df.unpersist()
+    result["experiments"]["users"] = runs[0] if len(runs) == 1 else pool_slices(runs, k)
+    for df in (ratings, items):
         df.unpersist()
+    for exp in result["experiments"].values():
+        exp.pop("per_user", None)
     return result
 
 
@@ -183,7 +250,7 @@ def summary_table(result: dict[str, Any]) -> str:
     lines = ["| experiment | model | " + " | ".join(cols) + " | fallback rows |", "|---|---|" + "---:|" * (len(cols) + 1)]
     for kind, exp in result["experiments"].items():
         for name, m in exp["models"].items():
-            lines.append(f"| cold {kind} | {name} | " + " | ".join(f"{m[c]:.4f}" for c in cols) + f" | {m['fallback_rows']} |")
+            lines.append(f"| cold {kind} | {name} | " + " | ".join(f"{m[c]:.4f}" if c in m else "" for c in cols) + f" | {m['fallback_rows']} |")
     paired = [(kind, pair, d) for kind, exp in result["experiments"].items() for pair, d in exp.get("paired", {}).items()]
     if paired:
         ms = _paired_metrics(k)

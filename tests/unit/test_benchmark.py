@@ -73,3 +73,21 @@ def test_topn_protocol_on_generated_data(spark, tmp_path):
 def test_rating_protocol_needs_ml100k(spark, tmp_path):
     with pytest.raises(ValueError, match="ML-100K"):
         run_benchmark(spark, "rating", "generated", ["bias"], overrides=[f'paths.output="{tmp_path}"', *SMALL])
+
+
+def test_coldstart_pools_new_user_slices(spark, tmp_path):
+    out = tmp_path / "out"
+    over = [f'paths.output="{out}"', *SMALL]
+    res = run_benchmark(spark, "coldstart", "generated", ["popularity", "global_mean"], k=5, overrides=over, slices=2)
+    users = res["experiments"]["users"]
+    per_slice = [s["counts"]["test_users"] for s in users["slices"]]
+    assert len(per_slice) == 2 and all(per_slice) and users["counts"]["slices"] == 2
+    assert users["models"]["popularity"]["users"] == sum(per_slice) == users["counts"]["test_users"]
+    assert users["paired"]["popularity - global_mean"]["ndcg@5"]["users"] == sum(per_slice)
+    assert res["protocol"]["slices"] == 2 and "per_user" not in users and "per_user" not in res["experiments"]["items"]
+    path = tmp_path / "c.json"
+    write_result(res, str(path))  # JSON-serialisable: the per-user frames are gone
+    assert json.loads(path.read_text())["experiments"]["users"]["counts"]["slices"] == 2
+    assert "| cold users | popularity |" in summary_table(res)
+    with pytest.raises(ValueError, match="slices"):
+        run_benchmark(spark, "coldstart", "generated", ["popularity"], overrides=over, slices=11)

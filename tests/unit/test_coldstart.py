@@ -10,6 +10,7 @@ from recsys_spark.coldstart import (
     check_no_leakage,
     cold_item_split,
     cold_user_split,
+    pool_slices,
     rank_new_items,
 )
 from recsys_spark.content import ContentBased, SideData
@@ -55,6 +56,48 @@ def test_cold_users_keep_only_their_first_ratings(data):
         assert min(r["timestamp"] for r in test.where(F.col("user_idx") == u).collect()) > kept
     assert train.count() + test.count() == ratings.count()
     check_no_leakage(train, test)
+
+
+def test_cold_user_slices_are_disjoint_and_slice_0_is_the_single_run(data):
+    ratings, _ = data
+    picked = [{r[0] for r in cold_user_split(ratings, fraction=0.3, keep=3, min_ratings=5, seed=1, slice_index=s)[2].collect()} for s in range(3)]
+    assert all(picked) and not (picked[0] & picked[1] or picked[0] & picked[2] or picked[1] & picked[2])
+    assert picked[0] == {r[0] for r in cold_user_split(ratings, fraction=0.3, keep=3, min_ratings=5, seed=1)[2].collect()}
+    assert sum(len(p) for p in picked) <= 40
+    with pytest.raises(ValueError, match="outside"):
+        cold_user_split(ratings, fraction=0.3, slice_index=3)
+
+
+def test_pooled_slices_weight_ratings_and_users():
+    import pandas as pd
+
+    cols = ["ndcg@2", "precision@2", "recall@2", "hr@2"]
+
+    def run(users, a_vals, b_vals, rows, rmse_a, rmse_b):
+        def rep(rmse):
+            return {"rmse": rmse, "mae": rmse / 2, "rows": rows, "fallback_rows": 1, "fit_s": 1.0, "total_s": 2.0, "coverage": 0.5}
+
+        def frame(vals):
+            return pd.DataFrame({c: vals for c in cols}, index=pd.Index(users, name="user_idx"))
+
+        return {
+            "counts": {"test": rows, "test_users": len(users), "cold_users": len(users), "train": 100},
+            "models": {"a": rep(rmse_a), "b": rep(rmse_b)},
+            "per_user": {"a": frame(a_vals), "b": frame(b_vals)},
+        }
+
+    # slice 1: 2 ratings, RMSE 1; slice 2: 6 ratings, RMSE 3 -> sqrt((2 * 1 + 6 * 9) / 8) = sqrt(7)
+    pooled = pool_slices([run([1, 2], [1.0, 0.0], [0.5, 0.5], 2, 1.0, 2.0), run([3, 4, 5], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0], 6, 3.0, 1.0)], 2)
+    a = pooled["models"]["a"]
+    assert a["rmse"] == pytest.approx(7**0.5) and a["rows"] == 8 and a["users"] == 5 and a["fallback_rows"] == 2
+    assert a["mae"] == pytest.approx((2 * 0.5 + 6 * 1.5) / 8)
+    assert a["ndcg@2"] == pytest.approx(4 / 5) and pooled["models"]["b"]["ndcg@2"] == pytest.approx(1 / 5)
+    d = pooled["paired"]["a - b"]["ndcg@2"]
+    assert d["users"] == 5 and d["diff"] == pytest.approx(3 / 5)
+    assert pooled["counts"] == {"test": 8, "test_users": 5, "cold_users": 5, "slices": 2}
+    assert [s["models"]["a"]["coverage"] for s in pooled["slices"]] == [0.5, 0.5]
+    with pytest.raises(ValueError, match="overlap"):
+        pool_slices([run([1, 2], [1.0, 0.0], [0.5, 0.5], 2, 1.0, 1.0), run([2, 3], [1.0, 0.0], [0.5, 0.5], 2, 1.0, 1.0)], 2)
 
 
 def test_leak_check_fails_on_overlap(spark, data):
