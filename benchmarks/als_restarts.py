@@ -8,6 +8,8 @@ Validation only: the registered ``als`` (its tuned defaults from
 holdout (:func:`recsys_spark.tuning.holdout`, the tuning studies' split) once
 per seed; each fit's RMSE on the holdout and that of the running average of
 the fits' predictions are reported.  The u1 test part is never read.
+``als_restarts_u1_holdout.json`` was run while plain residuals were the
+``als`` default, ``als_restarts_u1_holdout_scaled.json`` with scaled ones.
 """
 
 from __future__ import annotations
@@ -32,20 +34,16 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     from pyspark.sql import functions as F
 
-    from recsys_spark import registry, stages, tuning
+    from recsys_spark import registry, tuning
     from recsys_spark.config import load_config
     from recsys_spark.logs import setup_logging
     from recsys_spark.schemas import COL_ITEM, COL_PREDICTION, COL_RATING, COL_USER
     from recsys_spark.spark import get_spark
 
     log = setup_logging("als_restarts")
-    cfg = tuning._rating_cfg(load_config(None, [f'paths.output="{args.output}"', 'dataset.kind="ml-100k"']))
+    cfg = load_config(None, [f'paths.output="{args.output}"', 'dataset.kind="ml-100k"'])
     spark = get_spark(cfg.spark, cfg.checkpoint_dir, "als restarts")
-    stages.run_ingest(spark, cfg)
-    stages.run_split(spark, cfg)
-    scale = stages.rating_scale(spark, cfg)
-    fit, valid = tuning.holdout(stages.read_split(spark, cfg, "train", fold=1))
-    fit, valid = fit.persist(), valid.persist()
+    scale, fit, valid = tuning.validation_parts(spark, cfg)
     keys = [COL_USER, COL_ITEM]
     truth = valid.select(*keys, COL_RATING).orderBy(*keys).toPandas()[COL_RATING].to_numpy()
     lo, hi = scale.lo, scale.hi

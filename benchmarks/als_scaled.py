@@ -48,20 +48,16 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
 
-    from recsys_spark import registry, stages, tuning
+    from recsys_spark import registry, tuning
     from recsys_spark.config import load_config
     from recsys_spark.logs import setup_logging
     from recsys_spark.schemas import COL_ITEM, COL_PREDICTION, COL_RATING, COL_USER
     from recsys_spark.spark import get_spark
 
     log = setup_logging("als_scaled")
-    cfg = tuning._rating_cfg(load_config(None, [f'paths.output="{args.output}"', 'dataset.kind="ml-100k"']))
+    cfg = load_config(None, [f'paths.output="{args.output}"', 'dataset.kind="ml-100k"'])
     spark = get_spark(cfg.spark, cfg.checkpoint_dir, "als scaled residuals")
-    stages.run_ingest(spark, cfg)
-    stages.run_split(spark, cfg)
-    scale = stages.rating_scale(spark, cfg)
-    fit, valid = tuning.holdout(stages.read_split(spark, cfg, "train", fold=1))
-    fit, valid = fit.persist(), valid.persist()
+    scale, fit, valid = tuning.validation_parts(spark, cfg)
     keys = [COL_USER, COL_ITEM]
     truth = valid.select(*keys, COL_RATING).orderBy(*keys).toPandas()[COL_RATING].to_numpy()
 

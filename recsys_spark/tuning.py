@@ -43,6 +43,7 @@ from recsys_spark import metrics as M
 from recsys_spark import registry, stages
 from recsys_spark.config import Config, SplitConfig
 from recsys_spark.evaluate import rating_report
+from recsys_spark.recommender import Scale
 from recsys_spark.schemas import COL_ITEM, COL_TIMESTAMP, COL_USER
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,15 @@ def holdout(train: DataFrame, ratio: float = 0.1, seed: int = 42) -> tuple[DataF
     return train.where(~bucket), train.where(bucket)
 
 
+def validation_parts(spark: SparkSession, cfg: Config, fold: int = 1, ratio: float = 0.1, seed: int = 42) -> tuple[Scale, DataFrame, DataFrame]:
+    """``(scale, fit, valid)``: the tuning protocol's data, ML-100K ``u<fold>.base`` ingested, split and held out (persisted)."""
+    cfg = _rating_cfg(cfg)
+    stages.run_ingest(spark, cfg)
+    stages.run_split(spark, cfg)
+    fit_part, valid = holdout(stages.read_split(spark, cfg, "train", fold=fold), ratio, seed)
+    return stages.rating_scale(spark, cfg), fit_part.persist(), valid.persist()
+
+
 def run_tune(spark: SparkSession, cfg: Config, model: str, n_trials: int | None = None, fold: int = 1,
              seed: int = 42, tuning_dir: Path = TUNING_DIR) -> dict[str, Any]:  # fmt: skip
     import optuna
@@ -101,11 +111,7 @@ def run_tune(spark: SparkSession, cfg: Config, model: str, n_trials: int | None 
     study_cfg = spec.get("study", {})
     n_trials = n_trials or int(study_cfg.get("n_trials", 20))
     cfg = _rating_cfg(cfg)
-    stages.run_ingest(spark, cfg)
-    stages.run_split(spark, cfg)
-    scale = stages.rating_scale(spark, cfg)
-    fit_part, valid = holdout(stages.read_split(spark, cfg, "train", fold=fold), float(study_cfg.get("valid_ratio", 0.1)), seed)
-    fit_part, valid = fit_part.persist(), valid.persist()
+    scale, fit_part, valid = validation_parts(spark, cfg, fold, float(study_cfg.get("valid_ratio", 0.1)), seed)
     log.info("tuning %s: %d fit rows, %d validation rows (from u%d.base only)", model, fit_part.count(), valid.count(), fold)
     tracker = _Tracker(cfg, model)
     metric, direction, objective = make_objective(model, spec, scale, fit_part, valid, tracker)
