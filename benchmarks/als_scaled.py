@@ -1,7 +1,9 @@
-"""Does factorizing scaled residuals (per-user and per-item z-scores) lower MLlib ALS's RMSE?
+"""Do scaled residuals (per-user and per-item z-scores) and backfitting lower MLlib ALS's RMSE?
 
     RECSYS_DATA_DIR=../shared/datasets .venv/bin/python benchmarks/als_scaled.py \
         --out benchmarks/results/als_scaled_u1_holdout.json
+    RECSYS_DATA_DIR=../shared/datasets .venv/bin/python benchmarks/als_scaled.py --grid backfit \
+        --out benchmarks/results/als_backfit_u1_holdout.json
 
 Validation only: the registered ``als`` (its defaults from
 ``conf/models/als.toml``, each row overriding some of them) is fitted on
@@ -9,7 +11,9 @@ ML-100K u1.base minus a 10% hash holdout (:func:`recsys_spark.tuning.holdout`,
 the tuning studies' split) and scored on the holdout.  The first row is ALS on
 plain baseline residuals, the others divide the residuals by the user's and
 item's damped residual scales (``scale_residuals``, see
-:mod:`recsys_spark.factorization.als`).  The u1 test part is never read.
+:mod:`recsys_spark.factorization.als`).  ``--grid backfit`` compares rounds
+of backfitting (``backfit_rounds``: the biases refitted on what the factors
+leave, then the factors on the new residuals).  The u1 test part is never read.
 """
 
 from __future__ import annotations
@@ -39,11 +43,26 @@ GRID: list[tuple[str, dict]] = [
     ("scaled, damping 5, baseline damping 10 / 5", {"scale_residuals": True, "scale_damping": 5.0, "base_reg_user": 10.0, "base_reg_item": 5.0}),
 ]
 
+BACKFIT: list[tuple[str, dict]] = [
+    ("no backfitting", {"backfit_rounds": 0}),
+    ("1 round", {"backfit_rounds": 1}),
+    ("2 rounds", {"backfit_rounds": 2}),
+    ("3 rounds", {"backfit_rounds": 3}),
+    ("2 rounds, baseline damping 2 / 2", {"backfit_rounds": 2, "base_reg_user": 2.0, "base_reg_item": 2.0}),
+    ("2 rounds, baseline damping 10 / 5", {"backfit_rounds": 2, "base_reg_user": 10.0, "base_reg_item": 5.0}),
+    ("2 rounds, reg 0.11", {"backfit_rounds": 2, "reg_param": 0.11}),
+    ("2 rounds, reg 0.14", {"backfit_rounds": 2, "reg_param": 0.14}),
+    ("2 rounds, 15 iterations", {"backfit_rounds": 2, "max_iter": 15}),
+    ("2 rounds, plain residuals", {"backfit_rounds": 2, "scale_residuals": False}),
+]
+GRIDS = {"scaled": GRID, "backfit": BACKFIT}
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--output", default="output", help="pipeline output directory (ingest / split cache)")
     ap.add_argument("--out", help="write the result as JSON here")
+    ap.add_argument("--grid", choices=sorted(GRIDS), default="scaled", help="which comparison (default: scaled)")
     args = ap.parse_args(argv)
 
     import numpy as np
@@ -62,13 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     truth = valid.select(*keys, COL_RATING).orderBy(*keys).toPandas()[COL_RATING].to_numpy()
 
     rows = []
-    for i, (label, over) in enumerate(GRID, 1):
+    grid = GRIDS[args.grid]
+    for i, (label, over) in enumerate(grid, 1):
         t0 = time.time()
         model = registry.build("als", scale, over).fit(fit)
         pred = model.predict(valid.select(*keys)).orderBy(*keys).toPandas()[COL_PREDICTION].to_numpy()
         row = {"config": label, "overrides": over, "rmse": float(np.sqrt(np.mean((pred - truth) ** 2))), "fit_s": round(time.time() - t0, 1)}
         rows.append(row)
-        log.info("[%d/%d] %s: rmse %.4f (%.0fs)", i, len(GRID), label, row["rmse"], row["fit_s"])
+        log.info("[%d/%d] %s: rmse %.4f (%.0fs)", i, len(grid), label, row["rmse"], row["fit_s"])
     result = {
         "protocol": {"dataset": "ml-100k", "fold": "u1", "valid": "10% hash holdout of the training part", "rows": int(len(truth))},
         "model": "als (conf/models/als.toml, overridden per row)",

@@ -26,6 +26,16 @@
   which every user and item speaks on the same scale; the scales are folded
   back into the factors (``s_u p_u``, ``s_i q_i``), so the model still
   predicts ``mu + b_u + b_i + p.q`` and saves, loads and ranks like any other.
+* ``backfit_rounds=n`` (with ``residuals``): the baseline and the factors are
+  fitted in turn instead of once each (backfitting): the biases are refitted
+  on what the factors leave, ``r - p.q``, then MLlib factorizes (and, with
+  ``scale_residuals``, rescales) the new biases' residuals, ``n`` times.  In
+  the two-stage fit the biases are estimated as if there were no factors
+  and never revised, so whatever part of a user's or item's mean the
+  factors would explain stays in the biases; each round is a block
+  coordinate step towards the joint fit of ``mu + b_u + b_i + p.q`` that
+  biased SGD solves.  The fallback for an unknown user or item stays the
+  first, standalone baseline.
 * Implicit feedback (``implicit_prefs=True``, Hu, Koren & Volinsky): the
   rating is the confidence ``1 + alpha * r``; the model scores preference,
   not ratings, so its rating predictions come from the bias baseline
@@ -47,7 +57,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from recsys_spark.baselines import B_I, B_U, BiasBaseline, BiasTableModel
-from recsys_spark.factorization.model import BI, BU, FACTORS, FactorModel
+from recsys_spark.factorization.model import BI, BU, FACTORS, FactorModel, dot
 from recsys_spark.recommender import Recommender, Scale, as_predictions, as_topn, clip
 from recsys_spark.schemas import (
     COL_ITEM,
@@ -151,6 +161,7 @@ class ALS(Recommender):
     base_reg_item: float = 10.0
     scale_residuals: bool = False  # factorize residual / (s_u * s_i), the user's and item's damped residual scales
     scale_damping: float = 5.0  # k in s = sqrt((sum e^2 + k g) / (n + k) / g): n ratings, g the mean e^2
+    backfit_rounds: int = 0  # refit the biases on r - p.q and the factors on the new residuals, this many times
     seed: int = 42
     scale: Scale = None  # type: ignore[assignment]
     name: str = "als"
@@ -176,6 +187,8 @@ class ALS(Recommender):
             raise ValueError(f"{self.name}: scale_residuals=True scales the baseline's residuals; set residuals=True")
         if self.scale_damping <= 0:
             raise ValueError(f"{self.name}: scale_damping must be > 0 (it keeps a one-rating user's scale finite)")
+        if self.backfit_rounds < 0 or (self.backfit_rounds and not self.residuals):
+            raise ValueError(f"{self.name}: backfit_rounds must be >= 0 and needs residuals=True (it refits the residuals' baseline)")
         spark = train.sparkSession
         sc = spark.sparkContext
         if not sc.getCheckpointDir():  # checkpointInterval is silently ignored without one
@@ -186,35 +199,55 @@ class ALS(Recommender):
             F.col(COL_USER).cast("int"), F.col(COL_ITEM).cast("int"), F.col(COL_RATING).cast("float")
         ).persist(StorageLevel.MEMORY_AND_DISK)
         base = BiasBaseline(reg_user=self.base_reg_user, reg_item=self.base_reg_item, scale=self.scale or Scale(), name=self.name).fit(ratings)
-        mu = 0.0
-        if self.residuals:
+        if not self.residuals:
+            mllib = self.estimator().fit(ratings)
+            uf, itf = _factor_tables(mllib)
+            uf = uf.select(COL_USER, F.lit(0.0).alias(BU), FACTORS)
+            itf = itf.select(COL_ITEM, F.lit(0.0).alias(BI), FACTORS)
+            mu = 0.0
+        else:
             if self.implicit_prefs or self.nonnegative:
                 raise ValueError(f"{self.name}: residuals=True is for explicit, signed factors only")
-            mu = base.mu
-            data = ratings.join(base.user_bias, COL_USER).join(base.item_bias, COL_ITEM).select(
-                COL_USER, COL_ITEM, (F.col(COL_RATING) - F.lit(mu) - F.col(B_U) - F.col(B_I)).cast("float").alias(COL_RATING)
-            )
-            if self.scale_residuals:
-                data, user_scale, item_scale = self._scaled(data)
-            data = data.persist(StorageLevel.MEMORY_AND_DISK)  # deterministic input for MLlib
-        else:
-            data = ratings
+            biases: BiasTableModel = base
+            data = None
+            for rnd in range(self.backfit_rounds + 1):
+                if rnd:  # backfitting: the biases again, on what the factors leave (r - p.q)
+                    # the factor tables materialized first: small, and a plan that joins the persisted
+                    # ratings with tables derived from them again trips Spark's cache substitution
+                    p = uf.select(COL_USER, F.col(FACTORS).alias("_p")).localCheckpoint()
+                    q = itf.select(COL_ITEM, F.col(FACTORS).alias("_q")).localCheckpoint()
+                    rest = ratings.join(p, COL_USER).join(q, COL_ITEM).select(
+                        COL_USER, COL_ITEM, (F.col(COL_RATING) - dot(F.col("_p"), F.col("_q"))).alias(COL_RATING)
+                    )
+                    biases = BiasBaseline(reg_user=self.base_reg_user, reg_item=self.base_reg_item, scale=base.scale, name=self.name).fit(rest)
+                    data.unpersist()
+                    log.info("%s: backfit round %d/%d (biases refitted on r - p.q)", self.name, rnd, self.backfit_rounds)
+                mllib, uf, itf, data = self._factorize(ratings, biases)
+            mu = biases.mu
+        info = {"rank": self.rank, "method": "mllib_als", "max_iter": self.max_iter, "reg_param": self.reg_param,
+                "implicit_prefs": self.implicit_prefs, "alpha": self.alpha, "nonnegative": self.nonnegative,
+                "residuals": self.residuals, "scale_residuals": self.scale_residuals,
+                "backfit_rounds": self.backfit_rounds}  # fmt: skip
+        return ALSFactorModel(self.name, mu, uf, itf, base, None, None, info, self.name, mllib=mllib, implicit=self.implicit_prefs)
+
+    def _factorize(self, ratings: DataFrame, biases: BiasTableModel) -> tuple[ALSModel, DataFrame, DataFrame, DataFrame]:
+        """MLlib on ``r - (mu + b_u + b_i)`` (scaled if asked): the model, the factor tables with the biases, its input."""
+        mu = biases.mu
+        data = ratings.join(biases.user_bias, COL_USER).join(biases.item_bias, COL_ITEM).select(
+            COL_USER, COL_ITEM, (F.col(COL_RATING) - F.lit(mu) - F.col(B_U) - F.col(B_I)).cast("float").alias(COL_RATING)
+        )
+        if self.scale_residuals:
+            data, user_scale, item_scale = self._scaled(data)
+        data = data.persist(StorageLevel.MEMORY_AND_DISK)  # deterministic input for MLlib
         mllib = self.estimator().fit(data)
-        uf = mllib.userFactors.select(F.col("id").alias(COL_USER), F.col("features").cast("array<double>").alias(FACTORS))
-        itf = mllib.itemFactors.select(F.col("id").alias(COL_ITEM), F.col("features").cast("array<double>").alias(FACTORS))
+        uf, itf = _factor_tables(mllib)
         if self.scale_residuals:  # s_u p_u . s_i q_i = s_u s_i p.q: the z-scores back on the rating scale
             uf = uf.join(user_scale, COL_USER).select(COL_USER, F.transform(FACTORS, lambda x: x * F.col(_SCALE)).alias(FACTORS))
             itf = itf.join(item_scale, COL_ITEM).select(COL_ITEM, F.transform(FACTORS, lambda x: x * F.col(_SCALE)).alias(FACTORS))
-        if self.residuals:  # the baseline's biases go into the factor tables: mu + b_u + b_i + p.q
-            uf = uf.join(base.user_bias, COL_USER).select(COL_USER, F.col(B_U).alias(BU), FACTORS)
-            itf = itf.join(base.item_bias, COL_ITEM).select(COL_ITEM, F.col(B_I).alias(BI), FACTORS)
-        else:
-            uf = uf.select(COL_USER, F.lit(0.0).alias(BU), FACTORS)
-            itf = itf.select(COL_ITEM, F.lit(0.0).alias(BI), FACTORS)
-        info = {"rank": self.rank, "method": "mllib_als", "max_iter": self.max_iter, "reg_param": self.reg_param,
-                "implicit_prefs": self.implicit_prefs, "alpha": self.alpha, "nonnegative": self.nonnegative,
-                "residuals": self.residuals, "scale_residuals": self.scale_residuals}  # fmt: skip
-        return ALSFactorModel(self.name, mu, uf, itf, base, None, None, info, self.name, mllib=mllib, implicit=self.implicit_prefs)
+        # the biases go into the factor tables: mu + b_u + b_i + p.q
+        uf = uf.join(biases.user_bias, COL_USER).select(COL_USER, F.col(B_U).alias(BU), FACTORS)
+        itf = itf.join(biases.item_bias, COL_ITEM).select(COL_ITEM, F.col(B_I).alias(BI), FACTORS)
+        return mllib, uf, itf, data
 
     def _scaled(self, res: DataFrame) -> tuple[DataFrame, DataFrame, DataFrame]:
         """``res`` with each residual divided by ``s_u * s_i``, and the per-user and per-item scale tables."""
@@ -234,3 +267,9 @@ class ALS(Recommender):
         )
         return out, user_scale, item_scale
 
+
+def _factor_tables(mllib: ALSModel) -> tuple[DataFrame, DataFrame]:
+    """MLlib's user and item factors as ``(id, factors array<double>)`` tables."""
+    uf = mllib.userFactors.select(F.col("id").alias(COL_USER), F.col("features").cast("array<double>").alias(FACTORS))
+    itf = mllib.itemFactors.select(F.col("id").alias(COL_ITEM), F.col("features").cast("array<double>").alias(FACTORS))
+    return uf, itf

@@ -489,6 +489,37 @@ def test_als_scaled_residuals_factor_z_scores_and_fold_the_scales_back(spark):
         ALS(rank=2, residuals=True, scale_residuals=True, scale_damping=0.0).fit(df)
 
 
+def test_als_backfit_refits_the_biases_on_what_the_factors_leave(spark):
+    """Round 1's biases are the baseline fitted on r - p.q of round 0's factors (the model without backfitting, same seed)."""
+    df = spark.createDataFrame(TRAIN, RATINGS_SCHEMA)
+    kw = {"rank": 2, "max_iter": 3, "residuals": True, "scale_residuals": True, "base_reg_user": 2.0, "base_reg_item": 1.0, "scale": Scale(0.5, 5)}
+    m0 = ALS(**kw).fit(df)
+    m1 = ALS(**kw, backfit_rounds=1).fit(df)
+    p0 = {r["user_idx"]: np.array(r["factors"]) for r in m0.user_factors.collect()}
+    q0 = {r["item_idx"]: np.array(r["factors"]) for r in m0.item_factors.collect()}
+    rest = [(u, i, float(r - p0[u] @ q0[i]), t) for u, i, r, t in TRAIN]
+    want = BiasBaseline(reg_user=2.0, reg_item=1.0, scale=Scale(0.5, 5)).fit(spark.createDataFrame(rest, RATINGS_SCHEMA))
+    assert m1.mu == pytest.approx(want.mu) and m1.mu != pytest.approx(m0.mu)  # the mean of r - p.q, not of r
+    wu = {r[0]: r[1] for r in want.user_bias.collect()}
+    assert {r["user_idx"]: r["b_u"] for r in m1.user_factors.collect()} == pytest.approx(wu)
+    assert {r["item_idx"]: r["b_i"] for r in m1.item_factors.collect()} == pytest.approx({r[0]: r[1] for r in want.item_bias.collect()})
+    assert {r["user_idx"]: r["b_u"] for r in m0.user_factors.collect()} != pytest.approx(wu)
+    # the fallback for unknown users and items stays the standalone baseline on r
+    assert m1.base.mu == pytest.approx(m0.base.mu)
+    assert dict(m1.base.user_bias.collect()) == pytest.approx(dict(m0.base.user_bias.collect()))
+    assert m1.info["backfit_rounds"] == 1
+    # predictions combine the refitted biases with round 1's factors
+    p1 = {r["user_idx"]: (r["b_u"], np.array(r["factors"])) for r in m1.user_factors.collect()}
+    q1 = {r["item_idx"]: (r["b_i"], np.array(r["factors"])) for r in m1.item_factors.collect()}
+    got = {(r["user_idx"], r["item_idx"]): r["prediction"] for r in m1.predict(df.select("user_idx", "item_idx")).collect()}
+    for u, i, *_ in TRAIN:
+        assert got[(u, i)] == pytest.approx(np.clip(m1.mu + p1[u][0] + q1[i][0] + float(p1[u][1] @ q1[i][1]), 0.5, 5), abs=1e-6)
+    with pytest.raises(ValueError, match="backfit_rounds"):
+        ALS(rank=2, backfit_rounds=1).fit(df)
+    with pytest.raises(ValueError, match="backfit_rounds"):
+        ALS(rank=2, residuals=True, backfit_rounds=-1).fit(df)
+
+
 class TestALSResiduals(_FastContract):
     def make(self):
         return ALS(rank=2, max_iter=3, residuals=True, scale=self.scale, name="als")
@@ -497,6 +528,11 @@ class TestALSResiduals(_FastContract):
 class TestALSScaledResiduals(_FastContract):
     def make(self):
         return ALS(rank=2, max_iter=3, residuals=True, scale_residuals=True, scale=self.scale, name="als")
+
+
+class TestALSBackfit(_FastContract):
+    def make(self):
+        return ALS(rank=2, max_iter=3, residuals=True, scale_residuals=True, backfit_rounds=1, scale=self.scale, name="als")
 
 
 def test_convergence_curve_keeps_the_iterate_where_the_bold_driver_rejected_a_point():
