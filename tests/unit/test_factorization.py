@@ -525,12 +525,9 @@ class TestALSResiduals(_FastContract):
         return ALS(rank=2, max_iter=3, residuals=True, scale=self.scale, name="als")
 
 
-class TestALSScaledResiduals(_FastContract):
-    def make(self):
-        return ALS(rank=2, max_iter=3, residuals=True, scale_residuals=True, scale=self.scale, name="als")
-
-
 class TestALSBackfit(_FastContract):
+    """The ``als`` default's path (scaled residuals, backfitted); its first round is the scaled-residual fit."""
+
     def make(self):
         return ALS(rank=2, max_iter=3, residuals=True, scale_residuals=True, backfit_rounds=1, scale=self.scale, name="als")
 
