@@ -50,6 +50,12 @@ Similarity, profiles and scores
   ``cos(profile, item)`` plus ``prior`` times the item's normalised log
   popularity (0 turns it off).  ``features="hybrid"`` appends collaborative
   item vectors (:func:`collaborative_vectors`) to the content vectors.
+* With ``segments`` (user attributes from the users table: ``age``,
+  ``gender``, ``occupation``; :func:`user_segments`) the popularity is the
+  user's segment's, shrunk towards the global one (:func:`segment_prior`):
+  what a new user's age says about what they will rate, where their few
+  ratings' features say little.  Users with an attribute unknown, and
+  datasets without it, get the global prior.
 
 Cold start, explanations
 ------------------------
@@ -90,11 +96,15 @@ from recsys_spark.recommender import (
     topk_from_item_scores,
 )
 from recsys_spark.schemas import (
+    COL_AGE,
+    COL_GENDER,
     COL_GENRES,
     COL_ITEM,
+    COL_OCCUPATION,
     COL_RANK,
     COL_RATING,
     COL_SCORE,
+    COL_SEGMENT,
     COL_SOURCE,
     COL_TAG,
     COL_TIMESTAMP,
@@ -397,23 +407,26 @@ def _csr(rows: list[Any], dim: int) -> Any:
     return sparse.csr_matrix((val, idx, indptr), shape=(len(rows), dim))
 
 
-def _blocks(rows: DataFrame, key: str, n_blocks: int, extra: str, out: str) -> DataFrame:
-    """One row per block (``key mod n_blocks``): ``out`` = the block's rows ``(k, indices, values, extra)`` sorted by key."""
+def _blocks(rows: DataFrame, key: str, n_blocks: int, extra: list[str], out: str) -> DataFrame:
+    """One row per block (``key mod n_blocks``): ``out`` = the block's rows ``(k, indices, values, *extra)`` sorted by key."""
     rows = rows.withColumn("_b", F.pmod(F.col(key), F.lit(n_blocks)))
-    return rows.groupBy("_b").agg(F.sort_array(F.collect_list(F.struct(F.col(key).alias("k"), IDX, VAL, extra))).alias(out)).drop("_b")
+    return rows.groupBy("_b").agg(F.sort_array(F.collect_list(F.struct(F.col(key).alias("k"), IDX, VAL, *extra))).alias(out)).drop("_b")
 
 
 def sparse_topk(
     left: DataFrame, items: DataFrame, k: int, dim: int, *, left_key: str = COL_USER, exclude: DataFrame | None = None,
     exclude_self: bool = False, prior: DataFrame | None = None, prior_weight: float = 0.0, min_score: float | None = None,
-    support: bool = False, left_block: int = 1024, item_block: int = 4096,
+    support: bool = False, left_block: int = 1024, item_block: int = 4096, left_group: str | None = None,
 ) -> DataFrame:  # fmt: skip
     """Each left row's best ``k`` items by ``left . item (+ prior_weight * prior)``: ``(left_key, item_idx, score[, support], rank)``.
 
     ``left``: ``(left_key, indices, values)``; ``items``: ``(item_idx, indices,
     values)``; ``exclude``: ``(left_key, item_idx)`` pairs never returned (seen
     items); ``exclude_self`` drops ``item == key`` (item-item);  ``prior``:
-    ``(item_idx, prior)``; ``min_score`` keeps only larger scores;
+    ``(item_idx, prior)``, or with ``left_group`` (a small non-negative int
+    column of ``left``, null read as 0) ``(group, item_idx, prior)``: each
+    left row adds its group's prior (0 where its group has none for the
+    item); ``min_score`` keeps only larger scores;
     ``support`` adds the count of shared non-zero features.  Blocks of rows and
     items meet in one task each (a scipy sparse product); only each task's
     partial top-k is shuffled, and one window makes the result exact (ties by
@@ -428,22 +441,27 @@ def sparse_topk(
         return left.sparkSession.createDataFrame([], f"{schema}, {COL_RANK} int")
     n_lb = max(1, math.ceil(n_left / left_block))
     n_ib = max(1, math.ceil(n_items / item_block))
-    lrows = left.select(left_key, IDX, VAL)
+    lrows = left.select(left_key, IDX, VAL, (F.coalesce(F.col(left_group), F.lit(0)) if left_group else F.lit(0)).cast("int").alias("_g"))
     if exclude is not None:
         ex = exclude.groupBy(left_key).agg(F.collect_list(COL_ITEM).alias("_x"))
         lrows = lrows.join(ex, left_key, "left")
     else:
         lrows = lrows.withColumn("_x", F.lit(None).cast("array<int>"))
     lrows = lrows.withColumn("_x", F.coalesce("_x", F.array().cast("array<int>")))
-    u = _blocks(lrows, left_key, n_lb, "_x", "_l")
+    u = _blocks(lrows, left_key, n_lb, ["_x", "_g"], "_l")
     irows = items.select(COL_ITEM, IDX, VAL)
-    irows = (
-        irows.join(prior.select(COL_ITEM, F.col(prior.columns[1]).alias("_p")), COL_ITEM, "left")
-        if prior is not None
-        else irows.withColumn("_p", F.lit(0.0))
-    )
-    irows = irows.withColumn("_p", F.coalesce("_p", F.lit(0.0)).cast("double"))
-    i = _blocks(irows, COL_ITEM, n_ib, "_p", "_i")
+    if prior is None:
+        irows = irows.withColumn("_p", F.array(F.lit(0.0)))
+    elif left_group is None:  # one prior for every row: group 0
+        p = prior.select(COL_ITEM, F.col(prior.columns[1]).cast("double").alias("_v"))
+        irows = irows.join(p, COL_ITEM, "left").withColumn("_p", F.array(F.coalesce("_v", F.lit(0.0)))).drop("_v")
+    else:  # per item, a dense array of its prior in every group 0..G-1
+        grp, val = [c for c in prior.columns if c != COL_ITEM][:2]
+        n_groups = int(prior.agg(F.max(grp)).first()[0] or 0) + 1
+        p = prior.groupBy(COL_ITEM).agg(F.map_from_arrays(F.collect_list(F.col(grp).cast("int")), F.collect_list(F.col(val).cast("double"))).alias("_m"))
+        dense = F.transform(F.sequence(F.lit(0), F.lit(n_groups - 1)), lambda g: F.coalesce(F.element_at(F.col("_m"), g), F.lit(0.0)))
+        irows = irows.join(p, COL_ITEM, "left").withColumn("_p", F.when(F.col("_m").isNull(), F.array_repeat(F.lit(0.0), n_groups)).otherwise(dense)).drop("_m")
+    i = _blocks(irows, COL_ITEM, n_ib, ["_p"], "_i")
     pairs = u.crossJoin(i).repartition(max(1, min(n_lb * n_ib, 200)))
     pw, floor = float(prior_weight), min_score
 
@@ -453,7 +471,11 @@ def sparse_topk(
         L, R = _csr(ls, dim), _csr(its, dim)
         S = np.asarray((L @ R.T).todense(), dtype=np.float64)
         if pw:
-            S += pw * np.array([r["_p"] for r in its])[None, :]
+            P = np.array([r["_p"] for r in its], dtype=np.float64).reshape(len(its), -1)  # item x group
+            G = P.shape[1]
+            g = np.array([r["_g"] for r in ls], dtype=np.int64)
+            P = np.hstack([P, np.zeros((len(its), 1))])  # a group without a prior adds 0
+            S += pw * P[:, np.where((g >= 0) & (g < G), g, G)].T
         for row, r in enumerate(ls):
             x = np.asarray(r["_x"], dtype=np.int64)
             if exclude_self:
@@ -693,28 +715,93 @@ def popularity_prior(ratings: DataFrame) -> DataFrame:
     )
 
 
+SEGMENT_ATTRIBUTES = ("gender", "age", "occupation")
+DEFAULT_AGE_EDGES = (18, 25, 35, 45, 56)  # the age groups MovieLens 1M asks for: under 18, 18-24, ..., 56+
+SEGMENTS_SCHEMA = T.StructType([T.StructField(COL_USER, T.IntegerType(), False), T.StructField(COL_SEGMENT, T.IntegerType(), False)])
+
+
+def user_segments(users: DataFrame, attributes: list[str], age_edges: tuple[int, ...] | list[int] = DEFAULT_AGE_EDGES) -> DataFrame:
+    """``(user_idx, segment)``: users equal in every one of ``attributes`` share a segment id 1..S.
+
+    ``users`` is the ingested users table (USERS_SCHEMA); ``attributes`` are
+    among ``gender``, ``age`` (binned at ``age_edges``: ``age < e_0`` is bin 0,
+    ``e_0 <= age < e_1`` bin 1, ...) and ``occupation``.  A user with any of
+    them unknown gets segment 0: the global prior.  Ids follow the sorted
+    segment keys, so they are stable for a given users table.
+    """
+    bad = sorted(set(attributes) - set(SEGMENT_ATTRIBUTES))
+    if bad or not attributes:
+        raise ValueError(f"segments must be a non-empty list drawn from {list(SEGMENT_ATTRIBUTES)}, got {attributes!r}")
+    parts = []
+    for a in attributes:
+        if a == "age":
+            age = F.col(COL_AGE)
+            b = sum((F.when(age >= int(e), 1).otherwise(0) for e in sorted(age_edges)), F.lit(0))
+            parts.append(F.when(age.isNotNull(), F.format_string("%02d", b)))
+        elif a == "gender":
+            parts.append(F.nullif(F.upper(F.trim(F.col(COL_GENDER))), F.lit("")))
+        else:
+            parts.append(F.nullif(F.lower(F.trim(F.col(COL_OCCUPATION))), F.lit("")))
+    unknown = F.lit(False)
+    for c in parts:
+        unknown = unknown | c.isNull()
+    keyed = users.select(COL_USER, F.when(~unknown, F.concat_ws("|", *parts)).alias("_k"))
+    keys = sorted(r[0] for r in keyed.where(F.col("_k").isNotNull()).select("_k").distinct().collect())
+    ids = F.create_map(*[x for j, key in enumerate(keys) for x in (F.lit(key), F.lit(j + 1))]) if keys else None
+    seg = F.coalesce(ids[F.col("_k")], F.lit(0)) if ids is not None else F.lit(0)
+    return keyed.select(F.col(COL_USER).cast("int").alias(COL_USER), seg.cast("int").alias(COL_SEGMENT))
+
+
+def segment_prior(ratings: DataFrame, segments: DataFrame | None, shrink: float) -> DataFrame:
+    """``(segment, item_idx, prior)``: segment 0 is :func:`popularity_prior`; segment ``s > 0`` puts in
+    ``n_j`` the segment's own count, scaled to the whole and shrunk towards the global shares:
+    ``n_j(s) = N (n_sj + m n_j / N) / (N_s + m)`` (``N``, ``N_s`` the ratings in all and in the segment,
+    ``m = shrink`` ratings' worth of the global shares), on the same ``log(1 + n) / log(1 + max n)`` scale.
+    A segment without ratings (with ``m = 0``) gets the global prior."""
+    n = ratings.groupBy(COL_ITEM).agg(F.count("*").alias("_n"))
+    tot = n.agg(F.sum("_n").alias("_tot"), F.max("_n").alias("_m"))
+    n = n.crossJoin(F.broadcast(tot)).localCheckpoint()  # (item_idx, _n, _tot, _m); materialized: read twice below
+    scale = F.log1p(F.greatest("_m", F.lit(1)))
+    glob = n.select(F.lit(0).alias(COL_SEGMENT), COL_ITEM, (F.log1p("_n") / scale).alias("prior"))
+    if segments is None:
+        return glob
+    seg = segments.where(F.col(COL_SEGMENT) > 0)
+    rs = ratings.select(COL_USER, COL_ITEM).join(seg, COL_USER)
+    nsj = rs.groupBy(COL_SEGMENT, COL_ITEM).agg(F.count("*").alias("_seg_n"))
+    ns = rs.groupBy(COL_SEGMENT).agg(F.count("*").alias("_seg_tot"))
+    m = F.lit(float(shrink))
+    grid = (
+        seg.select(COL_SEGMENT).distinct().crossJoin(n)
+        .join(nsj, [COL_SEGMENT, COL_ITEM], "left").join(ns, COL_SEGMENT, "left")
+        .fillna(0, ["_seg_n", "_seg_tot"])
+    )  # fmt: skip
+    eff = F.when(F.col("_seg_tot") + m > 0, F.col("_tot") * (F.col("_seg_n") + m * F.col("_n") / F.col("_tot")) / (F.col("_seg_tot") + m)).otherwise(F.col("_n"))
+    return glob.unionByName(grid.select(COL_SEGMENT, COL_ITEM, (F.log1p(eff) / scale).alias("prior")))
+
+
 # -- the recommender -------------------------------------------------------------------------
 
 
 @dataclass
 class SideData:
-    """Item side tables a content model needs: ``items`` (ITEMS_SCHEMA) and optional ``tags``."""
+    """Side tables a content model reads: ``items`` (ITEMS_SCHEMA), optional ``tags`` and ``users``."""
 
     items: DataFrame
     tags: DataFrame | None = None
+    users: DataFrame | None = None  # USERS_SCHEMA: demographics for segment priors, where the dataset has them
 
 
 class ContentModel(RecommenderModel):
     ranks_new_items: ClassVar[bool] = True
     STATE_KEYS: ClassVar[tuple[str, ...]] = (
         "vectors", "vocabulary", "neighbors", "ratings", "user_bias", "item_bias", "item_score", "seen",
-        "profile_sums", "profile_counts", "prior",
+        "profile_sums", "profile_counts", "prior", "user_segments",
     )  # fmt: skip
 
     def __init__(
         self, name: str, params: dict[str, Any], vectors: DataFrame, vocabulary: DataFrame, neighbors: DataFrame,
         ratings: DataFrame, base: BiasTableModel, sums: DataFrame, counts: DataFrame, prior: DataFrame,
-        pipeline: PipelineModel | None = None,
+        segments: DataFrame, pipeline: PipelineModel | None = None,
     ) -> None:  # fmt: skip
         self.name = name
         self.params = params
@@ -724,7 +811,8 @@ class ContentModel(RecommenderModel):
         self.ratings = ratings
         self.base = base
         self.sums, self.counts = sums, counts
-        self.prior = prior  # (item_idx, prior)
+        self.prior = prior  # (segment, item_idx, prior): segment 0 the global popularity prior
+        self.segments = segments  # (user_idx, segment): empty without segment priors
         self.pipeline = pipeline
         self._knn = KNNModel(
             name, {**params, "user_based": False, "centering": "baseline"}, neighbors, ratings, base
@@ -756,9 +844,11 @@ class ContentModel(RecommenderModel):
     def recommend(self, users: DataFrame, k: int = 10, items: DataFrame | None = None) -> DataFrame:
         """Top-``k`` unseen items by ``cos(profile, item) + prior * popularity``.
 
-        Candidates: the training items (the top-N protocol's), or ``items``
-        (``item_idx``), e.g. new items nobody rated yet.  A user without a
-        profile gets the prior's order (popularity).
+        ``popularity`` is the user's segment prior where the model has
+        segments (the global one for a user outside them).  Candidates: the
+        training items (the top-N protocol's), or ``items`` (``item_idx``),
+        e.g. new items nobody rated yet.  A user without a profile gets the
+        prior's order (popularity; their segment's where they have one).
         """
         u = users.select(COL_USER).distinct()
         cand = (
@@ -771,20 +861,30 @@ class ContentModel(RecommenderModel):
         prof = self.profiles(u)
         seen = self.ratings.select(COL_USER, COL_ITEM)
         pw = float(self.params["prior"])
+        segmented = bool(self.params.get("segments"))
+        prior = self.prior if segmented else self.prior.where(F.col(COL_SEGMENT) == 0).drop(COL_SEGMENT)
+        group = COL_SEGMENT if segmented else None
         top = sparse_topk(
-            prof,
+            prof.join(self.segments, COL_USER, "left") if segmented else prof,
             cand,
             k,
             self.dim,
             exclude=seen.join(u, COL_USER),
-            prior=self.prior,
+            prior=prior,
             prior_weight=pw,
+            left_group=group,
         )
         known = as_topn(top, self.name)
         unknown = u.join(prof.select(COL_USER), COL_USER, "left_anti")
+        if segmented:  # no profile: the segment's prior alone
+            empty = unknown.join(self.segments, COL_USER, "left").select(
+                COL_USER, COL_SEGMENT, F.array().cast("array<int>").alias(IDX), F.array().cast("array<double>").alias(VAL)
+            )
+            top = sparse_topk(empty, cand, k, self.dim, exclude=seen.join(unknown, COL_USER), prior=prior, prior_weight=1.0, left_group=group)
+            return known.unionByName(as_topn(top, self.name))
         cand_prior = (
             cand.select(COL_ITEM)
-            .join(self.prior, COL_ITEM, "left")
+            .join(prior, COL_ITEM, "left")
             .select(COL_ITEM, F.coalesce("prior", F.lit(0.0)).alias(COL_SCORE))
         )
         return known.unionByName(topk_from_item_scores(unknown, cand_prior, seen, k, self.name))
@@ -810,6 +910,7 @@ class ContentModel(RecommenderModel):
             sums,
             counts,
             self.prior,
+            self.segments,
             self.pipeline,
         )
 
@@ -818,6 +919,7 @@ class ContentModel(RecommenderModel):
         return {
             "vectors": self.vectors, "vocabulary": self.vocabulary, "neighbors": self.neighbors, "ratings": self.ratings,
             **self.base._state(), "profile_sums": self.sums, "profile_counts": self.counts, "prior": self.prior,
+            "user_segments": self.segments,
         }  # fmt: skip
 
     def _params(self) -> dict[str, Any]:
@@ -843,7 +945,7 @@ class ContentModel(RecommenderModel):
         p = params["params"]
         return cls(
             p["name"], p, state["vectors"], state["vocabulary"], state["neighbors"], state["ratings"], base,
-            state["profile_sums"], state["profile_counts"], state["prior"],
+            state["profile_sums"], state["profile_counts"], state["prior"], state["user_segments"],
         )  # fmt: skip
 
 
@@ -865,6 +967,9 @@ class ContentBased(Recommender):
     damping: float = 1.0
     weighting: Weighting = "centred"
     prior: float = 0.0  # top-N: weight of the popularity prior added to the profile cosine
+    segments: list[str] = field(default_factory=list)  # user attributes whose segments get their own prior (users table)
+    age_edges: list[int] = field(default_factory=lambda: list(DEFAULT_AGE_EDGES))
+    segment_shrink: float = 100.0  # ratings' worth of the global shares a segment's prior is shrunk towards
     reg_user: float = 15.0
     reg_item: float = 10.0
     scale: Scale = None  # type: ignore[assignment]
@@ -918,14 +1023,28 @@ class ContentBased(Recommender):
         sums, counts = profile_sums(
             ratings.select(COL_USER, COL_ITEM, COL_RATING), to_long(vectors)
         )
+        segments = None
+        if self.segments:
+            if self.side.users is None:
+                log.warning("%s: segments %s asked for but no users table given: every user gets the global prior", self.name, self.segments)
+            else:
+                segments = user_segments(self.side.users, self.segments, self.age_edges).localCheckpoint()
+                n_seg = segments.where(F.col(COL_SEGMENT) > 0).select(COL_SEGMENT).distinct().count()
+                log.info("%s: %d user segments by %s (segment 0, the global prior: %d users)", self.name, n_seg, "/".join(self.segments),
+                         segments.where(F.col(COL_SEGMENT) == 0).count())  # fmt: skip
+                if n_seg == 0:  # e.g. ml-latest-small: no ages; the plain global prior, as without segments
+                    segments = None
         params = {
             "name": self.name, "k": self.k, "min_k": self.min_k, "damping": self.damping, "similarity": f"{self.features}_cosine",
             "weighting": self.weighting, "prior": self.prior, "dim": dim, "groups": feats.groups, "weights": feats.weights,
-            "features": self.features,
+            "features": self.features, "segments": list(self.segments) if segments is not None else [],
+            "age_edges": list(self.age_edges), "segment_shrink": self.segment_shrink,
         }  # fmt: skip
+        spark = ratings.sparkSession
         return ContentModel(
             self.name, params, vectors, feats.vocabulary, nb, ratings, base, sums.localCheckpoint(), counts.localCheckpoint(),
-            popularity_prior(ratings).localCheckpoint(), feats.pipeline,
+            segment_prior(ratings, segments, self.segment_shrink).localCheckpoint(),
+            segments if segments is not None else spark.createDataFrame([], SEGMENTS_SCHEMA), feats.pipeline,
         )  # fmt: skip
 
 

@@ -32,6 +32,7 @@ COL_GENDER = "gender"
 COL_AGE = "age"
 COL_OCCUPATION = "occupation"
 COL_ZIP = "zip"
+COL_SEGMENT = "segment"  # a user segment id (content priors by demographics)
 
 # quarantine / provenance
 COL_TABLE = "table"

@@ -193,9 +193,13 @@ def read_ingested(spark: SparkSession, cfg: Config, table: str = RATINGS) -> Dat
 
 
 def side_data(spark: SparkSession, cfg: Config) -> SideData:
-    """The item side tables content models read: ``items`` and, where the dataset has them, ``tags``."""
-    tags_path = cfg.stage_path("ingest", "tags")
-    return SideData(read_ingested(spark, cfg, "items"), spark.read.parquet(tags_path) if fs.exists(spark, tags_path) else None)
+    """The side tables content models read: ``items`` and, where the dataset has them, ``tags`` and ``users``."""
+    tags_path, users_path = cfg.stage_path("ingest", "tags"), cfg.stage_path("ingest", "users")
+    return SideData(
+        read_ingested(spark, cfg, "items"),
+        spark.read.parquet(tags_path) if fs.exists(spark, tags_path) else None,
+        spark.read.parquet(users_path) if fs.exists(spark, users_path) else None,
+    )
 
 
 # -- split -----------------------------------------------------------------------

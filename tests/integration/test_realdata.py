@@ -5,10 +5,13 @@ The shared copies carry a few rating rows that refer to users/items absent
 from the dataset's own tables; ingest quarantines them with that reason.
 """
 
+from collections import Counter
+
 import pytest
 from pyspark.sql import functions as F
 
 from recsys_spark.config import load_config
+from recsys_spark.content import user_segments
 from recsys_spark.stages import run_ingest, run_split
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
@@ -40,6 +43,11 @@ def test_ml100k_counts_and_folds(spark, movielens_dir, out):
     assert sorted(toy["genres"]) == ["Animation", "Children's", "Comedy"]
     users = spark.read.parquet(c.stage_path("ingest", "users"))
     assert users.where(F.col("age").isNull()).count() == 0
+    # the content prior's age groups (<18, 18-24, 25-34, 35-44, 45-55, 56+) against u.user read line by line
+    raw = (movielens_dir / "ml-100k" / "u.user").read_text(encoding="latin-1").splitlines()
+    by_hand = Counter(1 + sum(int(line.split("|")[1]) >= e for e in (18, 25, 35, 45, 56)) for line in raw if line)
+    got = {r["segment"]: r["count"] for r in user_segments(users, ["age"]).groupBy("segment").count().collect()}
+    assert got == dict(by_hand) and sum(got.values()) == 943
 
     folds = run_split(spark, c)["counts"]
     for k in range(1, 6):
@@ -57,6 +65,8 @@ def test_ml_latest_small_counts(spark, movielens_dir, out):
     r = m["tables"]["ratings"]
     assert r["quarantined"] == 1 and r["reasons"] == {"unknown item": 1}
     assert m["tables"]["tags"]["kept"] == 3_683
+    users = spark.read.parquet(c.stage_path("ingest", "users"))  # no users file: no ages, every user on the global prior
+    assert [tuple(r) for r in user_segments(users, ["age"]).groupBy("segment").count().collect()] == [(0, 610)]
     ratings = spark.read.parquet(c.stage_path("ingest", "ratings"))
     stats = ratings.agg(F.min("rating"), F.max("rating"), F.max("user_idx"), F.max("item_idx")).first()
     assert tuple(stats) == (0.5, 5.0, 609, 9_741)

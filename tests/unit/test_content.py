@@ -20,11 +20,13 @@ from recsys_spark.content import (
     normalize_tag,
     profile_sums,
     profile_vectors,
+    segment_prior,
     sparse_topk,
     to_long,
     update_profile_sums,
+    user_segments,
 )
-from recsys_spark.schemas import ITEMS_SCHEMA, RATINGS_SCHEMA, TAGS_SCHEMA
+from recsys_spark.schemas import ITEMS_SCHEMA, RATINGS_SCHEMA, TAGS_SCHEMA, USERS_SCHEMA
 from tests.contract.model_contract import TRAIN, ClassScopedContract
 
 ITEMS = [
@@ -188,6 +190,95 @@ def test_sparse_topk_matches_brute_force(spark):
     for u in range(n_l):
         order = sorted(range(n_i), key=lambda i: (-S[u, i], i))[:k]
         assert by_user[u] == order
+
+
+def test_sparse_topk_adds_each_rows_group_prior(spark):
+    rng = np.random.default_rng(1)
+    dim, n_l, n_i, k = 10, 6, 15, 5
+    L = rng.random((n_l, dim)) * (rng.random((n_l, dim)) < 0.5)
+    R = rng.random((n_i, dim)) * (rng.random((n_i, dim)) < 0.5)
+    groups = [0, 1, 2, None, 5, 1]  # null reads as group 0; group 5 has no prior: adds 0
+    left = spark.createDataFrame(
+        [(i, [int(j) for j in np.flatnonzero(L[i])], [float(x) for x in L[i][L[i] != 0]], groups[i]) for i in range(n_l)],
+        "user_idx int, indices array<int>, values array<double>, segment int",
+    )
+    items = spark.createDataFrame(
+        [(i, [int(j) for j in np.flatnonzero(R[i])], [float(x) for x in R[i][R[i] != 0]]) for i in range(n_i)],
+        "item_idx int, indices array<int>, values array<double>",
+    )
+    P = rng.random((3, n_i))
+    rows = [(g, i, float(P[g, i])) for g in range(3) for i in range(n_i) if not (g == 2 and i % 3 == 0)]  # group 2 lacks some items
+    prior = spark.createDataFrame(rows, "segment int, item_idx int, prior double")
+    got = sparse_topk(left, items, k, dim, prior=prior, prior_weight=0.5, left_group="segment", left_block=4, item_block=6)
+    by_user: dict[int, list[int]] = {}
+    for r in got.orderBy("user_idx", F.desc("score"), "item_idx").collect():
+        by_user.setdefault(r["user_idx"], []).append(r["item_idx"])
+    for u in range(n_l):
+        g = 0 if groups[u] is None else groups[u]
+        add = np.zeros(n_i) if g >= 3 else np.array([0.0 if g == 2 and i % 3 == 0 else P[g, i] for i in range(n_i)])
+        S = L[u] @ R.T + 0.5 * add
+        assert by_user[u] == sorted(range(n_i), key=lambda i: (-S[i], i))[:k]
+
+
+USERS = [
+    (0, "u0", "M", 20, "engineer", "1"), (1, "u1", "F", 22, "artist", "2"), (2, "u2", "F", 40, "artist", "3"),
+    (3, "u3", None, None, "writer", "4"), (7, "u7", "M", 21, "artist", "5"), (8, "u8", "M", 41, None, "6"), (9, "u9", "F", None, None, "7"),
+]  # fmt: skip
+
+
+def test_user_segments(spark):
+    users = spark.createDataFrame(USERS, USERS_SCHEMA)
+    by_age = {r["user_idx"]: r["segment"] for r in user_segments(users, ["age"], [18, 25, 35]).collect()}
+    # age bins: 18 <= age < 25 -> "01" (id 1), age >= 35 -> "03" (id 2); an unknown age -> 0, the global prior
+    assert by_age == {0: 1, 1: 1, 2: 2, 3: 0, 7: 1, 8: 2, 9: 0}
+    by_both = {r["user_idx"]: r["segment"] for r in user_segments(users, ["gender", "age"], [18, 25, 35]).collect()}
+    # keys F|01, F|03, M|01, M|03 in sorted order
+    assert by_both == {1: 1, 2: 2, 0: 3, 7: 3, 8: 4, 3: 0, 9: 0}
+    with pytest.raises(ValueError, match="segments must be"):
+        user_segments(users, ["zip"])
+
+
+def test_segment_prior_by_hand(spark, train):
+    segments = spark.createDataFrame([(0, 1), (1, 1), (2, 2), (3, 0)], "user_idx int, segment int")
+    got = {(r["segment"], r["item_idx"]): r["prior"] for r in segment_prior(train, segments, shrink=2.0).collect()}
+    # TRAIN: n_j = 3, 2, 2, 2, 2 for items 0..4, N = 11, max 3.  Segment 1 (users 0, 1): 5 ratings, n_1j = 2, 1, 1, 1, 0;
+    # segment 2 (user 2): 4 ratings, n_2j = 0, 1, 1, 1, 1.  n_j(s) = 11 (n_sj + 2 n_j / 11) / (N_s + 2)
+    by_hand = {
+        (0, 0): math.log(4) / math.log(4), (0, 1): math.log(3) / math.log(4),
+        (1, 0): math.log(1 + 28 / 7) / math.log(4), (1, 1): math.log(1 + 15 / 7) / math.log(4), (1, 4): math.log(1 + 4 / 7) / math.log(4),
+        (2, 0): math.log(1 + 6 / 6) / math.log(4), (2, 1): math.log(1 + 15 / 6) / math.log(4),
+    }  # fmt: skip
+    for key, want in by_hand.items():
+        assert got[key] == pytest.approx(want)
+    assert len(got) == 3 * 5  # every segment (0 included) x every rated item
+
+
+def test_segment_priors_serve_new_users_by_their_segment(spark, side, train, tmp_path):
+    users = spark.createDataFrame(USERS, USERS_SCHEMA)
+    seg_side = SideData(side.items, side.tags, users)
+    model = ContentBased(side=seg_side, max_neighbors=5, prior=4.0, segments=["age"], age_edges=[18, 25, 35], segment_shrink=2.0).fit(train)
+    new = spark.createDataFrame([(7,), (8,), (9,)], "user_idx int")  # no ratings: their segment's prior alone
+
+    def lists(m):
+        out: dict[int, list[int]] = {}
+        for r in m.recommend(new, k=5).orderBy("user_idx", "rank").collect():
+            out.setdefault(r["user_idx"], []).append(r["item_idx"])
+        return out
+
+    # segment 1 (age 18-24; user 7): Heat first (n_j(1) = 4 against 15/7 for items 1-3, 4/7 for item 4);
+    # segment 2 (age >= 35; user 8): item 0 last (n_j(2) = 1 against 2.5); unknown age (user 9): the global order
+    assert lists(model) == {7: [0, 1, 2, 3, 4], 8: [1, 2, 3, 4, 0], 9: [0, 1, 2, 3, 4]}
+    top8 = model.recommend(spark.createDataFrame([(8,)], "user_idx int"), k=1).first()
+    assert top8["score"] == pytest.approx(math.log(3.5) / math.log(4))
+    model.save(str(tmp_path / "seg"))
+    assert lists(ContentModel.load(str(tmp_path / "seg"))) == lists(model)
+    # a users table without the attribute: every user in segment 0, the same lists as no segments at all
+    blank = spark.createDataFrame([(u, f"u{u}", None, None, None, None) for u in range(10)], USERS_SCHEMA)
+    plain = ContentBased(side=side, max_neighbors=5, prior=4.0).fit(train)
+    blank_seg = ContentBased(side=SideData(side.items, side.tags, blank), max_neighbors=5, prior=4.0, segments=["age"]).fit(train)
+    everyone = spark.createDataFrame([(u,) for u in range(10)], "user_idx int")
+    cols = ["user_idx", "item_idx", "rank"]
+    assert sorted(blank_seg.recommend(everyone, k=4).select(*cols).collect()) == sorted(plain.recommend(everyone, k=4).select(*cols).collect())
 
 
 def test_explanations_name_only_items_the_user_rated(spark, side, fitted, train):
