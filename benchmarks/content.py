@@ -23,6 +23,9 @@ numbers the README reports.
   P(later item has h))``, estimated on the warm users (their first 3
   training ratings by time against the rest), ``a(u, j) = p_u W x_j`` with
   ``p_u`` the genre shares of the user's rated items and ``x_j`` the item's.
+* ``demographic``: the same validation: popularity within the user's
+  demographic segment (gender, age group, occupation from the users table)
+  against popularity alone.
 * ``appeal``: the same validation, a non-personal probe: can the item
   features predict which items new users go on to rate better than
   popularity alone?  A softmax choice model over log popularity, item age
@@ -135,6 +138,7 @@ class _ColdUsers:
         from recsys_spark.schemas import COL_GENRES, COL_ITEM, COL_TIMESTAMP, COL_USER, COL_YEAR
 
         self.spark, cfg, fit_on, self.valid = _validation(dataset, cold_users=True)
+        self.cfg = cfg
         fit = fit_on.select(COL_USER, COL_ITEM, COL_TIMESTAMP).toPandas()
         self.vusers = set(self.valid.select(COL_USER).distinct().toPandas()[COL_USER])
         items = stages.side_data(self.spark, cfg).items.select(COL_ITEM, COL_GENRES, COL_YEAR).toPandas()
@@ -163,8 +167,9 @@ class _ColdUsers:
 
         return np.bincount((self.fit if frame is None else frame)["item_idx"], minlength=self.n_items).astype(float)
 
-    def score(self, fn) -> dict:  # type: ignore[no-untyped-def]
-        """NDCG@10 / P@10 of the top-10 unseen candidates by ``fn(seen items) -> score per item``."""
+    def score(self, fn, with_user: bool = False) -> dict:  # type: ignore[no-untyped-def]
+        """NDCG@10 / P@10 of the top-10 unseen candidates by ``fn(seen items) -> score per item``
+        (``fn(seen items, user)`` with ``with_user``)."""
         import numpy as np
         import pandas as pd
 
@@ -173,7 +178,7 @@ class _ColdUsers:
 
         recs = []
         for u, seen in self.rated.items():
-            sc = np.array(fn(seen), dtype=float)
+            sc = np.array(fn(seen, u) if with_user else fn(seen), dtype=float)
             sc[~self.cand] = -np.inf
             sc[seen] = -np.inf
             top = np.argsort(-sc, kind="stable")[:10]
@@ -280,6 +285,55 @@ def appeal(args: argparse.Namespace) -> dict:
     }
 
 
+def demographic(args: argparse.Namespace) -> dict:
+    """Popularity within the new user's demographic segment, shrunk towards the global shares:
+    ``p_s(j) = (n_sj + m p(j)) / (N_s + m)``, ``m`` large is popularity alone.  Counted over every
+    training rating (the model's :func:`recsys_spark.content.segment_prior` does the same) and, for
+    contrast, over the warm users' ratings only.  Needs the dataset's users table (ML-100K)."""
+    import numpy as np
+
+    from recsys_spark import stages
+    from recsys_spark.schemas import COL_AGE, COL_GENDER, COL_ITEM, COL_OCCUPATION, COL_USER
+
+    cu = _ColdUsers(args.dataset)
+    users = stages.read_ingested(cu.spark, cu.cfg, "users").select(COL_USER, COL_GENDER, COL_AGE, COL_OCCUPATION).toPandas().set_index(COL_USER)
+    edges = [int(b) for b in args.age_edges.split(",")]
+    users["age_bin"] = np.digitize(users[COL_AGE].fillna(-1).to_numpy(), edges)
+    segmentations = {
+        "gender": [COL_GENDER],
+        "age": ["age_bin"],
+        "occupation": [COL_OCCUPATION],
+        "gender x age": [COL_GENDER, "age_bin"],
+        "gender x age x occupation": [COL_GENDER, "age_bin", COL_OCCUPATION],
+    }
+    rows = []
+    for counted, frame in (("all training ratings", cu.fit), ("warm users' ratings only", cu.warm())):
+        counts = cu.counts(frame)
+        p_all = counts / counts.sum()
+        rows.append({"counted": counted, "segments": "none (popularity)", "m": None, **cu.score(lambda seen, counts=counts: counts)})
+        print(json.dumps(rows[-1]), flush=True)
+        for name, cols in segmentations.items():
+            key = users[cols].astype(str).agg("|".join, axis=1)
+            seg_of_rating = key.reindex(frame[COL_USER]).to_numpy()
+            items = frame[COL_ITEM].to_numpy()
+            seg_counts = {s: np.bincount(items[seg_of_rating == s], minlength=cu.n_items).astype(float) for s in set(seg_of_rating)}
+            for m in [float(v) for v in args.shrink.split(",")]:
+
+                def fn(seen, u, m=m, key=key, seg_counts=seg_counts, p_all=p_all):  # type: ignore[no-untyped-def]
+                    n_s = seg_counts.get(key.get(u), np.zeros(cu.n_items))
+                    return (n_s + m * p_all) / max(n_s.sum() + m, 1e-12)
+
+                rows.append({"counted": counted, "segments": name, "m": m, **cu.score(fn, with_user=True)})
+                print(json.dumps(rows[-1]), flush=True)
+    return {
+        "dataset": args.dataset,
+        "validation": _COLD_VALIDATION,
+        "model": "segment popularity (n_sj + m p_j) / (N_s + m), segments from the users table",
+        "age_edges": edges,
+        "rows": rows,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -295,12 +349,15 @@ def main(argv: list[str] | None = None) -> int:
     g = sub.add_parser("appeal")
     g.add_argument("--l2", type=float, default=1.0, help="L2 penalty on the standardized feature weights")
     g.add_argument("--year-edges", default="1970,1980,1990,1994,1996,1997", help="release-year bin edges (default: ML-100K's)")
-    for p in (s, a, f, g):
+    d = sub.add_parser("demographic")
+    d.add_argument("--age-edges", default="18,25,35,45,56", help="age bin edges")
+    d.add_argument("--shrink", default="100,1000,10000", help="comma-separated shrinkage m (ratings) towards the global shares")
+    for p in (s, a, f, g, d):
         p.add_argument("--dataset", default="ml-latest-small")
         p.add_argument("--out", default="")
     args = ap.parse_args(argv)
-    result = {"sweep": sweep, "ablation": ablation, "affinity": affinity, "appeal": appeal}[args.cmd](args)
-    tag = "_cold_users" if getattr(args, "cold_users", False) or args.cmd in ("affinity", "appeal") else ""
+    result = {"sweep": sweep, "ablation": ablation, "affinity": affinity, "appeal": appeal, "demographic": demographic}[args.cmd](args)
+    tag = "_cold_users" if getattr(args, "cold_users", False) or args.cmd in ("affinity", "appeal", "demographic") else ""
     out = args.out or str(ROOT / "benchmarks" / "results" / f"content_{args.cmd}{tag}_{args.dataset}.json")
     Path(out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
