@@ -717,39 +717,53 @@ def popularity_prior(ratings: DataFrame) -> DataFrame:
 
 SEGMENT_ATTRIBUTES = ("gender", "age", "occupation")
 DEFAULT_AGE_EDGES = (18, 25, 35, 45, 56)  # the age groups MovieLens 1M asks for: under 18, 18-24, ..., 56+
-SEGMENTS_SCHEMA = T.StructType([T.StructField(COL_USER, T.IntegerType(), False), T.StructField(COL_SEGMENT, T.IntegerType(), False)])
+SEGMENTS_SCHEMA = T.StructType(
+    [
+        T.StructField(COL_USER, T.IntegerType(), False),
+        T.StructField(COL_SEGMENT, T.IntegerType(), False),
+        T.StructField("segment_label", T.StringType(), True),
+    ]
+)
 
 
 def user_segments(users: DataFrame, attributes: list[str], age_edges: tuple[int, ...] | list[int] = DEFAULT_AGE_EDGES) -> DataFrame:
-    """``(user_idx, segment)``: users equal in every one of ``attributes`` share a segment id 1..S.
+    """``(user_idx, segment, segment_label)``: users equal in every one of ``attributes`` share a segment id 1..S.
 
     ``users`` is the ingested users table (USERS_SCHEMA); ``attributes`` are
     among ``gender``, ``age`` (binned at ``age_edges``: ``age < e_0`` is bin 0,
     ``e_0 <= age < e_1`` bin 1, ...) and ``occupation``.  A user with any of
     them unknown gets segment 0: the global prior.  Ids follow the sorted
-    segment keys, so they are stable for a given users table.
+    segment keys, so they are stable for a given users table.  The label
+    reads like ``aged 25-34`` (``gender F, aged 25-34, occupation artist``);
+    null for segment 0.
     """
     bad = sorted(set(attributes) - set(SEGMENT_ATTRIBUTES))
     if bad or not attributes:
         raise ValueError(f"segments must be a non-empty list drawn from {list(SEGMENT_ATTRIBUTES)}, got {attributes!r}")
-    parts = []
+    edges = sorted(int(e) for e in age_edges)
+    age_names = [f"under {edges[0]}"] + [f"{a}-{b - 1}" for a, b in zip(edges, edges[1:], strict=False)] + [f"{edges[-1]}+"] if edges else ["any"]
+    age_label = F.create_map(*[x for j, n in enumerate(age_names) for x in (F.lit(j), F.lit(f"aged {n}"))])
+    parts, labels = [], []
     for a in attributes:
         if a == "age":
             age = F.col(COL_AGE)
-            b = sum((F.when(age >= int(e), 1).otherwise(0) for e in sorted(age_edges)), F.lit(0))
+            b = sum((F.when(age >= e, 1).otherwise(0) for e in edges), F.lit(0))
             parts.append(F.when(age.isNotNull(), F.format_string("%02d", b)))
+            labels.append(age_label[b])
         elif a == "gender":
             parts.append(F.nullif(F.upper(F.trim(F.col(COL_GENDER))), F.lit("")))
+            labels.append(F.concat(F.lit("gender "), parts[-1]))
         else:
             parts.append(F.nullif(F.lower(F.trim(F.col(COL_OCCUPATION))), F.lit("")))
+            labels.append(F.concat(F.lit("occupation "), parts[-1]))
     unknown = F.lit(False)
     for c in parts:
         unknown = unknown | c.isNull()
-    keyed = users.select(COL_USER, F.when(~unknown, F.concat_ws("|", *parts)).alias("_k"))
+    keyed = users.select(COL_USER, F.when(~unknown, F.concat_ws("|", *parts)).alias("_k"), F.when(~unknown, F.concat_ws(", ", *labels)).alias("_l"))
     keys = sorted(r[0] for r in keyed.where(F.col("_k").isNotNull()).select("_k").distinct().collect())
     ids = F.create_map(*[x for j, key in enumerate(keys) for x in (F.lit(key), F.lit(j + 1))]) if keys else None
     seg = F.coalesce(ids[F.col("_k")], F.lit(0)) if ids is not None else F.lit(0)
-    return keyed.select(F.col(COL_USER).cast("int").alias(COL_USER), seg.cast("int").alias(COL_SEGMENT))
+    return keyed.select(F.col(COL_USER).cast("int").alias(COL_USER), seg.cast("int").alias(COL_SEGMENT), F.col("_l").alias("segment_label"))
 
 
 def segment_prior(ratings: DataFrame, segments: DataFrame | None, shrink: float) -> DataFrame:
@@ -891,8 +905,9 @@ class ContentModel(RecommenderModel):
 
     def explain(self, recs: DataFrame, items: DataFrame, n_terms: int = 3) -> DataFrame:
         return explain(
-            recs, self.ratings, self.vectors, self.vocabulary, items, self.counts, n_terms
-        )
+            recs, self.ratings, self.vectors, self.vocabulary, items, self.counts, n_terms,
+            segments=self.segments if self.params.get("segments") else None,
+        )  # fmt: skip
 
     def update(self, new_ratings: DataFrame) -> ContentModel:
         """A model whose profiles include ``new_ratings`` (the sums updated, nothing recomputed); the rest is unchanged."""
@@ -1059,6 +1074,7 @@ def explain(
     items: DataFrame,
     counts: DataFrame | None = None,
     n_terms: int = 3,
+    segments: DataFrame | None = None,
 ) -> DataFrame:
     """``recs`` plus ``because_item``, ``because_rating``, ``shared`` (terms) and ``reason``.
 
@@ -1067,7 +1083,10 @@ def explain(
     rated item is above the mean), and the genre/tag/decade terms with the
     largest ``profile_f * x_if`` (profile over the user's ratings, mean-centred,
     positive contributions only).  Only the user's own training ratings are
-    read, so a reason never names an item the user did not rate.
+    read, so a reason never names an item the user did not rate.  With
+    neither, the item came from the popularity prior: "popular with users
+    aged 25-34" where ``segments`` (``user_idx, segment_label``) labels the
+    user, else "popular with other users".
     """
     r = ratings.select(COL_USER, COL_ITEM, F.col(COL_RATING).cast("double").alias(COL_RATING))
     u = recs.select(COL_USER).distinct()
@@ -1168,7 +1187,11 @@ def explain(
     )
     shares = F.when(F.size("shared") > 0, F.concat(F.lit("shares: "), F.array_join("shared", ", ")))
     reason = F.coalesce(F.concat_ws("; ", because, shares), F.lit(""))
-    reason = F.when(reason == "", F.lit("popular with other users")).otherwise(reason)
+    popular = F.lit("popular with other users")
+    if segments is not None:
+        why = why.join(segments.select(COL_USER, "segment_label"), COL_USER, "left")
+        popular = F.coalesce(F.concat(F.lit("popular with users "), F.col("segment_label")), popular)
+    reason = F.when(reason == "", popular).otherwise(reason)
     return recs.join(
         why.select(
             COL_USER,

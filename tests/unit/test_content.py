@@ -234,6 +234,10 @@ def test_user_segments(spark):
     by_both = {r["user_idx"]: r["segment"] for r in user_segments(users, ["gender", "age"], [18, 25, 35]).collect()}
     # keys F|01, F|03, M|01, M|03 in sorted order
     assert by_both == {1: 1, 2: 2, 0: 3, 7: 3, 8: 4, 3: 0, 9: 0}
+    labels = {r["user_idx"]: r["segment_label"] for r in user_segments(users, ["gender", "age", "occupation"], [18, 25, 35]).collect()}
+    assert labels[1] == "gender F, aged 18-24, occupation artist" and labels[8] is None  # user 8: occupation unknown
+    young = spark.createDataFrame([(20, "a", "M", 12, "x", "z"), (21, "b", "M", 35, "x", "z")], USERS_SCHEMA)
+    assert sorted(r["segment_label"] for r in user_segments(young, ["age"], [18, 25, 35]).collect()) == ["aged 35+", "aged under 18"]
     with pytest.raises(ValueError, match="segments must be"):
         user_segments(users, ["zip"])
 
@@ -272,6 +276,9 @@ def test_segment_priors_serve_new_users_by_their_segment(spark, side, train, tmp
     assert top8["score"] == pytest.approx(math.log(3.5) / math.log(4))
     model.save(str(tmp_path / "seg"))
     assert lists(ContentModel.load(str(tmp_path / "seg"))) == lists(model)
+    # nothing rated, so nothing shared: the reason names the segment the list came from
+    reasons = {r["user_idx"]: r["reason"] for r in model.explain(model.recommend(new, k=1), side.items).collect()}
+    assert reasons == {7: "popular with users aged 18-24", 8: "popular with users aged 35+", 9: "popular with other users"}
     # a users table without the attribute: every user in segment 0, the same lists as no segments at all
     blank = spark.createDataFrame([(u, f"u{u}", None, None, None, None) for u in range(10)], USERS_SCHEMA)
     plain = ContentBased(side=side, max_neighbors=5, prior=4.0).fit(train)
