@@ -155,7 +155,8 @@ def pool_slices(slices: list[dict[str, Any]], k: int) -> dict[str, Any]:
     Per model: RMSE / MAE over every held-out rating of every slice (each
     slice's weighted by its rows), the per-user ranking metrics averaged over
     every slice's users, and the paired comparison over all those users.
-    Catalogue-level figures (coverage, novelty, diversity) stay per slice.
+    Catalogue-level figures (coverage, novelty, diversity) and each slice's
+    own paired comparison stay per slice (``slices``).
     """
     import pandas as pd
 
@@ -183,7 +184,7 @@ def pool_slices(slices: list[dict[str, Any]], k: int) -> dict[str, Any]:
         "counts": {**counts, "slices": len(slices)},
         "models": models,
         "paired": paired_differences(per_user, k),
-        "slices": [{"counts": s["counts"], "models": s["models"]} for s in slices],
+        "slices": [{"counts": s["counts"], "models": s["models"], **({"paired": s["paired"]} if "paired" in s else {})} for s in slices],
         "per_user": per_user,
     }
 

@@ -84,6 +84,7 @@ def test_pooled_slices_weight_ratings_and_users():
             "counts": {"test": rows, "test_users": len(users), "cold_users": len(users), "train": 100},
             "models": {"a": rep(rmse_a), "b": rep(rmse_b)},
             "per_user": {"a": frame(a_vals), "b": frame(b_vals)},
+            "paired": {"a - b": {"ndcg@2": {"users": len(users)}}},  # the slice's own comparison, kept as it is
         }
 
     # slice 1: 2 ratings, RMSE 1; slice 2: 6 ratings, RMSE 3 -> sqrt((2 * 1 + 6 * 9) / 8) = sqrt(7)
@@ -96,6 +97,7 @@ def test_pooled_slices_weight_ratings_and_users():
     assert d["users"] == 5 and d["diff"] == pytest.approx(3 / 5)
     assert pooled["counts"] == {"test": 8, "test_users": 5, "cold_users": 5, "slices": 2}
     assert [s["models"]["a"]["coverage"] for s in pooled["slices"]] == [0.5, 0.5]
+    assert [s["paired"]["a - b"]["ndcg@2"]["users"] for s in pooled["slices"]] == [2, 3]
     with pytest.raises(ValueError, match="overlap"):
         pool_slices([run([1, 2], [1.0, 0.0], [0.5, 0.5], 2, 1.0, 1.0), run([2, 3], [1.0, 0.0], [0.5, 0.5], 2, 1.0, 1.0)], 2)
 
