@@ -706,15 +706,6 @@ def profile_vectors(sums: DataFrame, counts: DataFrame, weighting: Weighting = "
     )
 
 
-def popularity_prior(ratings: DataFrame) -> DataFrame:
-    """``(item_idx, prior)``: ``log(1 + n_i) / log(1 + max n)`` in [0, 1]."""
-    n = ratings.groupBy(COL_ITEM).agg(F.count("*").alias("_n"))
-    mx = n.agg(F.max("_n").alias("_m"))
-    return n.crossJoin(F.broadcast(mx)).select(
-        COL_ITEM, (F.log1p("_n") / F.log1p(F.greatest("_m", F.lit(1)))).alias("prior")
-    )
-
-
 SEGMENT_ATTRIBUTES = ("gender", "age", "occupation")
 DEFAULT_AGE_EDGES = (18, 25, 35, 45, 56)  # the age groups MovieLens 1M asks for: under 18, 18-24, ..., 56+
 SEGMENTS_SCHEMA = T.StructType(
@@ -760,6 +751,7 @@ def user_segments(users: DataFrame, attributes: list[str], age_edges: tuple[int,
     for c in parts:
         unknown = unknown | c.isNull()
     keyed = users.select(COL_USER, F.when(~unknown, F.concat_ws("|", *parts)).alias("_k"), F.when(~unknown, F.concat_ws(", ", *labels)).alias("_l"))
+    # one key per segment: a few dozen at most (6 age groups x 2 genders x 21 occupations in ML-100K)
     keys = sorted(r[0] for r in keyed.where(F.col("_k").isNotNull()).select("_k").distinct().collect())
     ids = F.create_map(*[x for j, key in enumerate(keys) for x in (F.lit(key), F.lit(j + 1))]) if keys else None
     seg = F.coalesce(ids[F.col("_k")], F.lit(0)) if ids is not None else F.lit(0)
@@ -767,8 +759,9 @@ def user_segments(users: DataFrame, attributes: list[str], age_edges: tuple[int,
 
 
 def segment_prior(ratings: DataFrame, segments: DataFrame | None, shrink: float) -> DataFrame:
-    """``(segment, item_idx, prior)``: segment 0 is :func:`popularity_prior`; segment ``s > 0`` puts in
-    ``n_j`` the segment's own count, scaled to the whole and shrunk towards the global shares:
+    """``(segment, item_idx, prior)``: segment 0 is the global popularity prior ``log(1 + n_j) / log(1 + max n)``
+    in [0, 1]; segment ``s > 0`` puts in ``n_j`` the segment's own count, scaled to the whole and shrunk towards
+    the global shares:
     ``n_j(s) = N (n_sj + m n_j / N) / (N_s + m)`` (``N``, ``N_s`` the ratings in all and in the segment,
     ``m = shrink`` ratings' worth of the global shares), on the same ``log(1 + n) / log(1 + max n)`` scale.
     A segment without ratings (with ``m = 0``) gets the global prior."""
