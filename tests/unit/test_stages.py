@@ -160,6 +160,10 @@ def test_content_stage_writes_features_profiles_and_explanations(spark, cfg_fact
     assert c["catalog_items"] == c["items_with_features"] == 80  # every generated item has genres
     assert c["users_with_profiles"] == train.select("user_idx").distinct().count()
     assert c["explained_rows"] == 5 * 10 and c["explained_without_reason"] == 0
+    # the generated users have ages: the default age-segment prior accounts for every one of them
+    users = stages.read_ingested(spark, cfg, "users")
+    assert sum(c["users_by_segment"].values()) == users.count() and "(global prior)" not in c["users_by_segment"]
+    assert set(c["users_by_segment"]) <= {"aged under 18", "aged 18-24", "aged 25-34", "aged 35-44", "aged 45-55", "aged 56+"}
     out = cfg.stage_path("content", "content")
     feats = ItemFeatures.load(f"{out}/features")  # the saved transform featurises items again, identically
     again = {r["item_idx"]: r["values"] for r in feats.transform(stages.read_ingested(spark, cfg, "items"), stages.side_data(spark, cfg).tags, train).collect()}
