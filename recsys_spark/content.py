@@ -767,11 +767,15 @@ def segment_prior(ratings: DataFrame, segments: DataFrame | None, shrink: float)
     A segment without ratings (with ``m = 0``) gets the global prior."""
     n = ratings.groupBy(COL_ITEM).agg(F.count("*").alias("_n"))
     tot = n.agg(F.sum("_n").alias("_tot"), F.max("_n").alias("_m"))
-    n = n.crossJoin(F.broadcast(tot)).localCheckpoint()  # (item_idx, _n, _tot, _m); materialized: read twice below
+    n = n.crossJoin(F.broadcast(tot))  # (item_idx, _n, _tot, _m)
     scale = F.log1p(F.greatest("_m", F.lit(1)))
-    glob = n.select(F.lit(0).alias(COL_SEGMENT), COL_ITEM, (F.log1p("_n") / scale).alias("prior"))
+
+    def glob(n: DataFrame) -> DataFrame:
+        return n.select(F.lit(0).alias(COL_SEGMENT), COL_ITEM, (F.log1p("_n") / scale).alias("prior"))
+
     if segments is None:
-        return glob
+        return glob(n)
+    n = n.localCheckpoint()  # read twice below: segment 0 and every other segment's grid
     seg = segments.where(F.col(COL_SEGMENT) > 0)
     rs = ratings.select(COL_USER, COL_ITEM).join(seg, COL_USER)
     nsj = rs.groupBy(COL_SEGMENT, COL_ITEM).agg(F.count("*").alias("_seg_n"))
@@ -783,7 +787,7 @@ def segment_prior(ratings: DataFrame, segments: DataFrame | None, shrink: float)
         .fillna(0, ["_seg_n", "_seg_tot"])
     )  # fmt: skip
     eff = F.when(F.col("_seg_tot") + m > 0, F.col("_tot") * (F.col("_seg_n") + m * F.col("_n") / F.col("_tot")) / (F.col("_seg_tot") + m)).otherwise(F.col("_n"))
-    return glob.unionByName(grid.select(COL_SEGMENT, COL_ITEM, (F.log1p(eff) / scale).alias("prior")))
+    return glob(n).unionByName(grid.select(COL_SEGMENT, COL_ITEM, (F.log1p(eff) / scale).alias("prior")))
 
 
 # -- the recommender -------------------------------------------------------------------------
@@ -1037,9 +1041,10 @@ class ContentBased(Recommender):
                 log.warning("%s: segments %s asked for but no users table given: every user gets the global prior", self.name, self.segments)
             else:
                 segments = user_segments(self.side.users, self.segments, self.age_edges).localCheckpoint()
-                n_seg = segments.where(F.col(COL_SEGMENT) > 0).select(COL_SEGMENT).distinct().count()
-                log.info("%s: %d user segments by %s (segment 0, the global prior: %d users)", self.name, n_seg, "/".join(self.segments),
-                         segments.where(F.col(COL_SEGMENT) == 0).count())  # fmt: skip
+                n_seg, n_global = segments.agg(
+                    F.countDistinct(F.when(F.col(COL_SEGMENT) > 0, F.col(COL_SEGMENT))), F.count(F.when(F.col(COL_SEGMENT) == 0, 1))
+                ).first()  # one pass over the checkpointed table
+                log.info("%s: %d user segments by %s (segment 0, the global prior: %d users)", self.name, n_seg, "/".join(self.segments), n_global)
                 if n_seg == 0:  # e.g. ml-latest-small: no ages; the plain global prior, as without segments
                     segments = None
         params = {
