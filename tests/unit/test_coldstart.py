@@ -58,6 +58,25 @@ def test_cold_users_keep_only_their_first_ratings(data):
     check_no_leakage(train, test)
 
 
+def test_cold_users_ties_in_time_are_not_broken_by_item_id(spark):
+    # every user rates items 0..19 at one time, then 20..24 later: the kept 3 must come from the first
+    # batch, and within it must not be the 3 lowest ids (ids often follow popularity)
+    rows = [(u, i, 4.0, 1000 if i < 20 else 2000) for u in range(60) for i in range(25)]
+    ratings = spark.createDataFrame(rows, RATINGS_SCHEMA)
+    train, _, cold = cold_user_split(ratings, fraction=1.0, keep=3, min_ratings=5, seed=3)
+    assert cold.count() == 60
+    kept = {}
+    for r in train.collect():
+        kept.setdefault(r["user_idx"], set()).add(r["item_idx"])
+    assert all(len(v) == 3 and max(v) < 20 for v in kept.values())
+    assert sum(v == {0, 1, 2} for v in kept.values()) <= 1
+    mean_id = sum(sum(v) for v in kept.values()) / (3 * len(kept))
+    assert 6.5 < mean_id < 12.5  # the first batch's ids average 9.5; an id tie-break gives 1.0
+    assert len(set().union(*kept.values())) == 20
+    again, _, _ = cold_user_split(ratings, fraction=1.0, keep=3, min_ratings=5, seed=3)
+    assert sorted(map(tuple, again.collect())) == sorted(map(tuple, train.collect()))  # seeded
+
+
 def test_cold_user_slices_are_disjoint_and_slice_0_is_the_single_run(data):
     ratings, _ = data
     picked = [{r[0] for r in cold_user_split(ratings, fraction=0.3, keep=3, min_ratings=5, seed=1, slice_index=s)[2].collect()} for s in range(3)]
