@@ -56,6 +56,12 @@ Similarity, profiles and scores
   what a new user's age says about what they will rate, where their few
   ratings' features say little.  Users with an attribute unknown, and
   datasets without it, get the global prior.
+* With ``trend_days`` the popularity is what was rated in the days before the
+  user's latest rating (:func:`trend_prior`; never later ratings), shrunk
+  towards the all-time shares, times the segment's lift where there is one:
+  a catalogue's draw moves with time (new releases), and a user's time says
+  which part of it they meet.  ``prior_skip_first`` leaves each user's first
+  ratings out of every count (:func:`counted_ratings`).
 
 Cold start, explanations
 ------------------------
@@ -117,6 +123,7 @@ from recsys_spark.schemas import (
     NB_SUPPORT,
     require_columns,
 )
+from recsys_spark.split import hash_uniform
 
 log = logging.getLogger(__name__)
 
@@ -790,6 +797,87 @@ def segment_prior(ratings: DataFrame, segments: DataFrame | None, shrink: float)
     return glob(n).unionByName(grid.select(COL_SEGMENT, COL_ITEM, (F.log1p(eff) / scale).alias("prior")))
 
 
+DAY_S = 86400
+
+
+def counted_ratings(ratings: DataFrame, skip_first: int, seed: int = 42) -> DataFrame:
+    """The ratings a popularity prior counts: all, or each user's without their first ``skip_first`` (by time; ties
+    by a seeded hash of (user, item)).  A user's first ratings are an odd sample of what they go on to rate (sign-up
+    pages show everyone the same films).  Needs ``timestamp`` when ``skip_first > 0``."""
+    if skip_first <= 0:
+        return ratings
+    if COL_TIMESTAMP not in ratings.columns:
+        raise ValueError(f"prior_skip_first={skip_first} needs the ratings' {COL_TIMESTAMP}")
+    w = Window.partitionBy(COL_USER).orderBy(F.col(COL_TIMESTAMP).asc_nulls_last(), hash_uniform(seed, F.lit("first"), COL_USER, COL_ITEM), COL_ITEM)
+    return ratings.withColumn("_pos", F.row_number().over(w)).where(F.col("_pos") > skip_first).drop("_pos")
+
+
+def trend_prior(
+    ratings: DataFrame, segments: DataFrame | None, shrink: float, trend_days: float, trend_shrink: float,
+    step_days: float = 7.0, counted: DataFrame | None = None,
+) -> tuple[DataFrame, DataFrame]:  # fmt: skip
+    """``(prior, groups)``: a popularity prior per (segment, time) group, and ``(user_idx, segment, segment_label)``
+    mapping each user to their group (``segment`` holds the group id; the label stays the demographic one).
+
+    A user's time is their latest rating (``ratings``), cut to periods of ``step_days``; their prior counts
+    the ratings of the ``trend_days`` before their period (never later ones), as shares shrunk towards the
+    all-time shares by ``trend_shrink`` ratings:
+    ``p_j(t) = (n_tj + m_t n_j / N) / (N_t + m_t)``, and ``n_j(t) = N p_j(t)``.  A demographic segment
+    (``segments``, 0: none) multiplies that by its all-time lift, shrunk as in :func:`segment_prior`:
+    ``n_j(s, t) = n_j(t) (n_sj + m p_j) / ((N_s + m) p_j)`` (``p_j = n_j / N``); the windows are too thin to
+    count per segment.  All on the global ``log(1 + n) / log(1 + max n)`` scale.
+    Users in ``segments`` with no rating get the latest period.  Group 0 is the all-time global prior.
+    ``counted``: the ratings counted (default ``ratings``; see :func:`counted_ratings`)."""
+    counted = ratings if counted is None else counted
+    step = float(step_days) * DAY_S
+    window = max(1, round(float(trend_days) / float(step_days)))
+
+    def period(c: str | F.Column) -> F.Column:
+        return F.floor((F.col(c) if isinstance(c, str) else c).cast("double") / step).cast("long")
+
+    up = ratings.groupBy(COL_USER).agg(period(F.max(COL_TIMESTAMP)).alias("_b"))
+    now = ratings.agg(period(F.max(COL_TIMESTAMP))).first()[0]  # one row
+    if segments is not None:
+        ug = up.join(segments.select(COL_USER, F.col(COL_SEGMENT).alias("_s"), "segment_label"), COL_USER, "full")
+        ug = ug.select(COL_USER, F.coalesce("_s", F.lit(0)).alias("_s"), F.coalesce("_b", F.lit(now)).alias("_b"), "segment_label")
+    else:
+        ug = up.select(COL_USER, F.lit(0).alias("_s"), "_b", F.lit(None).cast("string").alias("segment_label"))
+    ug = ug.where(F.col("_b").isNotNull()).localCheckpoint()  # users with no timestamp stay on group 0
+    # one row per (segment, period) users have: hundreds (a few age groups x the weeks users' latest ratings fall in)
+    pairs = sorted((int(r["_s"]), int(r["_b"])) for r in ug.select("_s", "_b").distinct().collect())
+    keys = ratings.sparkSession.createDataFrame([(sg, b, j + 1) for j, (sg, b) in enumerate(pairs)], "_s int, _b long, _gid int")
+    groups = ug.join(F.broadcast(keys), ["_s", "_b"]).select(
+        F.col(COL_USER).cast("int").alias(COL_USER), F.col("_gid").cast("int").alias(COL_SEGMENT), "segment_label"
+    )
+
+    n = counted.groupBy(COL_ITEM).agg(F.count("*").alias("_n"))
+    tot = n.agg(F.sum("_n").alias("_tot"), F.max("_n").alias("_m"))
+    n = n.crossJoin(F.broadcast(tot)).localCheckpoint()  # (item_idx, _n, _tot, _m), read twice
+    scale = F.log1p(F.greatest("_m", F.lit(1)))
+    cjp = counted.where(F.col(COL_TIMESTAMP).isNotNull()).groupBy(COL_ITEM, period(COL_TIMESTAMP).alias("_p")).agg(F.count("*").alias("_c"))
+    per = F.broadcast(keys.select("_b").distinct())
+    in_window = cjp.join(per, (F.col("_p") >= F.col("_b") - window) & (F.col("_p") < F.col("_b")))
+    ntj = in_window.groupBy("_b", COL_ITEM).agg(F.sum("_c").alias("_tn"))
+    nt = in_window.groupBy("_b").agg(F.sum("_c").alias("_ttot"))
+    grid = keys.crossJoin(n).join(ntj, ["_b", COL_ITEM], "left").join(nt, "_b", "left").fillna(0, ["_tn", "_ttot"])
+    mt = F.lit(float(trend_shrink))
+    p_t = F.when(F.col("_ttot") + mt > 0, (F.col("_tn") + mt * F.col("_n") / F.col("_tot")) / (F.col("_ttot") + mt)).otherwise(F.col("_n") / F.col("_tot"))
+    eff = F.col("_tot") * p_t
+    if segments is not None:
+        rs = counted.select(COL_USER, COL_ITEM).join(segments.where(F.col(COL_SEGMENT) > 0).select(COL_USER, F.col(COL_SEGMENT).alias("_s")), COL_USER)
+        nsj = rs.groupBy("_s", COL_ITEM).agg(F.count("*").alias("_seg_n"))
+        ns = rs.groupBy("_s").agg(F.count("*").alias("_seg_tot"))
+        grid = grid.join(nsj, ["_s", COL_ITEM], "left").join(ns, "_s", "left").fillna(0, ["_seg_n", "_seg_tot"])
+        m = F.lit(float(shrink))
+        p_all = F.col("_n") / F.col("_tot")
+        lift = (F.col("_seg_n") + m * p_all) / ((F.col("_seg_tot") + m) * p_all)  # the segment's all-time lift
+        seg_eff = F.when(F.col("_seg_tot") + m > 0, eff * lift).otherwise(eff)
+        eff = F.when(F.col("_s") > 0, seg_eff).otherwise(eff)
+    glob = n.select(F.lit(0).alias(COL_SEGMENT), COL_ITEM, (F.log1p("_n") / scale).alias("prior"))
+    prior = glob.unionByName(grid.select(F.col("_gid").cast("int").alias(COL_SEGMENT), COL_ITEM, (F.log1p(eff) / scale).alias("prior")))
+    return prior, groups
+
+
 # -- the recommender -------------------------------------------------------------------------
 
 
@@ -823,7 +911,7 @@ class ContentModel(RecommenderModel):
         self.base = base
         self.sums, self.counts = sums, counts
         self.prior = prior  # (segment, item_idx, prior): segment 0 the global popularity prior
-        self.segments = segments  # (user_idx, segment): empty without segment priors
+        self.segments = segments  # (user_idx, segment, segment_label): prior group per user; empty without groups
         self.pipeline = pipeline
         self._knn = KNNModel(
             name, {**params, "user_based": False, "centering": "baseline"}, neighbors, ratings, base
@@ -836,6 +924,11 @@ class ContentModel(RecommenderModel):
     @property
     def dim(self) -> int:
         return int(self.params["dim"])
+
+    @property
+    def grouped(self) -> bool:
+        """Whether users have their own prior groups (demographic segments, time periods, or both)."""
+        return bool(self.params.get("segments")) or float(self.params.get("trend_days") or 0) > 0
 
     # -- answers -------------------------------------------------------------------------
     def predict_with_confidence(self, pairs: DataFrame) -> DataFrame:
@@ -872,7 +965,7 @@ class ContentModel(RecommenderModel):
         prof = self.profiles(u)
         seen = self.ratings.select(COL_USER, COL_ITEM)
         pw = float(self.params["prior"])
-        segmented = bool(self.params.get("segments"))
+        segmented = self.grouped
         prior = self.prior if segmented else self.prior.where(F.col(COL_SEGMENT) == 0).drop(COL_SEGMENT)
         group = COL_SEGMENT if segmented else None
         top = sparse_topk(
@@ -903,7 +996,7 @@ class ContentModel(RecommenderModel):
     def explain(self, recs: DataFrame, items: DataFrame, n_terms: int = 3) -> DataFrame:
         return explain(
             recs, self.ratings, self.vectors, self.vocabulary, items, self.counts, n_terms,
-            segments=self.segments if self.params.get("segments") else None,
+            segments=self.segments if self.grouped else None, lately=float(self.params.get("trend_days") or 0) > 0,
         )  # fmt: skip
 
     def update(self, new_ratings: DataFrame) -> ContentModel:
@@ -982,6 +1075,10 @@ class ContentBased(Recommender):
     segments: list[str] = field(default_factory=list)  # user attributes whose segments get their own prior (users table)
     age_edges: list[int] = field(default_factory=lambda: list(DEFAULT_AGE_EDGES))
     segment_shrink: float = 100.0  # ratings' worth of the global shares a segment's prior is shrunk towards
+    trend_days: float = 0.0  # > 0: the prior counts the ratings of this many days before the user's latest one
+    trend_shrink: float = 3000.0  # ratings' worth of the all-time shares the trend window is shrunk towards
+    trend_step_days: float = 7.0  # users' times are cut to periods this long (one prior per period and segment)
+    prior_skip_first: int = 0  # the prior leaves out each user's first ratings (by time)
     reg_user: float = 15.0
     reg_item: float = 10.0
     scale: Scale = None  # type: ignore[assignment]
@@ -1047,17 +1144,29 @@ class ContentBased(Recommender):
                 log.info("%s: %d user segments by %s (segment 0, the global prior: %d users)", self.name, n_seg, "/".join(self.segments), n_global)
                 if n_seg == 0:  # e.g. ml-latest-small: no ages; the plain global prior, as without segments
                     segments = None
+        has_ts = COL_TIMESTAMP in ratings.columns and ratings.where(F.col(COL_TIMESTAMP).isNotNull()).limit(1).count() > 0
+        trend = float(self.trend_days) if self.trend_days > 0 and has_ts else 0.0
+        skip = int(self.prior_skip_first) if has_ts else 0
+        if (self.trend_days > 0 or self.prior_skip_first > 0) and not has_ts:
+            log.warning("%s: trend_days / prior_skip_first need rating timestamps, which the ratings lack: off", self.name)
+        counted = counted_ratings(ratings, skip)
+        if trend:
+            prior, groups = trend_prior(ratings, segments, self.segment_shrink, trend, self.trend_shrink, self.trend_step_days, counted)
+            log.info("%s: trend prior over %g days before each user's latest rating (%g-day periods)", self.name, trend, self.trend_step_days)
+        else:
+            prior, groups = segment_prior(counted, segments, self.segment_shrink), segments
         params = {
             "name": self.name, "k": self.k, "min_k": self.min_k, "damping": self.damping, "similarity": f"{self.features}_cosine",
             "weighting": self.weighting, "prior": self.prior, "dim": dim, "groups": feats.groups, "weights": feats.weights,
             "features": self.features, "segments": list(self.segments) if segments is not None else [],
             "age_edges": list(self.age_edges), "segment_shrink": self.segment_shrink,
+            "trend_days": trend, "trend_shrink": self.trend_shrink, "trend_step_days": self.trend_step_days, "prior_skip_first": skip,
         }  # fmt: skip
         spark = ratings.sparkSession
         return ContentModel(
             self.name, params, vectors, feats.vocabulary, nb, ratings, base, sums.localCheckpoint(), counts.localCheckpoint(),
-            segment_prior(ratings, segments, self.segment_shrink).localCheckpoint(),
-            segments if segments is not None else spark.createDataFrame([], SEGMENTS_SCHEMA), feats.pipeline,
+            prior.localCheckpoint(),
+            groups.localCheckpoint() if groups is not None else spark.createDataFrame([], SEGMENTS_SCHEMA), feats.pipeline,
         )  # fmt: skip
 
 
@@ -1073,6 +1182,7 @@ def explain(
     counts: DataFrame | None = None,
     n_terms: int = 3,
     segments: DataFrame | None = None,
+    lately: bool = False,
 ) -> DataFrame:
     """``recs`` plus ``because_item``, ``because_rating``, ``shared`` (terms) and ``reason``.
 
@@ -1084,7 +1194,8 @@ def explain(
     read, so a reason never names an item the user did not rate.  With
     neither, the item came from the popularity prior: "popular with users
     aged 25-34" where ``segments`` (``user_idx, segment_label``) labels the
-    user, else "popular with other users".
+    user, else "popular with other users"; "popular lately ..." with
+    ``lately`` (a trend prior: the counts of the days before the user's time).
     """
     r = ratings.select(COL_USER, COL_ITEM, F.col(COL_RATING).cast("double").alias(COL_RATING))
     u = recs.select(COL_USER).distinct()
@@ -1185,10 +1296,11 @@ def explain(
     )
     shares = F.when(F.size("shared") > 0, F.concat(F.lit("shares: "), F.array_join("shared", ", ")))
     reason = F.coalesce(F.concat_ws("; ", because, shares), F.lit(""))
-    popular = F.lit("popular with other users")
+    pop = "popular lately with" if lately else "popular with"
+    popular = F.lit(f"{pop} other users")
     if segments is not None:
         why = why.join(segments.select(COL_USER, "segment_label"), COL_USER, "left")
-        popular = F.coalesce(F.concat(F.lit("popular with users "), F.col("segment_label")), popular)
+        popular = F.coalesce(F.concat(F.lit(f"{pop} users "), F.col("segment_label")), popular)
     reason = F.when(reason == "", popular).otherwise(reason)
     return recs.join(
         why.select(

@@ -471,10 +471,11 @@ def run_content(spark: SparkSession, cfg: Config, name: str | None = None, force
     support)``), ``profile_sums`` / ``profile_counts`` (updatable user
     profiles), ``terms`` (term signal: terms whose items are rated above or
     below the baseline) and ``explanations`` (top-N of ``content.explain_users``
-    test users, each with its reason); with segment priors, ``segments``
-    (``user_idx, segment, segment_label``).  Accounting: ratings in; catalogue
-    items, items with features and with neighbours; users with profiles; rows
-    explained; users per segment.
+    test users, each with its reason); with segment or trend priors,
+    ``segments`` (``user_idx, segment, segment_label``: the user's prior group
+    and demographic label).  Accounting: ratings in; catalogue items, items
+    with features and with neighbours; users with profiles; rows explained;
+    users per segment and prior groups.
     """
     from recsys_spark.content import ContentModel, ItemFeatures, term_signal
 
@@ -502,7 +503,7 @@ def run_content(spark: SparkSession, cfg: Config, name: str | None = None, force
         _write(model.neighbors, f"{tmp}/neighbors")
         _write(model.sums, f"{tmp}/profile_sums")
         _write(model.counts, f"{tmp}/profile_counts")
-        segmented = bool(model.params.get("segments"))
+        segmented = model.grouped  # segment and / or trend priors: each user's prior group
         if segmented:
             _write(model.segments, f"{tmp}/segments")
         _write(term_signal(ratings, model.vectors, model.vocabulary, cfg.content.min_items, cfg.content.top_terms), f"{tmp}/terms")
@@ -523,8 +524,10 @@ def run_content(spark: SparkSession, cfg: Config, name: str | None = None, force
             "explained_without_reason": explained.where(F.col("reason").isNull() | (F.col("reason") == "")).count(),
         }
         if segmented:  # one row per segment
-            by_segment = spark.read.parquet(f"{tmp}/segments").groupBy("segment_label").count().collect()
-            counts["users_by_segment"] = {(r["segment_label"] or "(global prior)"): r["count"] for r in sorted(by_segment, key=lambda r: r["segment_label"] or "")}
+            by_segment = spark.read.parquet(f"{tmp}/segments").groupBy("segment_label").agg(F.count("*").alias("n"), F.countDistinct("segment").alias("g")).collect()
+            none = "(no segment)" if model.params.get("trend_days") else "(global prior)"  # with a trend, a time group
+            counts["users_by_segment"] = {(r["segment_label"] or none): r["n"] for r in sorted(by_segment, key=lambda r: r["segment_label"] or "")}
+            counts["prior_groups"] = sum(r["g"] for r in by_segment)  # (segment, period) groups with their own prior
         log.info(
             "content %s: %d of %d items featurised (%d dims), %d with neighbours, %d profiles, %d recommendations explained",
             name, counts["items_with_features"], counts["catalog_items"], counts["dimensions"], counts["items_with_neighbors"],

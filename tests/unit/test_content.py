@@ -14,6 +14,7 @@ from recsys_spark.content import (
     ContentModel,
     ItemFeaturizer,
     SideData,
+    counted_ratings,
     explain,
     item_documents,
     knowledge_based,
@@ -23,6 +24,7 @@ from recsys_spark.content import (
     segment_prior,
     sparse_topk,
     to_long,
+    trend_prior,
     update_profile_sums,
     user_segments,
 )
@@ -255,6 +257,77 @@ def test_segment_prior_by_hand(spark, train):
     for key, want in by_hand.items():
         assert got[key] == pytest.approx(want)
     assert len(got) == 3 * 5  # every segment (0 included) x every rated item
+
+
+DAY = 86400
+# (user, item, rating, day): users' latest days 5 (user 0), 4 (user 1), 3 (user 2)
+TREND = [(0, 0, 4.0, 0), (0, 1, 3.0, 1), (0, 2, 5.0, 5), (1, 0, 4.0, 3), (1, 2, 2.0, 4), (2, 0, 5.0, 1), (2, 3, 3.0, 3)]
+
+
+def test_trend_prior_by_hand(spark):
+    ratings = spark.createDataFrame([(u, i, r, d * DAY) for u, i, r, d in TREND], RATINGS_SCHEMA)
+    prior, groups = trend_prior(ratings, None, shrink=2.0, trend_days=2.0, trend_shrink=7.0, step_days=1.0)
+    # groups sorted by (segment, period): user 2 (day 3) 1, user 1 (day 4) 2, user 0 (day 5) 3
+    assert {r["user_idx"]: r["segment"] for r in groups.collect()} == {2: 1, 1: 2, 0: 3}
+    got = {(r["segment"], r["item_idx"]): r["prior"] for r in prior.collect()}
+    # n_j = 3, 1, 2, 1 (N = 7, max 3).  The 2 days before day 5 (days 3, 4): items 0, 2, 3 once each (N_t = 3);
+    # before day 4 (days 2, 3): items 0, 3 (N_t = 2); before day 3 (days 1, 2): items 1, 0 (N_t = 2): a user's own
+    # day and later never count.  p_j(t) = (n_tj + 7 n_j / 7) / (N_t + 7), n_j(t) = 7 p_j(t)
+    eff = {3: [2.8, 0.7, 2.1, 1.4], 2: [28 / 9, 7 / 9, 14 / 9, 14 / 9], 1: [28 / 9, 14 / 9, 14 / 9, 7 / 9]}
+    for g, row in eff.items():
+        for j, e in enumerate(row):
+            assert got[(g, j)] == pytest.approx(math.log1p(e) / math.log(4)), (g, j)
+    assert got[(0, 0)] == pytest.approx(1.0) and got[(0, 1)] == pytest.approx(math.log(2) / math.log(4))  # group 0: all time
+    # with segments: users 0, 1 and 9 (no rating: the latest period) in segment 1, user 2 in none; the window's
+    # shares times the segment's all-time lift (n_sj + 2 p_j) / ((N_s + 2) p_j): segment 1 rated items 0..3
+    # 2, 1, 2, 0 times (N_s = 5): lifts 20/21, 9/7, 9/7, 2/7
+    segments = spark.createDataFrame([(0, 1, "a"), (1, 1, "a"), (2, 0, None), (9, 1, "a")], "user_idx int, segment int, segment_label string")
+    prior, groups = trend_prior(ratings, segments, shrink=2.0, trend_days=2.0, trend_shrink=7.0, step_days=1.0)
+    assert {r["user_idx"]: (r["segment"], r["segment_label"]) for r in groups.collect()} == {2: (1, None), 1: (2, "a"), 0: (3, "a"), 9: (3, "a")}
+    got = {(r["segment"], r["item_idx"]): r["prior"] for r in prior.collect()}
+    for j, e in enumerate([2.8 * 20 / 21, 0.7 * 9 / 7, 2.1 * 9 / 7, 1.4 * 2 / 7]):
+        assert got[(3, j)] == pytest.approx(math.log1p(e) / math.log(4)), j
+    for j, e in enumerate(eff[1]):  # user 2 has no segment: the window alone
+        assert got[(1, j)] == pytest.approx(math.log1p(e) / math.log(4)), j
+
+
+def test_counted_ratings_leave_out_each_users_first(spark):
+    # user 0: day 0 item 0, then items 1, 2, 3 tied on day 1; user 1: one rating
+    rows = [(0, 0, 4.0, 0), (0, 1, 4.0, DAY), (0, 2, 4.0, DAY), (0, 3, 4.0, DAY), (1, 0, 4.0, 0)]
+    ratings = spark.createDataFrame(rows, RATINGS_SCHEMA)
+    assert counted_ratings(ratings, 0) is ratings
+    left = sorted((r["user_idx"], r["item_idx"]) for r in counted_ratings(ratings, 2).collect())
+    assert len(left) == 2 and all(u == 0 and i in (1, 2, 3) for u, i in left)  # item 0 (first) and one tied item out
+    with pytest.raises(ValueError, match="timestamp"):
+        counted_ratings(ratings.drop("timestamp"), 1)
+
+
+def test_trend_prior_in_the_model(spark, side, train, tmp_path):
+    rows = [(u, i, r, d * DAY) for u, i, r, d in TREND]
+    ratings = spark.createDataFrame(rows, RATINGS_SCHEMA)
+    model = ContentBased(side=side, max_neighbors=5, prior=1000.0, trend_days=2.0, trend_shrink=7.0, trend_step_days=1.0).fit(ratings)
+    assert model.grouped and model.params["trend_days"] == 2.0
+    # prior 1000: the window's order.  User 2 (latest day 3): n_j(t) 28/9, 14/9, 14/9, 7/9 -> item 1 or 2 after
+    # item 0 (seen: 0, 3), ties by the smaller id; user 1 (day 4): 28/9, 7/9, 14/9, 14/9 -> items 3, 1 unseen
+    lists: dict[int, list[int]] = {}
+    for r in model.recommend(spark.createDataFrame([(1,), (2,)], "user_idx int"), k=2).orderBy("user_idx", "rank").collect():
+        lists.setdefault(r["user_idx"], []).append(r["item_idx"])
+    assert lists == {1: [3, 1], 2: [1, 2]}
+    # a user with no rating: nothing shared, the reason says where the list came from
+    reasons = {r["reason"] for r in model.explain(model.recommend(spark.createDataFrame([(9,)], "user_idx int"), k=2), side.items).collect()}
+    assert reasons == {"popular lately with other users"}
+    model.save(str(tmp_path / "trend"))
+    again = ContentModel.load(str(tmp_path / "trend"))
+    assert sorted(again.recommend(spark.createDataFrame([(1,), (2,)], "user_idx int"), k=2).select("user_idx", "item_idx", "rank").collect()) == sorted(
+        model.recommend(spark.createDataFrame([(1,), (2,)], "user_idx int"), k=2).select("user_idx", "item_idx", "rank").collect()
+    )
+    # no timestamps: the trend is off (logged), the plain global prior
+    plain = ContentBased(side=side, max_neighbors=5, prior=4.0).fit(train)
+    no_ts = ContentBased(side=side, max_neighbors=5, prior=4.0, trend_days=30.0).fit(train.withColumn("timestamp", F.lit(None).cast("long")))
+    assert not no_ts.grouped
+    everyone = spark.createDataFrame([(u,) for u in range(4)], "user_idx int")
+    cols = ["user_idx", "item_idx", "rank"]
+    assert sorted(no_ts.recommend(everyone, k=3).select(*cols).collect()) == sorted(plain.recommend(everyone, k=3).select(*cols).collect())
 
 
 def test_segment_priors_serve_new_users_by_their_segment(spark, side, train, tmp_path):

@@ -162,7 +162,8 @@ def test_content_stage_writes_features_profiles_and_explanations(spark, cfg_fact
     assert c["explained_rows"] == 5 * 10 and c["explained_without_reason"] == 0
     # the generated users have ages: the default age-segment prior accounts for every one of them
     users = stages.read_ingested(spark, cfg, "users")
-    assert sum(c["users_by_segment"].values()) == users.count() and "(global prior)" not in c["users_by_segment"]
+    assert sum(c["users_by_segment"].values()) == users.count() and not {"(global prior)", "(no segment)"} & set(c["users_by_segment"])
+    assert c["prior_groups"] >= len(c["users_by_segment"])  # the default trend: one prior per (age group, period)
     assert set(c["users_by_segment"]) <= {"aged under 18", "aged 18-24", "aged 25-34", "aged 35-44", "aged 45-55", "aged 56+"}
     out = cfg.stage_path("content", "content")
     feats = ItemFeatures.load(f"{out}/features")  # the saved transform featurises items again, identically
