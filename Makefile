@@ -73,7 +73,7 @@ lint: install
 	$(BIN)/ruff check recsys_spark jobs tests benchmarks
 
 bench: install
-	$(BIN)/python benchmarks/ingest_split.py --out benchmarks/results/ingest_split.json
+	$(BIN)/python benchmarks/ingest_split.py --out benchmarks/results/performance/ingest-split.json
 
 clean:
 	rm -rf output build .pytest_cache spark-warehouse

@@ -6,9 +6,11 @@
 #   ./spark-submit.sh --master 'local[2]' pipeline --config conf/local.toml
 #   ./spark-submit.sh --master 'local-cluster[2,1,1024]' ingest --config conf/local.toml
 #   ./spark-submit.sh --master spark://host:7077 split --config conf/cluster.toml --set split.seed=7
+#   ./spark-submit.sh --zip      only build the zip and print its path
 #
-# JOB is a module in jobs/ (jobs/JOB.py).  The library is zipped into
-# build/recsys_spark.zip on every call.  spark-submit comes from the pip-installed
+# JOB is a module in jobs/ (jobs/JOB.py).  The library, with its package data
+# (the tuned defaults in recsys_spark/conf/), is zipped into build/recsys_spark.zip
+# on every call.  spark-submit comes from the pip-installed
 # pyspark of $PYTHON (default: .venv/bin/python, else python3); executors use
 # the same interpreter unless PYSPARK_PYTHON is set (on a cluster, point it at
 # a shipped environment, see conf/cluster.toml).
@@ -19,11 +21,13 @@ if [[ -z "$PYTHON" ]]; then
   if [[ -x "$here/.venv/bin/python" ]]; then PYTHON="$here/.venv/bin/python"; else PYTHON="$(command -v python3)"; fi
 fi
 
-usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
+zip_only=0
 spark_args=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
+    --zip) zip_only=1; shift ;;
     --verbose|--supervise|-v) spark_args+=("$1"); shift ;;
     --*=*) spark_args+=("$1"); shift ;;
     -*) [[ $# -ge 2 ]] || { echo "spark-submit.sh: option $1 needs a value" >&2; exit 2; }
@@ -31,25 +35,30 @@ while [[ $# -gt 0 ]]; do
     *) break ;;
   esac
 done
-[[ $# -ge 1 ]] || { usage >&2; exit 2; }
-job="$1"; shift
-job_file="$here/jobs/$job.py"
-if [[ ! -f "$job_file" ]]; then
-  echo "spark-submit.sh: no job '$job'; jobs: $(cd "$here/jobs" && ls *.py | grep -v __init__ | sed 's/\.py$//' | tr '\n' ' ')" >&2
-  exit 2
+if [[ $zip_only == 0 ]]; then
+  [[ $# -ge 1 ]] || { usage >&2; exit 2; }
+  job="$1"; shift
+  job_file="$here/jobs/$job.py"
+  if [[ ! -f "$job_file" ]]; then
+    echo "spark-submit.sh: no job '$job'; jobs: $(cd "$here/jobs" && ls *.py | grep -v __init__ | sed 's/\.py$//' | tr '\n' ' ')" >&2
+    exit 2
+  fi
 fi
 
 mkdir -p "$here/build"
 zip_file="$here/build/recsys_spark.zip"
 "$PYTHON" - "$here" "$zip_file" <<'PY'
-import pathlib, sys, zipfile
+import os, pathlib, sys, zipfile
 root, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
-tmp = out.with_suffix(".zip.tmp")
+tmp = out.with_suffix(f".zip.{os.getpid()}.tmp")  # concurrent calls each write their own, then rename
 with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-    for f in sorted((root / "recsys_spark").rglob("*.py")):
-        zf.write(f, f.relative_to(root))
+    # the code and the package data it reads at run time (model defaults, search spaces)
+    for f in sorted((root / "recsys_spark").rglob("*")):
+        if f.is_file() and f.suffix in (".py", ".toml"):
+            zf.write(f, f.relative_to(root))
 tmp.replace(out)
 PY
+if [[ $zip_only == 1 ]]; then echo "$zip_file"; exit 0; fi
 
 spark_home="$("$PYTHON" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')"
 export SPARK_HOME="${SPARK_HOME:-$spark_home}"

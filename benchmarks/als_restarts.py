@@ -1,15 +1,15 @@
 """Does restarting MLlib ALS from other seeds, or averaging the restarts, lower its RMSE?
 
     RECSYS_DATA_DIR=../shared/datasets .venv/bin/python benchmarks/als_restarts.py \
-        --out benchmarks/results/als_restarts_u1_holdout.json
+        --out benchmarks/results/studies/als/restarts-u1-holdout.json
 
 Validation only: the registered ``als`` (its tuned defaults from
-``conf/models/als.toml``) is fitted on ML-100K u1.base minus a 10% hash
+``recsys_spark/conf/models/als.toml``) is fitted on ML-100K u1.base minus a 10% hash
 holdout (:func:`recsys_spark.tuning.holdout`, the tuning studies' split) once
 per seed; each fit's RMSE on the holdout and that of the running average of
 the fits' predictions are reported.  The u1 test part is never read.
-``als_restarts_u1_holdout.json`` was run while plain residuals were the
-``als`` default, ``als_restarts_u1_holdout_scaled.json`` with scaled ones.
+``studies/als/restarts-u1-holdout.json`` was run while plain residuals were the
+``als`` default, ``studies/als/restarts-u1-holdout-scaled.json`` with scaled ones.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("seed %d: rmse %.4f; average of %d fits %.4f (%.0fs)", seed, row["rmse"], len(preds), row["average_rmse"], row["fit_s"])
     result = {
         "protocol": {"dataset": "ml-100k", "fold": "u1", "valid": "10% hash holdout of the training part", "rows": int(len(truth))},
-        "model": "als (conf/models/als.toml)",
+        "model": "als (recsys_spark/conf/models/als.toml)",
         "rows": rows,
     }
     if args.out:

@@ -1,12 +1,12 @@
 """Do scaled residuals (per-user and per-item z-scores) and backfitting lower MLlib ALS's RMSE?
 
     RECSYS_DATA_DIR=../shared/datasets .venv/bin/python benchmarks/als_scaled.py \
-        --out benchmarks/results/als_scaled_u1_holdout.json
+        --out benchmarks/results/studies/als/scaled-u1-holdout.json
     RECSYS_DATA_DIR=../shared/datasets .venv/bin/python benchmarks/als_scaled.py --grid backfit \
-        --out benchmarks/results/als_backfit_u1_holdout.json
+        --out benchmarks/results/studies/als/backfit-u1-holdout.json
 
 Validation only: the registered ``als`` (its defaults from
-``conf/models/als.toml``, each row overriding some of them) is fitted on
+``recsys_spark/conf/models/als.toml``, each row overriding some of them) is fitted on
 ML-100K u1.base minus a 10% hash holdout (:func:`recsys_spark.tuning.holdout`,
 the tuning studies' split) and scored on the holdout.  The first row is ALS on
 plain baseline residuals, the others divide the residuals by the user's and
@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# (label, overrides of conf/models/als.toml)
+# (label, overrides of recsys_spark/conf/models/als.toml)
 GRID: list[tuple[str, dict]] = [
     ("plain residuals", {"scale_residuals": False}),
     ("scaled, damping 0.5", {"scale_residuals": True, "scale_damping": 0.5}),
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("[%d/%d] %s: rmse %.4f (%.0fs)", i, len(grid), label, row["rmse"], row["fit_s"])
     result = {
         "protocol": {"dataset": "ml-100k", "fold": "u1", "valid": "10% hash holdout of the training part", "rows": int(len(truth))},
-        "model": "als (conf/models/als.toml, overridden per row)",
+        "model": "als (recsys_spark/conf/models/als.toml, overridden per row)",
         "rows": rows,
     }
     if args.out:

@@ -6,7 +6,7 @@
 Both start from the *training* part of the top-N protocol (per-user
 stratified 75/25, seed 42) and carve a validation set out of it (per user,
 80/20, seed 7): the protocol's test part is never read, so the values chosen
-here can be the defaults in ``conf/models/content.toml`` without touching the
+here can be the defaults in ``recsys_spark/conf/models/content.toml`` without touching the
 numbers the README reports.
 
 * ``sweep``: a grid (``--grid '{"weighting": [...], "prior": [...]}'``) ->

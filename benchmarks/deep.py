@@ -13,7 +13,7 @@
   top-N protocol (ML-100K, per-user 75/25, seed 42) minus a per-user 20%
   validation carve (seed 7) and are scored by NDCG@10 over all unrated items
   on that carve.  No protocol test part is read: the chosen values can be the
-  defaults in ``conf/models/*.toml``.
+  defaults in ``recsys_spark/conf/models/*.toml``.
 * ``loader``: samples/s of a training step (GMF, batch 1024) fed by the Arrow
   loader, the petastorm loader (when importable) and the same tensors held in
   memory, on generated interactions.

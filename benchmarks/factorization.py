@@ -1,9 +1,9 @@
 """Factorization performance: MLlib ALS with the native BLAS vs the Java fallback; our SGD SVD vs a single-node reference.
 
-    .venv/bin/python benchmarks/factorization.py als-blas --dataset gen-5m --out benchmarks/results/factorization_als_blas.json
+    .venv/bin/python benchmarks/factorization.py als-blas --dataset gen-5m --out benchmarks/results/performance/factorization-als-blas.json
     .venv/bin/python benchmarks/factorization.py sgd --datasets gen-1m,gen-5m --epochs 10 \
         --variants float64/numpy,float64/auto,float32/auto --reference-python /tmp/surprise-venv/bin/python \
-        --out benchmarks/results/factorization_sgd_torch_scatter.json
+        --out benchmarks/results/performance/factorization-sgd-torch-scatter.json
 
 * ``als-blas``: ``pyspark.ml.recommendation.ALS`` (rank ``--als-rank``, default 10, 10 iterations,
   reg 0.1) fitted on all ingested ratings, in three fresh JVMs: one that

@@ -1,6 +1,6 @@
 """Ingest + split wall time and peak driver memory, per dataset.
 
-    .venv/bin/python benchmarks/ingest_split.py --out benchmarks/results/ingest_split.json
+    .venv/bin/python benchmarks/ingest_split.py --out benchmarks/results/performance/ingest-split.json
     .venv/bin/python benchmarks/ingest_split.py --datasets ml-latest-small,gen-1m
 
 Each dataset runs in its own child process (a fresh JVM), so peak memory is

@@ -1,6 +1,6 @@
 """Recall and time of the LSH approximate neighbours against the exact table.
 
-    .venv/bin/python benchmarks/lsh_recall.py --dataset ml-latest-small --out benchmarks/results/lsh_recall.json
+    .venv/bin/python benchmarks/lsh_recall.py --dataset ml-latest-small --out benchmarks/results/performance/lsh-recall.json
 
 Item-item, no shrinkage, on all ingested ratings: the exact neighbour table
 (block kernel) against ``lsh_similarities`` for Jaccard (MinHashLSH) and the
@@ -38,7 +38,7 @@ def main() -> None:
     from recsys_spark.config import load_config
     from recsys_spark.logs import setup_logging
     from recsys_spark.lsh import lsh_similarities, neighbor_recall
-    from recsys_spark.neighborhood import similarities
+    from recsys_spark.neighbors import similarities
     from recsys_spark.spark import get_spark
     from recsys_spark.stages import read_ingested, run_generate, run_ingest
 

@@ -7,7 +7,7 @@ item-item table ``(a, b, sim, support)``, the shape of the kNN tables),
 ``profile_sums`` / ``profile_counts`` (user profiles that new ratings update
 without a recomputation), ``terms`` (the genres/tags whose items are rated
 furthest from the baseline) and ``explanations`` (top-N lists with a reason per
-item).  Parameters come from ``conf/models/<model>.toml``.  Run it with::
+item).  Parameters come from ``recsys_spark/conf/models/<model>.toml``.  Run it with::
 
     ./spark-submit.sh --master 'local[2]' content --config conf/local.toml
 

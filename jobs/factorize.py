@@ -3,7 +3,7 @@
 Writes ``user_factors``, ``item_factors``, ``interpretation`` (per factor: the
 titles with the largest loadings, the genres and tags with the largest lift)
 and ``interpretation.png`` under ``<paths.output>/<dataset>/factors/<model>``.
-The model's parameters come from ``conf/models/<model>.toml``.  Run it with::
+The model's parameters come from ``recsys_spark/conf/models/<model>.toml``.  Run it with::
 
     ./spark-submit.sh --master 'local[2]' factorize --config conf/local.toml --set factorize.model=nmf
 

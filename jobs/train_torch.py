@@ -1,7 +1,7 @@
 """Train a deep model on the exported features and score the test part back in Spark.
 
 One entry for every deep model (``gmf``, ``mlp``, ``neumf``, ``neumf_explicit``,
-``autorec``, ``cdae``; parameters from ``conf/models/<model>.toml``).  The
+``autorec``, ``cdae``; parameters from ``recsys_spark/conf/models/<model>.toml``).  The
 training function is the same locally and distributed: ``--set
 torch.distributor=local`` runs it in the driver process, ``spark`` runs it on
 ``torch.num_processes`` Spark tasks through TorchDistributor (gloo; CUDA with

@@ -26,7 +26,7 @@ from recsys_spark.config import load_config
 from recsys_spark.evaluate import rating_report, results_markdown, topn_report
 from recsys_spark.logs import setup_logging
 from recsys_spark.lsh import lsh_similarities, neighbor_recall
-from recsys_spark.neighborhood import similarities
+from recsys_spark.neighbors import similarities
 from recsys_spark.notebook import show, widget
 from recsys_spark.spark import get_spark
 

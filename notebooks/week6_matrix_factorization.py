@@ -78,7 +78,7 @@ def overrides(name: str) -> dict:
 # MAGIC %md
 # MAGIC ## The family, on the rating and top-N protocols
 # MAGIC
-# MAGIC Every model starts from its tuned configuration in `conf/models/<name>.toml`
+# MAGIC Every model starts from its tuned configuration in `recsys_spark/conf/models/<name>.toml`
 # MAGIC (tuned with `recsys-spark tune` on a slice of ML-100K's `u1.base`, never on
 # MAGIC a test part). Rating predictions are clipped to the scale and every test
 # MAGIC row is scored (`source` counts the fallbacks); top-N lists exclude the

@@ -45,7 +45,7 @@ MODELS = widget("models", "popularity,item_knn,gmf,mlp,neumf,cdae").split(",")  
 RATING_MODELS = [m for m in widget("rating_models", "bias,autorec,neumf_explicit").split(",") if m]
 LASTOUT = [m for m in widget("lastout_models", "gmf,mlp,neumf").split(",") if m]
 NEGATIVES = int(widget("negatives", "99"))  # leave-last-out: sampled unrated items per user (small catalogues need fewer)
-EPOCHS = widget("epochs", "")  # "" -> each model's conf/models/<name>.toml; a number caps every model (small runs)
+EPOCHS = widget("epochs", "")  # "" -> each model's recsys_spark/conf/models/<name>.toml; a number caps every model (small runs)
 HOLDOUT = widget("valid_fraction", "")  # "" -> the models' early-stopping holdout; 0 -> fixed epochs, no refit (small runs)
 K = int(widget("k", "10"))
 EXTRA = [s for s in widget("overrides", "").split(";") if s]  # e.g. generate.n_ratings=5000

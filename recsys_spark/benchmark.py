@@ -76,7 +76,7 @@ def materialize(model: RecommenderModel) -> RecommenderModel:
 
 
 def _timed_fit(
-    name: str, cfg_scale: Scale, train: DataFrame, side: SideData | None = None, models_dir: Path = registry.MODELS_DIR,
+    name: str, cfg_scale: Scale, train: DataFrame, side: SideData | None = None, models_dir: str | None = None,
 ) -> tuple[RecommenderModel, float]:  # fmt: skip
     est = registry.build(name, cfg_scale, models_dir=models_dir, side=side)
     t = time.perf_counter()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable
 from typing import Any
 
 from recsys_spark.config import Config, ConfigError, load_config
@@ -25,10 +24,13 @@ DESCRIPTIONS = {
     "ingest": "validate raw files into Parquet tables, id maps and a quarantine table",
     "split": "write train/valid/test (and sampled negatives) for the configured protocol",
     "neighbors": "write the kNN neighbour table (a, b, sim, support) of neighbors.model to Parquet",
-    "pipeline": "run every stage in order, skipping those whose outputs are up to date",
+    "predict": "fit models on the split; write their rating predictions and top-N on the valid and test parts",
+    "blend": "choose the model that is best on the validation part; write its test predictions as the blend",
+    "evaluate": "metrics of every model and the blend on the test part: Parquet, JSON, Markdown and an MLflow run",
+    "pipeline": "run the stages the config needs, in the order of their inputs, skipping those that are up to date",
     "download": "download a MovieLens archive and verify its SHA-256 (needs a network)",
     "benchmark": "evaluate registered models on a fixed protocol (rating: ML-100K u1..u5; topn; coldstart)",
-    "tune": "Optuna search of a model's parameters (conf/tuning/<model>.toml) on a validation part of ML-100K u1.base",
+    "tune": "Optuna search of a model's parameters (recsys_spark/conf/tuning/<model>.toml) on a validation part of ML-100K u1.base",
     "factorize": "fit a factorization model on the pipeline's split; write its factors (and NMF factor interpretation)",
     "export_features": "write the Parquet feature tables PyTorch jobs train on (interactions, negatives, item/user features, histories)",
     "train_torch": "train a deep model on the exported features (locally or with TorchDistributor) and score the test part in Spark",
@@ -54,10 +56,12 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
         p.add_argument("--slices", type=int, default=1, help="coldstart protocol: pool the new-user experiment over this many disjoint user slices")
         p.add_argument("--out", default=None, help="write the JSON result here")
     if stage == "tune":
-        p.add_argument("--model", required=True, help="registered model with a conf/tuning/<model>.toml")
+        p.add_argument("--model", required=True, help="registered model with a recsys_spark/conf/tuning/<model>.toml")
         p.add_argument("--trials", type=int, default=None, help="number of trials (default: the TOML's study.n_trials)")
         p.add_argument("--fold", type=int, default=1, help="ML-100K fold whose training part is tuned on")
         p.add_argument("--out", default=None, help="write the study (best parameters, every trial) as JSON here")
+    if stage == "predict":
+        p.add_argument("--model", default=None, help="registered model (default: every model of models.names, in turn)")
     if stage == "factorize":
         p.add_argument("--model", default=None, help="registered factorization model (default: factorize.model)")
     if stage == "content":
@@ -70,12 +74,18 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
     return p
 
 
-def _stage_fn(stage: str) -> Callable[..., Any]:
+def _run_stage(spark: Any, cfg: Config, stage: str, args: argparse.Namespace) -> Any:
+    """One stage (or the pipeline); a stage that fits a model gets ``--model``, ``predict`` every model by default."""
     from recsys_spark import pipeline, stages
 
     if stage == "pipeline":
-        return pipeline.run_pipeline
-    return stages.STAGES[stage]
+        return pipeline.run_pipeline(spark, cfg, force=args.force)
+    declared = stages.STAGES[stage]
+    if declared.model_key is None:
+        return declared.run(spark, cfg, force=args.force)
+    if stage == "predict" and args.model is None:
+        return {f"predict:{m}": declared.run(spark, cfg, m, force=args.force) for m in cfg.models.names}
+    return declared.run(spark, cfg, args.model, force=args.force)
 
 
 def run_job(stage: str, argv: list[str] | None = None) -> int:
@@ -100,13 +110,7 @@ def run_job(stage: str, argv: list[str] | None = None) -> int:
             return _benchmark(spark, args, log)
         if stage == "tune":
             return _tune(spark, cfg, args, log)
-        if stage in ("factorize", "content", "train_torch"):
-            from recsys_spark.stages import STAGES
-
-            _log_result(log, stage, STAGES[stage](spark, cfg, args.model, force=args.force))
-            return 0
-        result = _stage_fn(stage)(spark, cfg, force=args.force)
-        _log_result(log, stage, result)
+        _log_result(log, stage, _run_stage(spark, cfg, stage, args))
         return 0
     except (DataFormatError, IngestError, FileNotFoundError, ValueError) as exc:
         log.error("%s failed: %s", stage, exc)

@@ -124,15 +124,15 @@ class SplitConfig:
 
 @dataclass
 class ModelsConfig:
-    # registered model names the pipeline fits (parameters: conf/models/<name>.toml)
+    # registered model names the pipeline fits (parameters: recsys_spark/conf/models/<name>.toml)
     names: list[str] = field(default_factory=lambda: ["global_mean", "user_mean", "item_mean", "popularity", "bias"])
     k: int = 10  # length of the top-N lists each model writes
-    models_dir: str = ""  # "" -> the project's conf/models
+    models_dir: str = ""  # a folder whose <name>.toml replace the packaged defaults of those models
 
 
 @dataclass
 class NeighborsConfig:
-    # the neighbour-table job: a registered kNN model whose conf/models/<model>.toml defines the table
+    # the neighbour-table job: a registered kNN model whose recsys_spark/conf/models/<model>.toml defines the table
     model: str = "item_knn"
     max_neighbors: int = 100  # neighbours kept per entity in the exported table (0: all)
 

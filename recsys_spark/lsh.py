@@ -1,6 +1,6 @@
 """Approximate neighbours by locality-sensitive hashing, for very large catalogues.
 
-The exact neighbour table (``neighborhood.similarities``) generates every
+The exact neighbour table (``neighbors.similarities``) generates every
 co-rated pair; LSH instead hashes each entity's rating vector and only scores
 pairs that collide in some hash table:
 

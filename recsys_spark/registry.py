@@ -1,14 +1,20 @@
 """Models by name: each family adds itself with one entry.
 
-``build("bias", scale)`` returns an estimator configured from
-``conf/models/bias.toml`` (its ``[params]`` table) with any overrides applied.
-Unknown names and unknown parameters fail naming the model and the key.
+``build("bias", scale)`` returns an estimator configured from its tuned
+defaults, ``recsys_spark/conf/models/bias.toml`` (its ``[params]`` table), with
+any overrides applied.  The defaults are package data: they are read through
+:mod:`importlib.resources`, so an installed wheel, the zip that
+``spark-submit.sh`` ships and a source checkout all find the same files.  A
+registered model without a defaults file, unknown names and unknown
+parameters fail naming the model, the key or the path.
 """
 
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +23,11 @@ from recsys_spark.content import ContentBased, SideData
 from recsys_spark.factorization.als import ALS
 from recsys_spark.factorization.impute import SVDImpute
 from recsys_spark.factorization.svd import NMFMU, SVD, SVDpp
-from recsys_spark.neighborhood import KNN
+from recsys_spark.neighbors import KNN
 from recsys_spark.recommender import Recommender, Scale
 
-MODELS_DIR = Path(__file__).resolve().parents[1] / "conf" / "models"
+# the tuned defaults: a folder of the package, or inside the zip spark-submit.sh ships
+MODELS_DIR: Traversable = resources.files("recsys_spark") / "conf" / "models"
 
 # name -> (factory(scale, **params), task): task says which protocols it serves
 REGISTRY: dict[str, tuple[Callable[..., Recommender], str]] = {
@@ -75,15 +82,40 @@ REGISTRY.update({
 })  # fmt: skip
 
 
-def register(name: str, factory: Callable[..., Recommender], task: str = "rating+topn") -> None:
+# defaults of models registered at run time with ``register(..., defaults={...})``
+_DEFAULTS: dict[str, dict[str, Any]] = {}
+
+
+def register(
+    name: str, factory: Callable[..., Recommender], task: str = "rating+topn", defaults: Mapping[str, Any] | None = None,
+) -> None:  # fmt: skip
+    """Add a model; ``defaults`` are its parameters when it has no ``recsys_spark/conf/models/<name>.toml`` in the package."""
     REGISTRY[name] = (factory, task)
+    if defaults is not None:
+        _DEFAULTS[name] = dict(defaults)
 
 
-def model_params(name: str, models_dir: Path = MODELS_DIR) -> dict[str, Any]:
-    """The tuned defaults of ``name`` from ``conf/models/<name>.toml`` ({} when absent)."""
-    path = models_dir / f"{name}.toml"
+def defaults_path(name: str, models_dir: str | Path | None = None) -> Traversable:
+    """Where ``name``'s defaults are read: ``models_dir/<name>.toml`` when that file exists, else the package's."""
+    if models_dir:
+        own = Path(models_dir) / f"{name}.toml"
+        if own.is_file():
+            return own
+    return MODELS_DIR / f"{name}.toml"
+
+
+def model_params(name: str, models_dir: str | Path | None = None) -> dict[str, Any]:
+    """The tuned defaults of ``name``: its ``[params]`` table (see :func:`defaults_path`).
+
+    A registered model whose file cannot be found is an error naming the path
+    (a silent ``{}`` would run the model with its code defaults instead).
+    """
+    path = defaults_path(name, models_dir)
     if not path.is_file():
-        return {}
+        if name in _DEFAULTS:
+            return dict(_DEFAULTS[name])
+        where = f"{path}" + (f" (nor {Path(models_dir) / (name + '.toml')})" if models_dir else "")
+        raise FileNotFoundError(f"model {name!r}: its defaults file {where} is missing")
     data = tomllib.loads(path.read_text())
     unknown = set(data) - {"params"}
     if unknown:
@@ -92,7 +124,8 @@ def model_params(name: str, models_dir: Path = MODELS_DIR) -> dict[str, Any]:
 
 
 def build(
-    name: str, scale: Scale, overrides: dict[str, Any] | None = None, models_dir: Path = MODELS_DIR, side: SideData | None = None,
+    name: str, scale: Scale, overrides: dict[str, Any] | None = None, models_dir: str | Path | None = None,
+    side: SideData | None = None,
 ) -> Recommender:  # fmt: skip
     """The estimator ``name`` with its tuned defaults; ``side`` goes to models that read item side data (content)."""
     if name not in REGISTRY:
@@ -102,7 +135,7 @@ def build(
     try:
         est = factory(scale, **params)
     except TypeError as exc:
-        raise ValueError(f"model {name!r}: bad parameter in {models_dir / (name + '.toml')} or overrides: {exc}") from None
+        raise ValueError(f"model {name!r}: bad parameter in {defaults_path(name, models_dir)} or overrides: {exc}") from None
     if getattr(est, "uses_side", False) and side is not None:
         est.with_side(side)
     return est

@@ -18,7 +18,7 @@ COL_RATING = "rating"
 COL_TIMESTAMP = "timestamp"
 COL_PREDICTION = "prediction"
 COL_SCORE = "score"
-# the kNN neighbour table (neighborhood.similarities, lsh.lsh_similarities)
+# the kNN neighbour table (neighbors.similarities, lsh.lsh_similarities)
 NB_A, NB_B, NB_SIM, NB_SUPPORT = "a", "b", "sim", "support"
 NEIGHBORS_DDL = "a int, b int, sim double, support long"
 COL_RANK = "rank"

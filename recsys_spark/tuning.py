@@ -2,7 +2,7 @@
 
     recsys-spark tune --model svd --trials 30 --out output/tuning/svd.json
 
-The search space is declared in ``conf/tuning/<model>.toml``::
+The search space is declared in ``recsys_spark/conf/tuning/<model>.toml``::
 
     [study]
     n_trials = 30
@@ -23,7 +23,7 @@ second, or -- for a top-N metric -- ranks the first ``K`` unseen items for
 every validation user and scores them against that user's validation items
 (all relevant, as in the top-N benchmark).  Trials are logged to MLflow (one
 run per trial, nested under one run per study) and the best parameters are
-written as JSON; copying them to ``conf/models/<model>.toml`` makes them the
+written as JSON; copying them to ``recsys_spark/conf/models/<model>.toml`` makes them the
 model's defaults.
 """
 
@@ -33,6 +33,8 @@ import json
 import logging
 import time
 import tomllib
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +50,11 @@ from recsys_spark.schemas import COL_ITEM, COL_TIMESTAMP, COL_USER
 
 log = logging.getLogger(__name__)
 
-TUNING_DIR = Path(__file__).resolve().parents[1] / "conf" / "tuning"
+# search spaces are package data, like the tuned defaults (see recsys_spark.registry)
+TUNING_DIR: Traversable = resources.files("recsys_spark") / "conf" / "tuning"
 
 
-def load_space(model: str, tuning_dir: Path = TUNING_DIR) -> dict[str, Any]:
+def load_space(model: str, tuning_dir: Traversable | Path = TUNING_DIR) -> dict[str, Any]:
     path = tuning_dir / f"{model}.toml"
     if not path.is_file():
         raise ValueError(f"no search space for {model!r}: expected {path}")
@@ -102,7 +105,7 @@ def validation_parts(spark: SparkSession, cfg: Config, fold: int = 1, ratio: flo
 
 
 def run_tune(spark: SparkSession, cfg: Config, model: str, n_trials: int | None = None, fold: int = 1,
-             seed: int = 42, tuning_dir: Path = TUNING_DIR) -> dict[str, Any]:  # fmt: skip
+             seed: int = 42, tuning_dir: Traversable | Path = TUNING_DIR) -> dict[str, Any]:  # fmt: skip
     import optuna
 
     if model not in registry.REGISTRY:

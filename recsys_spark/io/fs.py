@@ -32,6 +32,19 @@ def exists(spark: SparkSession, path: str) -> bool:
     return bool(fs.exists(hpath))
 
 
+def list_files(spark: SparkSession, path: str) -> list[tuple[str, int, int]]:
+    """``(name, size, mtime)`` of every file under ``path``, recursively; [] when it does not exist."""
+    fs, hpath = _fs(spark, path)
+    if not fs.exists(hpath):
+        return []
+    it = fs.listFiles(hpath, True)
+    entries = []
+    while it.hasNext():
+        st = it.next()
+        entries.append((st.getPath().getName(), int(st.getLen()), int(st.getModificationTime())))
+    return entries
+
+
 def delete(spark: SparkSession, path: str) -> None:
     fs, hpath = _fs(spark, path)
     if fs.exists(hpath):

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -72,12 +73,17 @@ def test_jobs_under_spark_submit_and_on_local_cluster(raw_data, tmp_path):
 
     master = "local-cluster[2,1,1024]"
     # the block kernel's Python runs in separate executor JVMs
-    res = submit(master, "neighborhood", *common, "--set", "neighbors.max_neighbors=10")
+    res = submit(master, "neighbors", *common, "--set", "neighbors.max_neighbors=10")
     assert res.returncode == 0, res.stdout[-3000:]
     # the session reports the master spark-submit gave it, not the config's
     assert f"master={master}" in res.stdout
-    nb = json.loads((tmp_path / "out/generated/neighbors/item_knn/_manifest.json").read_text())["counts"]
+    nb_manifest = json.loads((tmp_path / "out/generated/neighbors/item_knn/_manifest.json").read_text())
+    nb = nb_manifest["counts"]
     assert nb["pairs"] > 0 and nb["ratings"] == c["train"] + c["valid"]
+    # the job ran with the tuned defaults shipped in the zip (the block kernel), not the code's (join)
+    tuned = tomllib.loads((ROOT / "recsys_spark/conf/models/item_knn.toml").read_text())["params"]
+    assert nb_manifest["config"]["extra"]["params"] == {**tuned, "max_neighbors": 10}
+    assert tuned["kernel"] == "blocks"
     # our factorization engine: RDD closures, broadcasts and numpy kernels in separate executors
     models = tmp_path / "models"
     models.mkdir()
@@ -91,8 +97,10 @@ def test_jobs_under_spark_submit_and_on_local_cluster(raw_data, tmp_path):
 def test_bad_input_under_spark_submit_is_one_clear_line(tmp_path):
     res = submit("local[2]", "ingest", "--set", "dataset.kind=ml-100k", "--set", f'dataset.path="{tmp_path}/none"')
     assert res.returncode == 2
-    assert "ERROR recsys_spark.jobs.ingest: ingest failed: dataset 'ml-100k' (ml-100k): input file(s) not found" in res.stdout
-    assert "none/u.data" in res.stdout and "none/u.item" in res.stdout
+    errors = [line for line in res.stdout.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, res.stdout[-3000:]
+    assert "ERROR recsys_spark.jobs.ingest: ingest failed: dataset 'ml-100k' (ml-100k): input file(s) not found" in errors[0]
+    assert "none/u.data" in errors[0] and "none/u.item" in errors[0]
     assert "Traceback" not in res.stdout
 
 

@@ -400,7 +400,7 @@ def test_als_mllib_paths_agree_with_the_factor_tables_and_never_nan(spark):
 def test_every_factorization_model_is_registered_with_a_default_config():
     for name in ("als", "als_implicit", "nmf", "nmf_mu", "svd", "svd_gd", "svdpp", "svdpp_time", "svd_impute"):
         assert name in registry.REGISTRY
-        assert registry.model_params(name), f"conf/models/{name}.toml is missing or empty"
+        assert registry.model_params(name), f"recsys_spark/conf/models/{name}.toml is missing or empty"
 
 
 # -- the shared contract ---------------------------------------------------------------------

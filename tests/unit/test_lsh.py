@@ -3,8 +3,8 @@
 import pytest
 
 from recsys_spark.lsh import lsh_similarities, neighbor_recall
-from recsys_spark.neighborhood import KNN, similarities
-from tests.unit.test_neighborhood import generated  # noqa: F401  (fixture)
+from recsys_spark.neighbors import KNN, similarities
+from tests.unit.test_neighbors import generated  # noqa: F401  (fixture)
 
 
 def _table(df):

@@ -176,3 +176,29 @@ def test_content_stage_writes_features_profiles_and_explanations(spark, cfg_fact
     assert stages.run_content(spark, cfg)["skipped"]
     with pytest.raises(ValueError, match="not a content model"):
         stages.run_content(spark, cfg, "bias")
+
+
+def test_pipeline_orders_the_stages_a_config_needs_from_their_declarations(cfg_factory, monkeypatch):
+    from recsys_spark import pipeline
+
+    names = 'models.names=["bias", "item_knn", "content", "als", "gmf"]'
+    planned = pipeline.pipeline_stages(cfg_factory(names, 'factorize.model="als"'))
+    assert planned == [
+        "generate", "ingest", "split",
+        "content", "export_features",  # the export adds the content model's terms: it reads the content output
+        "factorize", "neighbors",
+        "predict:bias", "predict:item_knn", "predict:content", "predict:als", "predict:gmf", "blend", "evaluate",
+    ]  # fmt: skip
+    # only what models.names needs: no export stage without its model, no generate for a real dataset
+    assert pipeline.pipeline_stages(cfg_factory('models.names=["popularity"]')) == [
+        "generate", "ingest", "split", "predict:popularity", "blend", "evaluate",
+    ]  # fmt: skip
+    assert pipeline.pipeline_stages(cfg_factory("dataset.kind=ml-100k", 'models.names=["bias"]'))[0] == "ingest"
+    # a stage reading its own downstream output cannot be ordered
+    bad = stages.Stage(
+        name="loop", run=lambda *a, **k: {}, help="", sections=(), instances=lambda cfg: [None],
+        inputs=lambda cfg, _m=None: [cfg.stage_path("evaluate")], outputs=lambda cfg, _m=None: [cfg.stage_path("splits")],
+    )  # fmt: skip
+    monkeypatch.setitem(stages.STAGES, "loop", bad)
+    with pytest.raises(ValueError, match="read each other's outputs"):
+        pipeline.plan(cfg_factory('models.names=["popularity"]'))

@@ -1,0 +1,72 @@
+"""predict: fit one model and write its predictions in the contract shapes, on valid and on test."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pyspark.sql import SparkSession
+
+from recsys_spark import registry
+from recsys_spark import split as spl
+from recsys_spark.config import Config
+from recsys_spark.schemas import COL_ITEM, COL_TIMESTAMP, COL_USER
+from recsys_spark.stages import layout
+from recsys_spark.stages.manifest import run_stage
+from recsys_spark.stages.stage import Stage
+
+log = logging.getLogger(__name__)
+
+
+def run_predict(spark: SparkSession, cfg: Config, name: str, force: bool = False) -> dict[str, Any]:
+    """Fit ``name`` and write its predictions in the contract shapes.
+
+    ``valid/``: fitted on train, rating predictions for every valid row and
+    top-N for every valid user (the blend selects on these).  ``test/``: refitted
+    on train + valid, rating predictions for every test row and top-N for every
+    test user, unseen items only.  Row accounting: rows asked = rows predicted.
+    """
+    layout.check_model(name, "models.names")
+    models_dir = layout.models_dir_of(cfg)
+    params = registry.model_params(name, models_dir)
+    k = cfg.models.k
+
+    def body(tmp: str) -> dict[str, Any]:
+        scale = layout.rating_scale(spark, cfg)
+        train = layout.read_split(spark, cfg, spl.TRAIN)
+        valid = layout.read_split(spark, cfg, spl.VALID)
+        test = layout.read_split(spark, cfg, spl.TEST)
+        counts: dict[str, Any] = {}
+        for part, fit_on, target in (("valid", train, valid), ("test", train.unionByName(valid), test)):
+            n_rows = target.count()
+            if n_rows == 0:
+                counts[part] = {"rows": 0, "predicted": 0, "users": 0, "users_with_lists": 0}
+                continue
+            side = layout.side_data(spark, cfg) if registry.uses_side(name) else None
+            model = registry.build(name, scale, params, models_dir, side=side).fit(fit_on)
+            pair_cols = [c for c in (COL_USER, COL_ITEM, COL_TIMESTAMP) if c in target.columns]  # time-aware models use the timestamp
+            model.predict(target.select(*pair_cols)).write.parquet(f"{tmp}/{part}/ratings")
+            users = target.select(COL_USER).distinct()
+            model.recommend(users, k).write.parquet(f"{tmp}/{part}/topn")
+            predicted = spark.read.parquet(f"{tmp}/{part}/ratings").count()
+            if predicted != n_rows:
+                raise RuntimeError(f"{name}: {n_rows} {part} rows asked, {predicted} predicted")
+            topn = spark.read.parquet(f"{tmp}/{part}/topn")
+            counts[part] = {
+                "rows": n_rows, "predicted": predicted, "users": users.count(),
+                "users_with_lists": topn.select(COL_USER).distinct().count(),
+            }  # fmt: skip
+            log.info("%s %s: %d rows predicted, top-%d for %d users", name, part, predicted, k, counts[part]["users_with_lists"])
+        return counts
+
+    extra = {"model": name, "params": params, "k": k}
+    return run_stage(spark, cfg, f"predict:{name}", layout.predictions(cfg, name), (), [layout.split(cfg)], body, force, extra)
+
+
+STAGE = Stage(
+    name="predict", run=run_predict,
+    help="fit models on the split; write their rating predictions and top-N on the valid and test parts",
+    sections=(), inputs=lambda cfg, _m=None: [layout.split(cfg)],
+    outputs=lambda cfg, m=None: [layout.predictions(cfg, n) for n in ([m] if m else cfg.models.names)],
+    instances=lambda cfg: list(cfg.models.names), model_key="models.names", per_model_label=True,
+)  # fmt: skip
