@@ -18,22 +18,16 @@ import logging
 from pyspark.sql import functions as F
 
 from recsys_spark import registry, stages
-from recsys_spark.benchmark import dataset_overrides
-from recsys_spark.config import load_config
 from recsys_spark.evaluate import rating_report, results_markdown, topn_report
 from recsys_spark.logs import setup_logging
-from recsys_spark.notebook import show, widget
-from recsys_spark.spark import get_spark
+from recsys_spark.notebook import setup, show, widget
 
 log = setup_logging("week4_baselines", logging.INFO)
-DATASET = widget("dataset", "generated", "dataset (generated, ml-100k, ml-latest-small, ...)")
-OUTPUT = widget("output", "output", "output directory")
+nb = setup("week4 baselines", default_dataset="generated")
+cfg, spark = nb.cfg, nb.spark
 MODELS = widget("models", "global_mean,user_mean,item_mean,popularity,popularity_mean,bias").split(",")
 K = int(widget("k", "10"))
-EXTRA = [s for s in widget("overrides", "").split(";") if s]  # e.g. generate.n_ratings=5000
 
-cfg = load_config(None, [f'paths.output="{OUTPUT}"', *dataset_overrides(DATASET), *EXTRA])
-spark = get_spark(cfg.spark, cfg.checkpoint_dir, "week4 baselines")
 
 # COMMAND ----------
 
@@ -42,12 +36,8 @@ spark = get_spark(cfg.spark, cfg.checkpoint_dir, "week4 baselines")
 
 # COMMAND ----------
 
-if cfg.dataset.kind == "generated":
-    stages.run_generate(spark, cfg)
-ingest = stages.run_ingest(spark, cfg)
-split = stages.run_split(spark, cfg)
-show(ingest["counts"]["tables"])
-ratings = stages.read_ingested(spark, cfg, "ratings").cache()
+show(nb.ingest["counts"]["tables"])
+ratings = nb.ratings
 
 # COMMAND ----------
 
@@ -91,7 +81,7 @@ ax[0].set_title("ratings by value")
 ax[1].loglog(range(1, len(curve) + 1), curve)
 ax[1].set_title("ratings per item, by popularity rank")
 fig.tight_layout()
-png = f"{OUTPUT}/week4_{cfg.dataset_name}_data.png"
+png = f"{nb.output}/week4_{cfg.dataset_name}_data.png"
 fig.savefig(png, dpi=90)
 log.info("saved %s", png)
 
@@ -103,8 +93,7 @@ log.info("saved %s", png)
 # COMMAND ----------
 
 scale = stages.rating_scale(spark, cfg)
-train = stages.read_split(spark, cfg, "train").unionByName(stages.read_split(spark, cfg, "valid")).cache()
-test = stages.read_split(spark, cfg, "test").cache()
+train, test = nb.train, nb.test
 items = stages.read_ingested(spark, cfg, "items").cache()
 n_catalog = items.count()
 users = test.select("user_idx").distinct()

@@ -20,33 +20,23 @@ import time
 
 from pyspark.sql import functions as F
 
-from recsys_spark import registry, stages
-from recsys_spark.benchmark import dataset_overrides
-from recsys_spark.config import load_config
+from recsys_spark import registry
 from recsys_spark.evaluate import rating_report, results_markdown, topn_report
 from recsys_spark.logs import setup_logging
 from recsys_spark.lsh import lsh_similarities, neighbor_recall
 from recsys_spark.neighbors import similarities
-from recsys_spark.notebook import show, widget
-from recsys_spark.spark import get_spark
+from recsys_spark.notebook import setup, show, widget
 
 log = setup_logging("week5_collaborative_filtering", logging.INFO)
-DATASET = widget("dataset", "ml-latest-small", "dataset (ml-latest-small, ml-100k, generated, ...)")
-OUTPUT = widget("output", "output", "output directory")
+nb = setup("week5 collaborative filtering", default_dataset="ml-latest-small")
+cfg, spark = nb.cfg, nb.spark
 MODELS = widget("models", "popularity,bias,item_knn,user_knn").split(",")
 K = int(widget("k", "10"))
 CAP = int(widget("cap", "200"))  # ratings per key used for pair generation
-EXTRA = [s for s in widget("overrides", "").split(";") if s]  # e.g. generate.n_ratings=5000
 
-cfg = load_config(None, [f'paths.output="{OUTPUT}"', *dataset_overrides(DATASET), *EXTRA])
-spark = get_spark(cfg.spark, cfg.checkpoint_dir, "week5 collaborative filtering")
-if cfg.dataset.kind == "generated":
-    stages.run_generate(spark, cfg)
-stages.run_ingest(spark, cfg)
-stages.run_split(spark, cfg)
-scale = stages.rating_scale(spark, cfg)
-train = stages.read_split(spark, cfg, "train").unionByName(stages.read_split(spark, cfg, "valid")).cache()
-test = stages.read_split(spark, cfg, "test").cache()
+scale = nb.scale
+train = nb.train
+test = nb.test
 log.info("train %d ratings, test %d", train.count(), test.count())
 
 # COMMAND ----------
@@ -115,7 +105,7 @@ for i, direction in enumerate(("item", "user")):
     ax[i].set_title(f"{direction}-{direction} similarity (top 50, shrunk)")
     ax[i].set_yscale("log")
 fig.tight_layout()
-png = f"{OUTPUT}/week5_{cfg.dataset_name}_similarities.png"
+png = f"{nb.output}/week5_{cfg.dataset_name}_similarities.png"
 fig.savefig(png, dpi=90)
 log.info("saved %s", png)
 
@@ -126,7 +116,7 @@ log.info("saved %s", png)
 
 # COMMAND ----------
 
-items = stages.read_ingested(spark, cfg, "items").cache()
+items = nb.items
 n_catalog = items.count()
 users = test.select("user_idx").distinct()
 rows = {}

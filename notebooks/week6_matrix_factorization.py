@@ -19,37 +19,27 @@ import logging
 import time
 
 from recsys_spark import registry, stages
-from recsys_spark.benchmark import dataset_overrides
-from recsys_spark.config import load_config
 from recsys_spark.evaluate import rating_report, results_markdown, topn_report
 from recsys_spark.factorization.convergence import convergence, plot_convergence
 from recsys_spark.factorization.interpret import factor_terms, plot_factors
 from recsys_spark.logs import setup_logging
-from recsys_spark.notebook import show, widget
-from recsys_spark.spark import get_spark
+from recsys_spark.notebook import setup, show, widget
 from recsys_spark.tuning import holdout
 
 log = setup_logging("week6_matrix_factorization", logging.INFO)
-DATASET = widget("dataset", "ml-latest-small", "dataset (ml-latest-small, ml-100k, generated, ...)")
-OUTPUT = widget("output", "output", "output directory")
+nb = setup("week6 matrix factorization", default_dataset="ml-latest-small")
+cfg, spark = nb.cfg, nb.spark
 MODELS = widget("models", "bias,als,als_implicit,nmf,nmf_mu,svd,svd_gd,svdpp,svdpp_time,svd_impute").split(",")
 K = int(widget("k", "10"))
 EPOCHS = int(widget("epochs", "12"))  # convergence plot
 RANK = int(widget("rank", "20"))
 PARAMS = widget("params", "")  # per-model overrides, e.g. "svd:n_epochs=5;nmf_mu:n_epochs=10"
-EXTRA = [s for s in widget("overrides", "").split(";") if s]  # e.g. generate.n_ratings=5000
 
-cfg = load_config(None, [f'paths.output="{OUTPUT}"', *dataset_overrides(DATASET), *EXTRA])
-spark = get_spark(cfg.spark, cfg.checkpoint_dir, "week6 matrix factorization")
-if cfg.dataset.kind == "generated":
-    stages.run_generate(spark, cfg)
-stages.run_ingest(spark, cfg)
-stages.run_split(spark, cfg)
-scale = stages.rating_scale(spark, cfg)
-train = stages.read_split(spark, cfg, "train").unionByName(stages.read_split(spark, cfg, "valid")).cache()
+scale = nb.scale
+train = nb.train
 fit_part, valid = (df.cache() for df in holdout(train, 0.1, seed=42))  # the convergence curves' validation part
-test = stages.read_split(spark, cfg, "test").cache()
-items = stages.read_ingested(spark, cfg, "items").cache()
+test = nb.test
+items = nb.items
 log.info("train %d ratings (%d held out for the convergence curves), test %d", train.count(), valid.count(), test.count())
 
 
@@ -130,7 +120,7 @@ if "svdpp" in rows and "svdpp_time" in rows:
 # COMMAND ----------
 
 curves = convergence(fit_part, valid, rank=RANK, reg=0.05, epochs=EPOCHS)
-conv_png = plot_convergence(curves, f"{OUTPUT}/week6_{cfg.dataset_name}_convergence.png", f"{cfg.dataset_name}: rank {RANK}, reg 0.05")
+conv_png = plot_convergence(curves, f"{nb.output}/week6_{cfg.dataset_name}_convergence.png", f"{cfg.dataset_name}: rank {RANK}, reg 0.05")
 for name, c in curves.items():
     log.info("%s: valid RMSE by epoch %s", name, [round(r["valid_rmse"], 4) for r in c])
 
@@ -152,4 +142,4 @@ if nmf_name:
     tags = stages.read_ingested(spark, cfg, "tags") if "ml-latest" in cfg.dataset_name else None
     interp = factor_terms(models[nmf_name].item_factors, items, tags, top=5, min_items=3).cache()
     show(interp.where("kind = 'genre' and rank <= 3").orderBy("factor", "rank"), 60)
-    plot_factors(interp, f"{OUTPUT}/week6_{cfg.dataset_name}_nmf_factors.png", f"{nmf_name} factors on {cfg.dataset_name}")
+    plot_factors(interp, f"{nb.output}/week6_{cfg.dataset_name}_nmf_factors.png", f"{nmf_name} factors on {cfg.dataset_name}")

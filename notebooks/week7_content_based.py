@@ -24,10 +24,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
 
-from recsys_spark import registry, stages  # noqa: E402
-from recsys_spark.benchmark import dataset_overrides  # noqa: E402
+from recsys_spark import registry  # noqa: E402
 from recsys_spark.coldstart import run_coldstart  # noqa: E402
-from recsys_spark.config import load_config  # noqa: E402
 from recsys_spark.content import (  # noqa: E402
     DEFAULT_WEIGHTS,
     ContentBased,
@@ -41,31 +39,23 @@ from recsys_spark.content import (  # noqa: E402
 from recsys_spark.evaluate import rating_report, results_markdown, topn_report  # noqa: E402
 from recsys_spark.logs import setup_logging  # noqa: E402
 from recsys_spark.metrics import ranking_metrics  # noqa: E402
-from recsys_spark.notebook import show, widget  # noqa: E402
-from recsys_spark.spark import get_spark  # noqa: E402
+from recsys_spark.notebook import setup, show, widget  # noqa: E402
 from recsys_spark.tuning import holdout  # noqa: E402
 
 log = setup_logging("week7_content_based", logging.INFO)
-DATASET = widget("dataset", "ml-latest-small", "dataset (ml-latest-small, ml-100k, generated, ...)")
-OUTPUT = widget("output", "output", "output directory")
+nb = setup("week7 content based", default_dataset="ml-latest-small")
+cfg, spark = nb.cfg, nb.spark
 MODELS = widget("models", "bias,popularity,item_knn,content,content_hybrid").split(",")
 COLD_MODELS = widget("cold_models", "content,bias,popularity,item_knn").split(",")
 K = int(widget("k", "10"))
 GENRES = [g for g in widget("genres", "Crime,Thriller").split(",") if g]  # the knowledge-based fallback's picks
 ABLATE = [g for g in widget("ablate", "genres,tags,year,popularity,recency").split(",") if g]  # feature groups dropped in turn
-EXTRA = [s for s in widget("overrides", "").split(";") if s]  # e.g. generate.n_ratings=5000
 
-cfg = load_config(None, [f'paths.output="{OUTPUT}"', *dataset_overrides(DATASET), *EXTRA])
-spark = get_spark(cfg.spark, cfg.checkpoint_dir, "week7 content based")
-if cfg.dataset.kind == "generated":
-    stages.run_generate(spark, cfg)
-stages.run_ingest(spark, cfg)
-stages.run_split(spark, cfg)
-scale = stages.rating_scale(spark, cfg)
-side = stages.side_data(spark, cfg)
-train = stages.read_split(spark, cfg, "train").unionByName(stages.read_split(spark, cfg, "valid")).cache()
-test = stages.read_split(spark, cfg, "test").cache()
-items = side.items.cache()
+scale = nb.scale
+side = nb.side
+train = nb.train
+test = nb.test
+items = nb.items
 log.info("train %d ratings, test %d; %d items, %s tags", train.count(), test.count(), items.count(), side.tags.count() if side.tags is not None else "no")
 
 # COMMAND ----------
@@ -118,7 +108,7 @@ ax.set_xlabel("share of an item's top-10 content neighbours also in its item-kNN
 ax.set_ylabel("items")
 ax.set_title(f"{cfg.dataset_name}: content vs collaborative neighbours")
 fig.tight_layout()
-fig.savefig(f"{OUTPUT}/week7_{cfg.dataset_name}_neighbour_overlap.png", dpi=120)
+fig.savefig(f"{nb.output}/week7_{cfg.dataset_name}_neighbour_overlap.png", dpi=120)
 plt.close(fig)
 
 # COMMAND ----------
@@ -204,7 +194,7 @@ axes[1].barh(groups, [ablation[g]["rmse"] - ablation["(all)"]["rmse"] for g in g
 axes[1].set_xlabel("RMSE change when dropped")
 fig.suptitle(f"{cfg.dataset_name}: feature-group ablation (validation)")
 fig.tight_layout()
-fig.savefig(f"{OUTPUT}/week7_{cfg.dataset_name}_ablation.png", dpi=120)
+fig.savefig(f"{nb.output}/week7_{cfg.dataset_name}_ablation.png", dpi=120)
 plt.close(fig)
 terms = term_signal(train, content.vectors, vocab, min_items=3, top=15).cache()
 show(terms.select("group", "term", "items", "ratings", F.round("lift", 3).alias("lift"), F.round("z", 1).alias("z")))
@@ -228,7 +218,7 @@ for ax, kind in zip(axes, ("items", "users"), strict=True):
     ax.set_title(f"new {kind}: NDCG@{K}")
     ax.tick_params(axis="x", rotation=30)
 fig.tight_layout()
-fig.savefig(f"{OUTPUT}/week7_{cfg.dataset_name}_coldstart.png", dpi=120)
+fig.savefig(f"{nb.output}/week7_{cfg.dataset_name}_coldstart.png", dpi=120)
 plt.close(fig)
 for kind, exp in cold["experiments"].items():
     for name, m in exp["models"].items():

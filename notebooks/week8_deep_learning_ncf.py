@@ -29,18 +29,15 @@ import torch  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
 
 from recsys_spark import registry, stages  # noqa: E402
-from recsys_spark.benchmark import dataset_overrides  # noqa: E402
-from recsys_spark.config import load_config  # noqa: E402
 from recsys_spark.evaluate import rating_report, results_markdown, topn_report  # noqa: E402
 from recsys_spark.logs import setup_logging  # noqa: E402
-from recsys_spark.notebook import show, widget  # noqa: E402
-from recsys_spark.spark import get_spark  # noqa: E402
+from recsys_spark.notebook import setup, show, widget  # noqa: E402
 from recsys_spark.torch import data as td  # noqa: E402
 from recsys_spark.torch.evaluate import leave_last_out, reconstruction, sampled_ranking  # noqa: E402
 
 log = setup_logging("week8_deep_learning_ncf", logging.INFO)
-DATASET = widget("dataset", "ml-latest-small", "dataset (ml-latest-small, ml-100k, generated, ...)")
-OUTPUT = widget("output", "output", "output directory")
+nb = setup("week8 deep learning", default_dataset="ml-latest-small")
+cfg, spark = nb.cfg, nb.spark
 MODELS = widget("models", "popularity,item_knn,gmf,mlp,neumf,cdae").split(",")  # top-N
 RATING_MODELS = [m for m in widget("rating_models", "bias,autorec,neumf_explicit").split(",") if m]
 LASTOUT = [m for m in widget("lastout_models", "gmf,mlp,neumf").split(",") if m]
@@ -48,18 +45,11 @@ NEGATIVES = int(widget("negatives", "99"))  # leave-last-out: sampled unrated it
 EPOCHS = widget("epochs", "")  # "" -> each model's recsys_spark/conf/models/<name>.toml; a number caps every model (small runs)
 HOLDOUT = widget("valid_fraction", "")  # "" -> the models' early-stopping holdout; 0 -> fixed epochs, no refit (small runs)
 K = int(widget("k", "10"))
-EXTRA = [s for s in widget("overrides", "").split(";") if s]  # e.g. generate.n_ratings=5000
 
-cfg = load_config(None, [f'paths.output="{OUTPUT}"', *dataset_overrides(DATASET), *EXTRA])
-spark = get_spark(cfg.spark, cfg.checkpoint_dir, "week8 deep learning")
-if cfg.dataset.kind == "generated":
-    stages.run_generate(spark, cfg)
-stages.run_ingest(spark, cfg)
-stages.run_split(spark, cfg)
-scale = stages.rating_scale(spark, cfg)
-train = stages.read_split(spark, cfg, "train").unionByName(stages.read_split(spark, cfg, "valid")).cache()
-test = stages.read_split(spark, cfg, "test").cache()
-items = stages.read_ingested(spark, cfg, "items").cache()
+scale = nb.scale
+train = nb.train
+test = nb.test
+items = nb.items
 log.info("train %d ratings, test %d; %d items", train.count(), test.count(), items.count())
 over = {**({"epochs": int(EPOCHS)} if EPOCHS else {}), **({"valid_fraction": float(HOLDOUT)} if HOLDOUT else {})}
 
@@ -177,7 +167,7 @@ axes[1].set(title="validation (rmse: lower; ndcg10: higher)", xlabel="epoch")
 for ax in axes:
     ax.legend(fontsize=7)
 fig.tight_layout()
-curves_png = f"{OUTPUT}/week8_{DATASET}_training_curves.png"
+curves_png = f"{nb.output}/week8_{cfg.dataset_name}_training_curves.png"
 fig.savefig(curves_png, dpi=110)
 
 # COMMAND ----------
@@ -212,7 +202,7 @@ if emb_model is not None:
     ax.set(title=f"{emb_model.name} item embeddings (PCA), by first genre", xlabel="PC1", ylabel="PC2")
     ax.legend(fontsize=7, markerscale=2)
     fig.tight_layout()
-    embedding_png = f"{OUTPUT}/week8_{DATASET}_item_embeddings.png"
+    embedding_png = f"{nb.output}/week8_{cfg.dataset_name}_item_embeddings.png"
     fig.savefig(embedding_png, dpi=110)
     En = E[known] / np.maximum(np.linalg.norm(E[known], axis=1, keepdims=True), 1e-12)
     popular = [r["item_idx"] for r in counts.orderBy(F.desc("count"), "item_idx").limit(4).collect()]

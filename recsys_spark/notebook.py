@@ -5,7 +5,8 @@ cells separated by ``# COMMAND ----------``, Markdown cells as ``# MAGIC %md``
 lines.  Parameters come from :func:`widget`: a Databricks widget when
 ``dbutils`` exists, else the environment variable ``RECSYS_NB_<NAME>``, else
 the default -- so ``python notebooks/week4_baselines.py`` runs locally and a
-test can run it on small data.
+test can run it on small data.  :func:`setup` is the first cell every
+notebook shares: widgets, config, session, and the ingested, split data.
 """
 
 from __future__ import annotations
@@ -46,3 +47,76 @@ def show(df_or_obj: Any, n: int = 20) -> None:
     else:
         text = str(df_or_obj)
     log.info("\n%s", text)
+
+
+class Setup:
+    """What every notebook starts from: its config, session and the data of the pipeline's first stages.
+
+    ``setup()`` reads the ``dataset``, ``output`` and ``overrides`` widgets, builds
+    the config, gets the session and runs generate (generated data only),
+    ingest and split (each skipped when up to date).  The tables are read on
+    first use: ``train`` is train + valid (what a model is fitted on for the
+    test part), ``test`` the test part, both cached.
+    """
+
+    def __init__(self, cfg: Any, spark: Any, output: str, ingest: dict[str, Any], split: dict[str, Any]) -> None:
+        self.cfg, self.spark, self.output, self.ingest, self.split = cfg, spark, output, ingest, split
+        self._cache: dict[str, Any] = {}
+
+    def _once(self, key: str, make: Any) -> Any:
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    @property
+    def scale(self) -> Any:
+        from recsys_spark import stages
+
+        return self._once("scale", lambda: stages.rating_scale(self.spark, self.cfg))
+
+    @property
+    def side(self) -> Any:
+        from recsys_spark import stages
+
+        return self._once("side", lambda: stages.side_data(self.spark, self.cfg))
+
+    @property
+    def ratings(self) -> Any:
+        from recsys_spark import stages
+
+        return self._once("ratings", lambda: stages.read_ingested(self.spark, self.cfg, "ratings").cache())
+
+    @property
+    def items(self) -> Any:
+        return self._once("items", lambda: self.side.items.cache())
+
+    @property
+    def train(self) -> Any:
+        from recsys_spark import stages
+
+        return self._once("train", lambda: stages.read_train_valid(self.spark, self.cfg).cache())
+
+    @property
+    def test(self) -> Any:
+        from recsys_spark import stages
+
+        return self._once("test", lambda: stages.read_split(self.spark, self.cfg, "test").cache())
+
+
+def setup(title: str, default_dataset: str = "ml-latest-small") -> Setup:
+    """Widgets ``dataset`` / ``output`` / ``overrides``, the config, the session, generate + ingest + split."""
+    from recsys_spark import stages
+    from recsys_spark.benchmark import dataset_overrides
+    from recsys_spark.config import load_config
+    from recsys_spark.spark import get_spark
+
+    dataset = widget("dataset", default_dataset, "dataset (ml-latest-small, ml-100k, generated, ...)")
+    output = widget("output", "output", "output directory")
+    extra = [s for s in widget("overrides", "").split(";") if s]  # e.g. generate.n_ratings=5000
+    cfg = load_config(None, [f'paths.output="{output}"', *dataset_overrides(dataset), *extra])
+    spark = get_spark(cfg.spark, cfg.checkpoint_dir, title)
+    if cfg.dataset.kind == "generated":
+        stages.run_generate(spark, cfg)
+    ingest = stages.run_ingest(spark, cfg)
+    split = stages.run_split(spark, cfg)
+    return Setup(cfg, spark, output, ingest, split)
