@@ -27,3 +27,11 @@ def run_notebook(name: str, **params: str) -> dict:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def constant_rmse(train, test) -> float:
+    """RMSE on ``test`` of the constant that knows ``train``'s mean rating: a model that learned anything beats it."""
+    from pyspark.sql import functions as F
+
+    mu = train.agg(F.avg("rating")).first()[0]
+    return float(test.agg(F.sqrt(F.avg((F.col("rating") - F.lit(mu)) ** 2))).first()[0])

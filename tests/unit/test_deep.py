@@ -48,7 +48,9 @@ def data(tmp_path_factory):
     rng = np.random.default_rng(1)
     perm = rng.permutation(len(arr))
     cut = int(0.8 * len(arr))
-    return {"train": _write(arr[perm[:cut]], d / "train"), "valid": _write(arr[perm[cut:]], d / "valid", parts=1), "dir": d, "arr": arr}
+    train, valid = arr[perm[:cut]], arr[perm[cut:]]
+    return {"train": _write(train, d / "train"), "valid": _write(valid, d / "valid", parts=1), "dir": d, "arr": arr,
+            "train_arr": train, "valid_arr": valid}  # fmt: skip
 
 
 def _loss_on(net, arr, keys):
@@ -85,10 +87,16 @@ def test_negatives_are_never_positives():
 
 def test_row_models_learn_and_checkpoint(data, tmp_path):
     spec = TrainSpec(kind="autorec", data=data["train"], valid=data["valid"], n_users=NU, n_items=NI, out_dir=str(tmp_path / "a"),
-                     epochs=30, batch_size=8, lr=0.01, l2=0.1, patience=30, net={"hidden": 16})  # fmt: skip
+                     epochs=30, batch_size=8, lr=0.05, l2=0.1, patience=30, net={"hidden": 16})  # fmt: skip
+    # (at lr 0.01 this network ends at 0.532 against the constant's 0.500: it had not learned)
     res = train(spec)
     rmse = [h["valid_rmse"] for h in res["history"]]
-    assert rmse[-1] < rmse[0] and min(rmse) < 1.0  # ratings are 4 or 5: a learned model is well under 1
+    assert rmse[-1] < rmse[0]
+    # learned: better than the constant that knows the training mean (on ratings of 4 and 5 any
+    # constant in that range is already under 1, so an absolute bound could not tell)
+    train_r, valid_r = data["train_arr"][:, 2], data["valid_arr"][:, 2]
+    constant = float(np.sqrt(np.mean((valid_r - train_r.mean()) ** 2)))
+    assert min(rmse) < constant, (min(rmse), constant)
     assert res["best"] == pytest.approx(min(rmse))
     saved = json.loads((tmp_path / "a" / "result.json").read_text())
     assert saved["best_epoch"] == int(np.argmin(rmse))

@@ -18,8 +18,6 @@ from recsys_spark.recommender import Scale
 from recsys_spark.schemas import RATINGS_SCHEMA
 from tests.contract.model_contract import TRAIN, ClassScopedContract
 
-RNG = np.random.default_rng(11)
-
 
 def _tiny(n_users=6, n_items=5, density=0.7, seed=3):
     rng = np.random.default_rng(seed)
@@ -81,7 +79,8 @@ def test_pack_round_trips_a_shard_and_keeps_inexact_ratings_in_float64():
 
 def test_sgd_float32_parameters_stay_float32_and_follow_the_float64_epoch():
     sh, nu, ni = _tiny(n_users=40, n_items=30, density=0.5)
-    P0, Q0 = RNG.normal(0, 0.1, (nu, 4)), RNG.normal(0, 0.1, (ni, 4))
+    rng = np.random.default_rng(11)  # each test its own stream: inputs do not depend on test order
+    P0, Q0 = rng.normal(0, 0.1, (nu, 4)), rng.normal(0, 0.1, (ni, 4))
     hp = {"lr": 0.01, "reg": 0.05, "batch_size": 8}
     out = {}
     for dt in (np.float64, np.float32):
@@ -98,7 +97,8 @@ def test_sgd_float32_parameters_stay_float32_and_follow_the_float64_epoch():
 def test_sgd_batch_of_one_is_sequential_funk_sgd():
     sh, nu, ni = _tiny()
     k, mu, lr, reg = 3, 3.0, 0.01, 0.05
-    P0, Q0 = RNG.normal(0, 0.1, (nu, k)), RNG.normal(0, 0.1, (ni, k))
+    rng = np.random.default_rng(12)
+    P0, Q0 = rng.normal(0, 0.1, (nu, k)), rng.normal(0, 0.1, (ni, k))
     U = {"P": P0.copy(), "bu": np.zeros(nu)}
     I = {"Q": Q0.copy(), "bi": np.zeros(ni)}
     K.sgd_epoch(sh, U, I, mu, {"lr": lr, "reg": reg, "batch_size": 1}, np.random.default_rng(5))
@@ -122,7 +122,8 @@ def test_svdpp_batch_of_one_is_the_per_rating_svdpp_step():
     sh, nu, ni = _tiny(seed=4)
     k, mu, lr, reg = 2, 3.0, 0.02, 0.03
     N = K.implicit_matrix(sh, ni)
-    P0, Q0, Y0 = (RNG.normal(0, 0.1, s) for s in ((nu, k), (ni, k), (ni, k)))
+    rng = np.random.default_rng(13)
+    P0, Q0, Y0 = (rng.normal(0, 0.1, s) for s in ((nu, k), (ni, k), (ni, k)))
     U = {"P": P0.copy(), "bu": np.zeros(nu)}
     I = {"Q": Q0.copy(), "bi": np.zeros(ni), "Y": Y0.copy()}
     K.svdpp_epoch(sh, U, I, mu, {"lr": lr, "reg": reg, "batch_size": 1}, np.random.default_rng(9), N, None)
@@ -170,8 +171,9 @@ def _objective(sh, U, I, mu, reg):
 def test_gd_directions_are_minus_half_the_finite_difference_gradient():
     sh, nu, ni = _tiny(seed=6)
     k, mu, reg = 2, 3.1, 0.07
-    U = {"P": RNG.normal(0, 0.3, (nu, k)), "bu": RNG.normal(0, 0.2, nu)}
-    I = {"Q": RNG.normal(0, 0.3, (ni, k)), "bi": RNG.normal(0, 0.2, ni)}
+    rng = np.random.default_rng(14)
+    U = {"P": rng.normal(0, 0.3, (nu, k)), "bu": rng.normal(0, 0.2, nu)}
+    I = {"Q": rng.normal(0, 0.3, (ni, k)), "bi": rng.normal(0, 0.2, ni)}
     du, di, _ = K.gd_gradients(sh, U, I, mu, {"reg": reg}, ni)
     n_i = np.bincount(sh["i"], minlength=ni)
     eps = 1e-6

@@ -34,13 +34,16 @@ def numpy_item_sim(kind, a, b):
         xa, ya = x - means, y - means
         d = np.sqrt((xa @ xa) * (ya @ ya))
         return float(xa @ ya / d) if d > 0 else 0.0
+    if kind == "vector_cosine":  # whole rating vectors, unrated = 0: norms over every rating of each item
+        full_a, full_b = DENSE[:, a], DENSE[:, b]
+        return float(full_a @ full_b / np.sqrt((full_a @ full_a) * (full_b @ full_b)))
     if kind == "jaccard":
         na, nb = (DENSE[:, a] > 0).sum(), (DENSE[:, b] > 0).sum()
         return float(co.sum() / (na + nb - co.sum()))
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["cosine", "pearson", "adjusted_cosine", "jaccard"])
+@pytest.mark.parametrize("kind", ["cosine", "vector_cosine", "pearson", "adjusted_cosine", "jaccard"])
 def test_item_similarities_match_numpy(ratings, kind):
     table = similarities(ratings, similarity=kind, shrinkage=0.0)
     got = {(r["a"], r["b"]): (r["sim"], r["support"]) for r in table.collect()}
