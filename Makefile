@@ -1,7 +1,8 @@
 # make install  create .venv with the project and all extras (torch CPU, dev tools)
 # make run      the main pipeline on the embedded generated dataset
 # make test     the whole test suite (real-data tests read $RECSYS_DATA_DIR), then the petastorm lane
-# make bench    ingest + split benchmark (README figures)
+# make bench    ingest + split benchmark (docs/performance.md figures)
+# make verify-results [VERIFY="rating/ml-100k/baselines ..."]  rerun the commands behind docs/results.md, compare
 SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
@@ -11,7 +12,7 @@ export RECSYS_DATA_DIR
 
 PVENV := .venv-petastorm
 
-.PHONY: install install-petastorm blas run test test-main test-main-a test-main-b test-petastorm test-fast lint bench clean
+.PHONY: install install-petastorm blas run test test-main test-main-a test-main-b test-petastorm test-fast lint bench verify-results clean
 
 install: $(VENV)/.installed
 
@@ -70,10 +71,14 @@ test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow and not integration and not petastorm"
 
 lint: install
-	$(BIN)/ruff check recsys_spark jobs tests benchmarks
+	$(BIN)/ruff check recsys_spark jobs tests benchmarks notebooks
 
 bench: install
 	$(BIN)/python benchmarks/ingest_split.py --out benchmarks/results/performance/ingest-split.json
+
+# not part of CI: the benchmark commands take about an hour on 2 cores
+verify-results: install
+	$(BIN)/python benchmarks/verify_results.py $(VERIFY)
 
 clean:
 	rm -rf output build .pytest_cache spark-warehouse
