@@ -52,7 +52,7 @@ def run_blend(spark: SparkSession, cfg: Config, force: bool = False) -> dict[str
         return {"chosen": chosen, "select_metric": metric, "valid_scores": scores}
 
     inputs = [layout.predictions(cfg, n) for n in names]
-    return run_stage(spark, cfg, "blend", output, ("evaluate",), inputs, body, force, {"models": names})
+    return run_stage(spark, cfg, "blend", output, STAGE.sections, inputs, body, force, {"models": names})
 
 
 STAGE = Stage(

@@ -93,7 +93,7 @@ def run_content(spark: SparkSession, cfg: Config, name: str | None = None, force
         return counts
 
     extra = {"model": name, "params": params, "k": cfg.models.k}
-    return run_stage(spark, cfg, "content", output, ("content",), [split_out], body, force, extra)
+    return run_stage(spark, cfg, "content", output, STAGE.sections, [split_out], body, force, extra)
 
 
 STAGE = Stage(

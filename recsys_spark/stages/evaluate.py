@@ -89,7 +89,7 @@ def run_evaluate(spark: SparkSession, cfg: Config, force: bool = False) -> dict[
         return {"models": flat, "blend": blend["counts"]["chosen"], "mlflow_run_id": run_id}
 
     inputs = [layout.predictions(cfg, n) for n in names] + [layout.blend(cfg)]
-    return run_stage(spark, cfg, "evaluate", output, ("evaluate", "tracking"), inputs, body, force, {"models": names})
+    return run_stage(spark, cfg, "evaluate", output, STAGE.sections, inputs, body, force, {"models": names})
 
 
 def _inputs(cfg: Config, _model: str | None = None) -> list[str]:

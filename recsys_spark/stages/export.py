@@ -72,7 +72,7 @@ def run_export(spark: SparkSession, cfg: Config, force: bool = False) -> dict[st
         return counts
 
     inputs = [split_out, ingest_out] + ([content_vectors.rsplit("/features", 1)[0]] if fs.exists(spark, content_vectors) else [])
-    return run_stage(spark, cfg, "export_features", output, ("export",), inputs, body, force)
+    return run_stage(spark, cfg, "export_features", output, STAGE.sections, inputs, body, force)
 
 
 def _inputs(cfg: Config, _model: str | None = None) -> list[str]:

@@ -68,7 +68,7 @@ def run_factorize(spark: SparkSession, cfg: Config, name: str | None = None, for
         return counts
 
     extra = {"model": name, "params": params}
-    return run_stage(spark, cfg, "factorize", output, ("factorize",), [split_out], body, force, extra)
+    return run_stage(spark, cfg, "factorize", output, STAGE.sections, [split_out], body, force, extra)
 
 
 STAGE = Stage(

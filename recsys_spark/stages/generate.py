@@ -35,7 +35,7 @@ def run_generate(spark: SparkSession, cfg: Config, force: bool = False) -> dict[
         log.info("generated %s", counts)
         return counts
 
-    return run_stage(spark, cfg, "generate", layout.raw(cfg), ("generate",), [], body, force)
+    return run_stage(spark, cfg, "generate", layout.raw(cfg), STAGE.sections, [], body, force)
 
 
 STAGE = Stage(

@@ -46,7 +46,7 @@ def run_ingest(spark: SparkSession, cfg: Config, force: bool = False) -> dict[st
             "rating_scale": [spec.rating_min, spec.rating_max],
         }
 
-    return run_stage(spark, cfg, "ingest", output, ("dataset", "ingest"), _inputs(cfg), body, force)
+    return run_stage(spark, cfg, "ingest", output, STAGE.sections, _inputs(cfg), body, force)
 
 
 STAGE = Stage(

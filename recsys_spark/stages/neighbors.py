@@ -59,7 +59,7 @@ def run_neighbors(spark: SparkSession, cfg: Config, force: bool = False) -> dict
         return counts
 
     extra = {"model": name, "params": params}
-    return run_stage(spark, cfg, "neighbors", output, ("neighbors",), [split_out], body, force, extra)
+    return run_stage(spark, cfg, "neighbors", output, STAGE.sections, [split_out], body, force, extra)
 
 
 STAGE = Stage(

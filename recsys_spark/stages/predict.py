@@ -60,7 +60,7 @@ def run_predict(spark: SparkSession, cfg: Config, name: str, force: bool = False
         return counts
 
     extra = {"model": name, "params": params, "k": k}
-    return run_stage(spark, cfg, f"predict:{name}", layout.predictions(cfg, name), (), [layout.split(cfg)], body, force, extra)
+    return run_stage(spark, cfg, f"predict:{name}", layout.predictions(cfg, name), STAGE.sections, [layout.split(cfg)], body, force, extra)
 
 
 STAGE = Stage(

@@ -66,7 +66,7 @@ def run_split(spark: SparkSession, cfg: Config, force: bool = False) -> dict[str
         assigned.unpersist()
         return counts
 
-    return run_stage(spark, cfg, "split", layout.split(cfg), ("split",), inputs, body, force)
+    return run_stage(spark, cfg, "split", layout.split(cfg), STAGE.sections, inputs, body, force)
 
 
 def _write_parts(assigned: DataFrame, tmp: str, prefix: str = "") -> dict[str, int]:

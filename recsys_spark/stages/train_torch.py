@@ -84,7 +84,7 @@ def run_train_torch(spark: SparkSession, cfg: Config, name: str | None = None, f
         return counts
 
     extra = {"model": name, "params": params, "k": cfg.models.k}
-    return run_stage(spark, cfg, "train_torch", output, ("torch",), [export_out], body, force, extra)
+    return run_stage(spark, cfg, "train_torch", output, STAGE.sections, [export_out], body, force, extra)
 
 
 STAGE = Stage(
