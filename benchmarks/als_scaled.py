@@ -38,9 +38,18 @@ GRID: list[tuple[str, dict]] = [
     ("scaled, damping 5, reg 0.14", {"scale_residuals": True, "scale_damping": 5.0, "reg_param": 0.14}),
     ("scaled, damping 5, rank 80, reg 0.13", {"scale_residuals": True, "scale_damping": 5.0, "rank": 80, "reg_param": 0.13}),
     ("scaled, damping 5, 15 iterations", {"scale_residuals": True, "scale_damping": 5.0, "max_iter": 15}),
-    ("scaled, damping 5, baseline damping 2 / 2", {"scale_residuals": True, "scale_damping": 5.0, "base_reg_user": 2.0, "base_reg_item": 2.0}),
-    ("scaled, damping 5, baseline damping 5 / 5", {"scale_residuals": True, "scale_damping": 5.0, "base_reg_user": 5.0, "base_reg_item": 5.0}),
-    ("scaled, damping 5, baseline damping 10 / 5", {"scale_residuals": True, "scale_damping": 5.0, "base_reg_user": 10.0, "base_reg_item": 5.0}),
+    (
+        "scaled, damping 5, baseline damping 2 / 2",
+        {"scale_residuals": True, "scale_damping": 5.0, "base_reg_user": 2.0, "base_reg_item": 2.0},
+    ),
+    (
+        "scaled, damping 5, baseline damping 5 / 5",
+        {"scale_residuals": True, "scale_damping": 5.0, "base_reg_user": 5.0, "base_reg_item": 5.0},
+    ),
+    (
+        "scaled, damping 5, baseline damping 10 / 5",
+        {"scale_residuals": True, "scale_damping": 5.0, "base_reg_user": 10.0, "base_reg_item": 5.0},
+    ),
 ]
 
 BACKFIT: list[tuple[str, dict]] = [
@@ -86,7 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         model = registry.build("als", scale, over).fit(fit)
         pred = model.predict(valid.select(*keys)).orderBy(*keys).toPandas()[COL_PREDICTION].to_numpy()
-        row = {"config": label, "overrides": over, "rmse": float(np.sqrt(np.mean((pred - truth) ** 2))), "fit_s": round(time.time() - t0, 1)}
+        row = {
+            "config": label,
+            "overrides": over,
+            "rmse": float(np.sqrt(np.mean((pred - truth) ** 2))),
+            "fit_s": round(time.time() - t0, 1),
+        }
         rows.append(row)
         log.info("[%d/%d] %s: rmse %.4f (%.0fs)", i, len(grid), label, row["rmse"], row["fit_s"])
     result = {

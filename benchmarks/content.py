@@ -56,7 +56,17 @@ def _validation(dataset: str, cold_users: bool = False):  # type: ignore[no-unty
     from recsys_spark.spark import get_spark
 
     setup_logging("benchmark")
-    cfg = load_config(ROOT / "conf" / "local.toml", [*dataset_overrides(dataset), "split.protocol=stratified", "split.ratio=0.75", "split.seed=42", "split.valid_ratio=0.0", "split.n_negatives=0"])
+    cfg = load_config(
+        ROOT / "conf" / "local.toml",
+        [
+            *dataset_overrides(dataset),
+            "split.protocol=stratified",
+            "split.ratio=0.75",
+            "split.seed=42",
+            "split.valid_ratio=0.0",
+            "split.n_negatives=0",
+        ],
+    )
     spark = get_spark(cfg.spark, cfg.checkpoint_dir, f"content benchmark {dataset}")
     if cfg.dataset.kind == "generated":
         stages.run_generate(spark, cfg)
@@ -119,11 +129,20 @@ def ablation(args: argparse.Namespace) -> dict:
         res = _score(spark, cfg, fit_on, valid, {**tuned, "weights": {**weights, g: 0.0}})
         rows.append({"dropped": g, **res, "delta_ndcg@10": res["ndcg@10"] - full["ndcg@10"], "delta_rmse": res["rmse"] - full["rmse"]})
         print(json.dumps(rows[-1]), flush=True)
-    model = ContentBased(side=stages.side_data(spark, cfg), scale=stages.rating_scale(spark, cfg), **{**tuned, "weights": weights}).fit(fit_on)
-    terms = [r.asDict() for r in term_signal(fit_on, model.vectors, model.vocabulary, min_items=args.min_items, top=args.top_terms).collect()]
+    model = ContentBased(side=stages.side_data(spark, cfg), scale=stages.rating_scale(spark, cfg), **{**tuned, "weights": weights}).fit(
+        fit_on
+    )
+    terms = [
+        r.asDict() for r in term_signal(fit_on, model.vectors, model.vocabulary, min_items=args.min_items, top=args.top_terms).collect()
+    ]
     for t in terms:
         print(json.dumps(t), flush=True)
-    return {"dataset": args.dataset, "validation": "train part of the top-N protocol, per-user 80/20 seed 7", "groups": rows, "terms": terms}
+    return {
+        "dataset": args.dataset,
+        "validation": "train part of the top-N protocol, per-user 80/20 seed 7",
+        "groups": rows,
+        "terms": terms,
+    }
 
 
 class _ColdUsers:
@@ -276,7 +295,8 @@ def appeal(args: argparse.Namespace) -> dict:
         "dataset": args.dataset,
         "validation": _COLD_VALIDATION,
         "model": "softmax choice model over standardized item features (log popularity, log days since the item's first rating, "
-        "release-year bins, genre flags), L2 penalty, fitted on the choices after their first 3 ratings of a seeded fifth of the warm users",
+        "release-year bins, genre flags), L2 penalty, fitted on the choices after their first 3 ratings "
+        "of a seeded fifth of the warm users",
         "l2": lam,
         "pseudo_new_users": len(pseudo),
         "choices": int(n),
@@ -296,7 +316,9 @@ def demographic(args: argparse.Namespace) -> dict:
     from recsys_spark.schemas import COL_AGE, COL_GENDER, COL_ITEM, COL_OCCUPATION, COL_USER
 
     cu = _ColdUsers(args.dataset)
-    users = stages.read_ingested(cu.spark, cu.cfg, "users").select(COL_USER, COL_GENDER, COL_AGE, COL_OCCUPATION).toPandas().set_index(COL_USER)
+    users = (
+        stages.read_ingested(cu.spark, cu.cfg, "users").select(COL_USER, COL_GENDER, COL_AGE, COL_OCCUPATION).toPandas().set_index(COL_USER)
+    )
     edges = [int(b) for b in args.age_edges.split(",")]
     users["age_bin"] = np.digitize(users[COL_AGE].fillna(-1).to_numpy(), edges)
     segmentations = {

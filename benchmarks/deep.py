@@ -71,7 +71,9 @@ def sweep(args: argparse.Namespace) -> dict:
         fit_on = stages.read_split(spark, cfg, "train", fold=1).persist()
         valid = None
     else:
-        spark, cfg = _session(args.dataset, ["split.protocol=stratified", "split.ratio=0.75", "split.seed=42", "split.valid_ratio=0.0", "split.n_negatives=0"])
+        spark, cfg = _session(
+            args.dataset, ["split.protocol=stratified", "split.ratio=0.75", "split.seed=42", "split.valid_ratio=0.0", "split.n_negatives=0"]
+        )
         carved = spl.stratified_split(stages.read_split(spark, cfg, "train"), 0.8, seed=7)
         fit_on = carved.where("part = 'train'").drop("part").persist()
         valid = carved.where("part = 'test'").drop("part").persist()
@@ -200,7 +202,12 @@ def scale(args: argparse.Namespace) -> dict:
                 r = run(spec, mode, num_processes=2)
                 wall = time.perf_counter() - t
                 per_epoch = [h["seconds"] for h in r["history"]]
-                res[mode] = {"wall_s": round(wall, 2), "epoch_s": per_epoch, "world_size": r["world_size"], "rank0_samples": r["history"][0]["samples"]}
+                res[mode] = {
+                    "wall_s": round(wall, 2),
+                    "epoch_s": per_epoch,
+                    "world_size": r["world_size"],
+                    "rank0_samples": r["history"][0]["samples"],
+                }
                 log.info("scale %s rows %d: epochs %s (wall %.1fs)", mode, rows, per_epoch, wall)
             res["epoch_ratio_spark_to_local"] = round(min(res["spark"]["epoch_s"]) / min(res["local"]["epoch_s"]), 3)
             out["sizes"][rows] = res

@@ -119,7 +119,8 @@ def child_sgd(name: str, rank: int, epochs: int, dtype: str) -> None:
     fit = time.perf_counter() - t
     ep = model.info["epoch_seconds"]
     print("RESULT " + json.dumps({
-        "dataset": name, "ratings": n, "rank": rank, "epochs": epochs, "dtype": dtype, "scatter": _scatter_backend(spark), "fit_s": round(fit, 2),
+        "dataset": name, "ratings": n, "rank": rank, "epochs": epochs, "dtype": dtype, "scatter": _scatter_backend(spark),
+        "fit_s": round(fit, 2),
         "first_epoch_s": ep[0], "epoch_s": round(statistics.median(ep[1:]), 3) if len(ep) > 1 else ep[0], "epoch_seconds": ep,
     }), flush=True)  # fmt: skip
     spark.stop()
@@ -144,8 +145,11 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=100)
     ap.add_argument("--als-rank", type=int, default=10, help="als-blas: the ALS rank")
     ap.add_argument("--epochs", type=int, default=5)
-    ap.add_argument("--variants", default="float64/auto",
-                    help="sgd: comma-separated DTYPE/SCATTER runs of ours (SCATTER: auto|torch|numpy, RECSYS_SCATTER_BACKEND)")
+    ap.add_argument(
+        "--variants",
+        default="float64/auto",
+        help="sgd: comma-separated DTYPE/SCATTER runs of ours (SCATTER: auto|torch|numpy, RECSYS_SCATTER_BACKEND)",
+    )
     ap.add_argument("--dtype", default="float64", help=argparse.SUPPRESS)
     ap.add_argument("--reference-python", default=None, help="interpreter with the reference library (scikit-surprise)")
     ap.add_argument("--out", default=None)
@@ -178,7 +182,19 @@ def main() -> None:
             run: dict = {"ours": []}
             for variant in args.variants.split(","):
                 dtype, scatter = variant.split("/")
-                cmd = [sys.executable, __file__, "sgd", "--child", name, "--rank", str(args.rank), "--epochs", str(args.epochs), "--dtype", dtype]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "sgd",
+                    "--child",
+                    name,
+                    "--rank",
+                    str(args.rank),
+                    "--epochs",
+                    str(args.epochs),
+                    "--dtype",
+                    dtype,
+                ]
                 ours, _ = run_child(cmd, ROOT, f"sgd {name} {variant}", env={"RECSYS_SCATTER_BACKEND": scatter})
                 run["ours"].append(ours)
                 print(json.dumps(ours), flush=True)

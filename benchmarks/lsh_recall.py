@@ -43,7 +43,9 @@ def main() -> None:
     from recsys_spark.stages import read_ingested, run_generate, run_ingest
 
     log = setup_logging("bench-lsh")
-    cfg = load_config(ROOT / "conf" / "local.toml", [*overrides_for(args.dataset, f"{args.scratch}/{args.dataset}"), "spark.shuffle_partitions=8"])
+    cfg = load_config(
+        ROOT / "conf" / "local.toml", [*overrides_for(args.dataset, f"{args.scratch}/{args.dataset}"), "spark.shuffle_partitions=8"]
+    )
     spark = get_spark(cfg.spark, cfg.checkpoint_dir, f"bench lsh {args.dataset}")
     if cfg.dataset.kind == "generated":
         run_generate(spark, cfg)

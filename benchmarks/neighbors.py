@@ -160,7 +160,11 @@ def main() -> None:
         results.append(r)
         print(json.dumps(r), flush=True)  # noqa: T201 - a script's report
     payload = {
-        "machine": {"cpus": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "memory_gib": round(psutil.virtual_memory().total / 2**30),
+            "python": platform.python_version(),
+        },
         "spark": {"master": "local[2]", "shuffle_partitions": args.shuffle_partitions, "driver_memory": "6g"},
         "results": results,
     }

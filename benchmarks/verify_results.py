@@ -61,18 +61,19 @@ def figures(node: Any, prefix: str = "") -> dict[str, float]:
     return out
 
 
-def compare(stored: dict[str, Any], rerun: dict[str, Any], tol: float, folds_only: bool) -> list[str]:
-    """Differences between the stored and the rerun figures (paths the rerun produced)."""
+def compare(stored: dict[str, Any], rerun: dict[str, Any], tol: float, folds_only: bool) -> tuple[list[str], int]:
+    """``(differences, figures compared)`` between the stored and the rerun figures (paths both have)."""
     want, got = figures(stored), figures(rerun)
-    problems = []
+    problems, compared = [], 0
     for path, value in sorted(got.items()):
         if folds_only and "/folds/" not in path:
             continue  # a subset of folds: only the per-fold figures are comparable
         if path not in want:
             continue  # a figure the stored run did not record
+        compared += 1
         if abs(value - want[path]) > tol * max(1.0, abs(want[path])):
             problems.append(f"{path}: stored {want[path]:.6g}, rerun {value:.6g}")
-    return problems
+    return problems, compared
 
 
 def verify(spark: Any, name: str, folds: str | None, tol: float, log: logging.Logger) -> list[str]:
@@ -89,12 +90,17 @@ def verify(spark: Any, name: str, folds: str | None, tol: float, log: logging.Lo
         spark, proto["name"], proto["dataset"], models, folds=fold_arg, k=proto.get("k", 10), slices=proto.get("slices", 1),
     )  # fmt: skip
     rerun_sections = rerun["experiments"] if proto["name"] == "coldstart" else {"": rerun}
-    problems = []
+    problems, compared = [], 0
     for key, section in rerun_sections.items():
         keep = {m: v for m, v in sections[key]["models"].items() if m in models}
         got = {"models": section["models"], **({"paired": section["paired"]} if "paired" in section else {})}
         want = {"models": keep, **({"paired": sections[key]["paired"]} if "paired" in sections[key] else {})}
-        problems += [f"{key + ': ' if key else ''}{p}" for p in compare(want, got, tol, folds is not None)]
+        diff, n = compare(want, got, tol, folds is not None)
+        problems += [f"{key + ': ' if key else ''}{p}" for p in diff]
+        compared += n
+    if compared == 0:
+        problems.append("no figure of the rerun is in the stored file: nothing was compared")
+    log.info("%s: %d figures compared", file, compared)
     return problems
 
 

@@ -56,7 +56,13 @@ side = nb.side
 train = nb.train
 test = nb.test
 items = nb.items
-log.info("train %d ratings, test %d; %d items, %s tags", train.count(), test.count(), items.count(), side.tags.count() if side.tags is not None else "no")
+log.info(
+    "train %d ratings, test %d; %d items, %s tags",
+    train.count(),
+    test.count(),
+    items.count(),
+    side.tags.count() if side.tags is not None else "no",
+)
 
 # COMMAND ----------
 
@@ -72,7 +78,12 @@ log.info("train %d ratings, test %d; %d items, %s tags", train.count(), test.cou
 
 t0 = time.perf_counter()
 content = ContentBased(side=side, scale=scale, **registry.model_params("content")).fit(train)
-log.info("content model fitted in %.1fs: %d dimensions %s", time.perf_counter() - t0, content.dim, {g: s for g, (_, s) in content.params["groups"].items()})
+log.info(
+    "content model fitted in %.1fs: %d dimensions %s",
+    time.perf_counter() - t0,
+    content.dim,
+    {g: s for g, (_, s) in content.params["groups"].items()},
+)
 vocab = content.vocabulary.cache()
 show(vocab.where("group in ('genres', 'tags')").orderBy(F.desc("idf")).limit(10))  # the rarest terms weigh most
 
@@ -132,9 +143,19 @@ full = profile_vectors(sf, cf).selectExpr("user_idx", "values as f_values", "ind
 diff = upd.join(full, "user_idx", "full_outer").select(
     "user_idx",
     (F.col("u_idx") == F.col("f_idx")).alias("same_idx"),
-    F.aggregate(F.zip_with("u_values", "f_values", lambda a, b: F.abs(a - b)), F.lit(0.0), lambda acc, x: F.greatest(acc, x)).alias("max_diff"),
+    F.aggregate(F.zip_with("u_values", "f_values", lambda a, b: F.abs(a - b)), F.lit(0.0), lambda acc, x: F.greatest(acc, x)).alias(
+        "max_diff"
+    ),
 )
-profile_check = diff.agg(F.count("*").alias("users"), F.sum(F.when(~F.col("same_idx") | F.col("same_idx").isNull(), 1).otherwise(0)).alias("index_mismatch"), F.max("max_diff").alias("max_diff")).first().asDict()
+profile_check = (
+    diff.agg(
+        F.count("*").alias("users"),
+        F.sum(F.when(~F.col("same_idx") | F.col("same_idx").isNull(), 1).otherwise(0)).alias("index_mismatch"),
+        F.max("max_diff").alias("max_diff"),
+    )
+    .first()
+    .asDict()
+)
 log.info("profile update vs recomputation: %s", profile_check)
 assert profile_check["index_mismatch"] == 0 and (profile_check["max_diff"] or 0.0) < 1e-9
 
@@ -185,7 +206,13 @@ def validation_scores(wts: dict) -> dict:
 ablation = {"(all)": validation_scores(weights)}
 for group in [g for g in ABLATE if g in content.params["groups"]]:
     ablation[group] = validation_scores({**weights, group: 0.0})
-    log.info("without %s: ndcg@%d %+.4f, rmse %+.4f", group, K, ablation[group]["ndcg"] - ablation["(all)"]["ndcg"], ablation[group]["rmse"] - ablation["(all)"]["rmse"])
+    log.info(
+        "without %s: ndcg@%d %+.4f, rmse %+.4f",
+        group,
+        K,
+        ablation[group]["ndcg"] - ablation["(all)"]["ndcg"],
+        ablation[group]["rmse"] - ablation["(all)"]["rmse"],
+    )
 fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
 groups = [g for g in ablation if g != "(all)"]
 axes[0].barh(groups, [ablation[g]["ndcg"] - ablation["(all)"]["ndcg"] for g in groups], color="#4c72b0")

@@ -88,7 +88,10 @@ def test_bias_baseline_matches_reference_on_canonical_folds(spark, movielens_dir
 @pytest.mark.parametrize(
     ("model", "rmse"),
     [
-        ("als", 0.9228),  # tuned MLlib ALS (recsys_spark/conf/models/als.toml: scaled bias residuals, baseline damping 5 / 2, 2 backfitting rounds)
+        (
+            "als",
+            0.9228,
+        ),  # tuned MLlib ALS (recsys_spark/conf/models/als.toml: scaled bias residuals, baseline damping 5 / 2, 2 backfitting rounds)
         ("svdpp", 0.9226),  # tuned SVD++ (recsys_spark/conf/models/svdpp.toml, study 3; our engine, 2 partitions)
     ],
 )

@@ -70,7 +70,9 @@ def test_petastorm_and_arrow_deliver_the_same_rows(table_dir):
 def test_training_runs_on_the_petastorm_backend(table_dir, tmp_path):
     from recsys_spark.torch.train import TrainSpec, train
 
-    spec = TrainSpec(kind="gmf", data=table_dir, n_users=N // 10, n_items=N, out_dir=str(tmp_path), epochs=2, batch_size=64, backend="petastorm", n_neg=1)
+    spec = TrainSpec(
+        kind="gmf", data=table_dir, n_users=N // 10, n_items=N, out_dir=str(tmp_path), epochs=2, batch_size=64, backend="petastorm", n_neg=1
+    )
     res = train(spec)
     assert [h["samples"] for h in res["history"]] == [N, N]
 

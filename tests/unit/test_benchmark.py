@@ -67,7 +67,9 @@ def test_topn_protocol_on_generated_data(spark, tmp_path):
     models.mkdir()
     (models / "global_mean.toml").write_text("[params]\nno_such_param = 1\n")
     with pytest.raises(ValueError, match=re.escape(f"bad parameter in {models / 'global_mean.toml'}")):
-        run_benchmark(spark, "topn", "generated", ["global_mean"], k=5, overrides=[f'paths.output="{out}"', f'models.models_dir="{models}"', *SMALL])
+        run_benchmark(
+            spark, "topn", "generated", ["global_mean"], k=5, overrides=[f'paths.output="{out}"', f'models.models_dir="{models}"', *SMALL]
+        )
 
 
 def test_rating_protocol_needs_ml100k(spark, tmp_path):

@@ -48,7 +48,10 @@ def test_cold_users_keep_only_their_first_ratings(data):
     train, test, cold = cold_user_split(ratings, fraction=0.3, keep=3, min_ratings=5, seed=1)
     cold_ids = {r[0] for r in cold.collect()}
     assert cold_ids
-    per_user = {r["user_idx"]: r["n"] for r in train.where(F.col("user_idx").isin(list(cold_ids))).groupBy("user_idx").agg(F.count("*").alias("n")).collect()}
+    per_user = {
+        r["user_idx"]: r["n"]
+        for r in train.where(F.col("user_idx").isin(list(cold_ids))).groupBy("user_idx").agg(F.count("*").alias("n")).collect()
+    }
     assert set(per_user.values()) == {3}
     # the kept ratings are the earliest ones
     for u in list(cold_ids)[:3]:
@@ -79,7 +82,9 @@ def test_cold_users_ties_in_time_are_not_broken_by_item_id(spark):
 
 def test_cold_user_slices_are_disjoint_and_slice_0_is_the_single_run(data):
     ratings, _ = data
-    picked = [{r[0] for r in cold_user_split(ratings, fraction=0.3, keep=3, min_ratings=5, seed=1, slice_index=s)[2].collect()} for s in range(3)]
+    picked = [
+        {r[0] for r in cold_user_split(ratings, fraction=0.3, keep=3, min_ratings=5, seed=1, slice_index=s)[2].collect()} for s in range(3)
+    ]
     assert all(picked) and not (picked[0] & picked[1] or picked[0] & picked[2] or picked[1] & picked[2])
     assert picked[0] == {r[0] for r in cold_user_split(ratings, fraction=0.3, keep=3, min_ratings=5, seed=1)[2].collect()}
     assert sum(len(p) for p in picked) <= 40
@@ -107,7 +112,9 @@ def test_pooled_slices_weight_ratings_and_users():
         }
 
     # slice 1: 2 ratings, RMSE 1; slice 2: 6 ratings, RMSE 3 -> sqrt((2 * 1 + 6 * 9) / 8) = sqrt(7)
-    pooled = pool_slices([run([1, 2], [1.0, 0.0], [0.5, 0.5], 2, 1.0, 2.0), run([3, 4, 5], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0], 6, 3.0, 1.0)], 2)
+    pooled = pool_slices(
+        [run([1, 2], [1.0, 0.0], [0.5, 0.5], 2, 1.0, 2.0), run([3, 4, 5], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0], 6, 3.0, 1.0)], 2
+    )
     a = pooled["models"]["a"]
     assert a["rmse"] == pytest.approx(7**0.5) and a["rows"] == 8 and a["users"] == 5 and a["fallback_rows"] == 2
     assert a["mae"] == pytest.approx((2 * 0.5 + 6 * 1.5) / 8)

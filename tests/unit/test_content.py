@@ -182,7 +182,9 @@ def test_sparse_topk_matches_brute_force(spark):
 
     seen = spark.createDataFrame([(0, 1), (0, 2), (3, 5)], "user_idx int, item_idx int")
     prior = spark.createDataFrame([(i, float(i) / n_i) for i in range(n_i)], "item_idx int, prior double")
-    got = sparse_topk(rows(L, "user_idx"), rows(R, "item_idx"), k, dim, exclude=seen, prior=prior, prior_weight=0.3, left_block=4, item_block=7)
+    got = sparse_topk(
+        rows(L, "user_idx"), rows(R, "item_idx"), k, dim, exclude=seen, prior=prior, prior_weight=0.3, left_block=4, item_block=7
+    )
     S = L @ R.T + 0.3 * (np.arange(n_i) / n_i)[None, :]
     for u, i in [(0, 1), (0, 2), (3, 5)]:
         S[u, i] = -np.inf
@@ -281,9 +283,16 @@ def test_trend_prior_by_hand(spark):
     # with segments: users 0, 1 and 9 (no rating: the latest period) in segment 1, user 2 in none; the window's
     # shares times the segment's all-time lift (n_sj + 2 p_j) / ((N_s + 2) p_j): segment 1 rated items 0..3
     # 2, 1, 2, 0 times (N_s = 5): lifts 20/21, 9/7, 9/7, 2/7
-    segments = spark.createDataFrame([(0, 1, "a"), (1, 1, "a"), (2, 0, None), (9, 1, "a")], "user_idx int, segment int, segment_label string")
+    segments = spark.createDataFrame(
+        [(0, 1, "a"), (1, 1, "a"), (2, 0, None), (9, 1, "a")], "user_idx int, segment int, segment_label string"
+    )
     prior, groups = trend_prior(ratings, segments, shrink=2.0, trend_days=2.0, trend_shrink=7.0, step_days=1.0)
-    assert {r["user_idx"]: (r["segment"], r["segment_label"]) for r in groups.collect()} == {2: (1, None), 1: (2, "a"), 0: (3, "a"), 9: (3, "a")}
+    assert {r["user_idx"]: (r["segment"], r["segment_label"]) for r in groups.collect()} == {
+        2: (1, None),
+        1: (2, "a"),
+        0: (3, "a"),
+        9: (3, "a"),
+    }
     got = {(r["segment"], r["item_idx"]): r["prior"] for r in prior.collect()}
     for j, e in enumerate([2.8 * 20 / 21, 0.7 * 9 / 7, 2.1 * 9 / 7, 1.4 * 2 / 7]):
         assert got[(3, j)] == pytest.approx(math.log1p(e) / math.log(4)), j
@@ -314,16 +323,20 @@ def test_trend_prior_in_the_model(spark, side, train, tmp_path):
         lists.setdefault(r["user_idx"], []).append(r["item_idx"])
     assert lists == {1: [3, 1], 2: [1, 2]}
     # a user with no rating: nothing shared, the reason says where the list came from
-    reasons = {r["reason"] for r in model.explain(model.recommend(spark.createDataFrame([(9,)], "user_idx int"), k=2), side.items).collect()}
+    reasons = {
+        r["reason"] for r in model.explain(model.recommend(spark.createDataFrame([(9,)], "user_idx int"), k=2), side.items).collect()
+    }
     assert reasons == {"popular lately with other users"}
     model.save(str(tmp_path / "trend"))
     again = ContentModel.load(str(tmp_path / "trend"))
-    assert sorted(again.recommend(spark.createDataFrame([(1,), (2,)], "user_idx int"), k=2).select("user_idx", "item_idx", "rank").collect()) == sorted(
-        model.recommend(spark.createDataFrame([(1,), (2,)], "user_idx int"), k=2).select("user_idx", "item_idx", "rank").collect()
-    )
+    assert sorted(
+        again.recommend(spark.createDataFrame([(1,), (2,)], "user_idx int"), k=2).select("user_idx", "item_idx", "rank").collect()
+    ) == sorted(model.recommend(spark.createDataFrame([(1,), (2,)], "user_idx int"), k=2).select("user_idx", "item_idx", "rank").collect())
     # no timestamps: the trend is off (logged), the plain global prior
     plain = ContentBased(side=side, max_neighbors=5, prior=4.0).fit(train)
-    no_ts = ContentBased(side=side, max_neighbors=5, prior=4.0, trend_days=30.0).fit(train.withColumn("timestamp", F.lit(None).cast("long")))
+    no_ts = ContentBased(side=side, max_neighbors=5, prior=4.0, trend_days=30.0).fit(
+        train.withColumn("timestamp", F.lit(None).cast("long"))
+    )
     assert not no_ts.grouped
     everyone = spark.createDataFrame([(u,) for u in range(4)], "user_idx int")
     cols = ["user_idx", "item_idx", "rank"]
@@ -358,7 +371,9 @@ def test_segment_priors_serve_new_users_by_their_segment(spark, side, train, tmp
     blank_seg = ContentBased(side=SideData(side.items, side.tags, blank), max_neighbors=5, prior=4.0, segments=["age"]).fit(train)
     everyone = spark.createDataFrame([(u,) for u in range(10)], "user_idx int")
     cols = ["user_idx", "item_idx", "rank"]
-    assert sorted(blank_seg.recommend(everyone, k=4).select(*cols).collect()) == sorted(plain.recommend(everyone, k=4).select(*cols).collect())
+    assert sorted(blank_seg.recommend(everyone, k=4).select(*cols).collect()) == sorted(
+        plain.recommend(everyone, k=4).select(*cols).collect()
+    )
 
 
 def test_explanations_name_only_items_the_user_rated(spark, side, fitted, train):
@@ -383,7 +398,9 @@ def test_cold_items_get_personal_predictions_from_content_neighbours(spark, fitt
     model = fitted
     pred = model.predict(spark.createDataFrame([(0, 5), (2, 5)], "user_idx int, item_idx int")).collect()
     assert {r["source"] for r in pred} == {"content"}  # item 5 has no rating, but features and neighbours
-    recs = model.recommend(spark.createDataFrame([(0,)], "user_idx int"), k=2, items=spark.createDataFrame([(5,)], "item_idx int")).collect()
+    recs = model.recommend(
+        spark.createDataFrame([(0,)], "user_idx int"), k=2, items=spark.createDataFrame([(5,)], "item_idx int")
+    ).collect()
     assert [r["item_idx"] for r in recs] == [5]
 
 

@@ -66,7 +66,9 @@ def _loss_on(net, arr, keys):
 
 @pytest.mark.parametrize("kind", ["gmf", "mlp", "neumf"])
 def test_one_epoch_lowers_the_loss(data, tmp_path, kind):
-    spec = TrainSpec(kind=kind, data=data["train"], n_users=NU, n_items=NI, out_dir=str(tmp_path), epochs=1, batch_size=32, lr=0.01, n_neg=1)
+    spec = TrainSpec(
+        kind=kind, data=data["train"], n_users=NU, n_items=NI, out_dir=str(tmp_path), epochs=1, batch_size=32, lr=0.01, n_neg=1
+    )
     arr = data["arr"]
     keys = np.unique(arr[:, 0].astype(np.int64) * NI + arr[:, 1].astype(np.int64))
     torch.manual_seed(spec.seed)
@@ -162,7 +164,9 @@ def _spark_train(spark):
 
 @pytest.mark.slow
 def test_spark_scoring_equals_local_scoring(spark):
-    model = DeepRecommender(name="neumf_explicit", kind="neumf", explicit=True, epochs=2, scale=Scale(0.5, 5.0), net={"dim": 4, "mlp_dim": 4, "layers": [8]}).fit(_spark_train(spark))
+    model = DeepRecommender(
+        name="neumf_explicit", kind="neumf", explicit=True, epochs=2, scale=Scale(0.5, 5.0), net={"dim": 4, "mlp_dim": 4, "layers": [8]}
+    ).fit(_spark_train(spark))
     pairs = spark.createDataFrame([(u, i) for u in range(0, NU, 7) for i in range(0, NI, 3)], "user_idx int, item_idx int")
     got = {(r.user_idx, r.item_idx): r.prediction for r in model.predict(pairs).collect()}
     net = model.network()
@@ -181,7 +185,15 @@ class TestGMFContract(ClassScopedContract):
 
 class TestNeuMFExplicitContract(ClassScopedContract):
     def make(self):
-        return DeepRecommender(name="neumf_explicit", kind="neumf", explicit=True, scale=self.scale, epochs=2, net={"dim": 4, "mlp_dim": 4, "layers": [8]}, valid_fraction=0.0)
+        return DeepRecommender(
+            name="neumf_explicit",
+            kind="neumf",
+            explicit=True,
+            scale=self.scale,
+            epochs=2,
+            net={"dim": 4, "mlp_dim": 4, "layers": [8]},
+            valid_fraction=0.0,
+        )
 
 
 class TestAutoRecContract(ClassScopedContract):
@@ -206,7 +218,9 @@ def test_distinct_negatives_avoid_rated_items_and_repeat_nothing():
 def test_leave_last_out_holds_out_each_users_latest(spark):
     from recsys_spark.torch.evaluate import leave_last_out
 
-    df = spark.createDataFrame([(0, 1, 4.0, 10), (0, 2, 3.0, 30), (0, 3, 5.0, 20), (1, 4, 2.0, 5), (2, 5, 1.0, 1), (2, 6, 1.0, 1)], RATINGS_SCHEMA)
+    df = spark.createDataFrame(
+        [(0, 1, 4.0, 10), (0, 2, 3.0, 30), (0, 3, 5.0, 20), (1, 4, 2.0, 5), (2, 5, 1.0, 1), (2, 6, 1.0, 1)], RATINGS_SCHEMA
+    )
     train, test = leave_last_out(df)
     assert sorted((r.user_idx, r.item_idx) for r in test.collect()) == [(0, 2), (2, 6)]  # user 1 has one rating: kept for training
     assert train.count() + test.count() == df.count()

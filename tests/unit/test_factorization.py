@@ -287,7 +287,8 @@ def test_gd_bold_driver_recovers_from_a_step_that_diverges_without_it(rank1):
 
 def test_gd_bold_driver_grows_the_step_while_every_step_helps(rank1):
     df, _ = rank1
-    m = SVD(rank=2, n_epochs=5, lr=0.05, reg=0.01, optimizer="gd", momentum=0.0, bold_driver=True, scale=Scale(0.5, 5)).fit(df, history=True)
+    est = SVD(rank=2, n_epochs=5, lr=0.05, reg=0.01, optimizer="gd", momentum=0.0, bold_driver=True, scale=Scale(0.5, 5))
+    m = est.fit(df, history=True)
     hist = m.info["history"]
     assert all(h["accepted"] for h in hist)
     assert [h["lr"] for h in hist] == pytest.approx([0.05 * 1.05**e for e in range(6)])
@@ -470,7 +471,10 @@ def test_als_scaled_residuals_factor_z_scores_and_fold_the_scales_back(spark):
 
     def want(pos: int) -> dict[int, float]:
         keys = {row[pos] for row in rows}
-        return {key: np.sqrt((sum(e * e for *kk, e in rows if kk[pos] == key) + k * g) / (sum(1 for row in rows if row[pos] == key) + k) / g) for key in keys}
+        return {
+            key: np.sqrt((sum(e * e for *kk, e in rows if kk[pos] == key) + k * g) / (sum(1 for row in rows if row[pos] == key) + k) / g)
+            for key in keys
+        }
 
     su, si = want(0), want(1)
     assert min(su.values()) != pytest.approx(max(su.values()))  # the scales differ, so the check below means something
@@ -494,7 +498,15 @@ def test_als_scaled_residuals_factor_z_scores_and_fold_the_scales_back(spark):
 def test_als_backfit_refits_the_biases_on_what_the_factors_leave(spark):
     """Round 1's biases are the baseline fitted on r - p.q of round 0's factors (the model without backfitting, same seed)."""
     df = spark.createDataFrame(TRAIN, RATINGS_SCHEMA)
-    kw = {"rank": 2, "max_iter": 3, "residuals": True, "scale_residuals": True, "base_reg_user": 2.0, "base_reg_item": 1.0, "scale": Scale(0.5, 5)}
+    kw = {
+        "rank": 2,
+        "max_iter": 3,
+        "residuals": True,
+        "scale_residuals": True,
+        "base_reg_user": 2.0,
+        "base_reg_item": 1.0,
+        "scale": Scale(0.5, 5),
+    }
     m0 = ALS(**kw).fit(df)
     m1 = ALS(**kw, backfit_rounds=1).fit(df)
     p0 = {r["user_idx"]: np.array(r["factors"]) for r in m0.user_factors.collect()}

@@ -54,7 +54,9 @@ def test_item_features_multi_hot_decade_and_terms(spark):
     )
     genres = fe.genre_vocabulary(items)
     assert genres == ["Comedy", "Drama", "War"]
-    vectors = spark.createDataFrame([(0, [1, 4, 7], [0.2, 0.9, 0.5]), (1, [2], [1.0])], "item_idx int, indices array<int>, values array<double>")
+    vectors = spark.createDataFrame(
+        [(0, [1, 4, 7], [0.2, 0.9, 0.5]), (1, [2], [1.0])], "item_idx int, indices array<int>, values array<double>"
+    )
     out = {r.item_idx: r for r in fe.item_features(items, genres, vectors, top_terms=2).collect()}
     assert out[0].genres == [0.0, 1.0, 1.0] and out[1].genres == [1.0, 0.0, 0.0] and out[2].genres == [0.0, 0.0, 0.0]
     assert (out[0].decade, out[1].decade, out[2].decade) == (3, 1, 0)  # 1970s = 1, 1990s = 3, unknown = 0

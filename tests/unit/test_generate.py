@@ -58,7 +58,10 @@ def test_timestamps_increase_along_each_users_history(tables):
 def test_planted_biases_are_learnable(tables):
     # item means on one half of the users predict item means on the other half
     r = tables["ratings"].withColumn("rating", F.col("rating").cast("double"))
-    halves = [r.where(F.col("userId") % 2 == k).groupBy("movieId").agg(F.avg("rating").alias(f"m{k}"), F.count("*").alias(f"n{k}")) for k in (0, 1)]
+    halves = [
+        r.where(F.col("userId") % 2 == k).groupBy("movieId").agg(F.avg("rating").alias(f"m{k}"), F.count("*").alias(f"n{k}"))
+        for k in (0, 1)
+    ]
     joined = halves[0].join(halves[1], "movieId").where((F.col("n0") >= 10) & (F.col("n1") >= 10))
     corr = joined.agg(F.corr("m0", "m1")).first()[0]
     assert corr > 0.5

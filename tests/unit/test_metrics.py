@@ -125,7 +125,9 @@ def test_beyond_accuracy(spark):
     lists = {0: [1, 2], 1: [2, 3]}
     topn = topn_df(spark, lists)
     assert M.coverage(topn, 10) == pytest.approx(0.3)
-    train = spark.createDataFrame([(0, 1, 4.0, 0), (1, 1, 4.0, 0), (2, 2, 3.0, 0)], "user_idx int, item_idx int, rating double, timestamp long")
+    train = spark.createDataFrame(
+        [(0, 1, 4.0, 0), (1, 1, 4.0, 0), (2, 2, 3.0, 0)], "user_idx int, item_idx int, rating double, timestamp long"
+    )
     # p = (c+1)/(3+1): item1 3/4, item2 2/4, item3 1/4; recommended: 1, 2, 2, 3
     expected = np.mean([-math.log2(0.75), -math.log2(0.5), -math.log2(0.5), -math.log2(0.25)])
     assert M.novelty(topn, train) == pytest.approx(expected)

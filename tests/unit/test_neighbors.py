@@ -59,7 +59,9 @@ def test_item_similarities_match_numpy(ratings, kind):
 
 def test_user_based_is_item_based_on_the_transpose(spark, ratings):
     transposed = ratings.select(F.col("item_idx").alias("user_idx"), F.col("user_idx").alias("item_idx"), "rating", "timestamp")
-    a = sorted((r["a"], r["b"], round(r["sim"], 9)) for r in similarities(ratings, similarity="cosine", user_based=True, shrinkage=0).collect())
+    a = sorted(
+        (r["a"], r["b"], round(r["sim"], 9)) for r in similarities(ratings, similarity="cosine", user_based=True, shrinkage=0).collect()
+    )
     b = sorted((r["a"], r["b"], round(r["sim"], 9)) for r in similarities(transposed, similarity="cosine", shrinkage=0).collect())
     assert a == b
 

@@ -167,7 +167,8 @@ def test_content_stage_writes_features_profiles_and_explanations(spark, cfg_fact
     assert set(c["users_by_segment"]) <= {"aged under 18", "aged 18-24", "aged 25-34", "aged 35-44", "aged 45-55", "aged 56+"}
     out = cfg.stage_path("content", "content")
     feats = ItemFeatures.load(f"{out}/features")  # the saved transform featurises items again, identically
-    again = {r["item_idx"]: r["values"] for r in feats.transform(stages.read_ingested(spark, cfg, "items"), stages.side_data(spark, cfg).tags, train).collect()}
+    redone = feats.transform(stages.read_ingested(spark, cfg, "items"), stages.side_data(spark, cfg).tags, train)
+    again = {r["item_idx"]: r["values"] for r in redone.collect()}
     for r in feats.vectors.collect():
         assert again[r["item_idx"]] == pytest.approx(r["values"])
     nb = spark.read.parquet(f"{out}/neighbors")
