@@ -102,7 +102,10 @@ def run_rating(spark: SparkSession, cfg: Config, models: list[str], folds: list[
     stages.run_split(spark, cfg)
     scale = stages.rating_scale(spark, cfg)
     side = stages.side_data(spark, cfg)
-    out: dict[str, Any] = {"protocol": {"name": "rating", "dataset": cfg.dataset_name, "folds": [f"u{k}" for k in folds], "scale": [scale.lo, scale.hi]}, "models": {}}
+    out: dict[str, Any] = {
+        "protocol": {"name": "rating", "dataset": cfg.dataset_name, "folds": [f"u{k}" for k in folds], "scale": [scale.lo, scale.hi]},
+        "models": {},
+    }
     for name in models:
         per_fold = []
         for k in folds:
@@ -142,7 +145,17 @@ def run_topn(spark: SparkSession, cfg: Config, models: list[str], k: int) -> dic
     n_catalog = items.count()
     users = test.select(COL_USER).distinct().persist()
     side = stages.side_data(spark, cfg)
-    out: dict[str, Any] = {"protocol": {"name": "topn", "dataset": cfg.dataset_name, "k": k, **TOPN_PROTOCOL, "test_users": users.count(), "catalog": n_catalog}, "models": {}}
+    out: dict[str, Any] = {
+        "protocol": {
+            "name": "topn",
+            "dataset": cfg.dataset_name,
+            "k": k,
+            **TOPN_PROTOCOL,
+            "test_users": users.count(),
+            "catalog": n_catalog,
+        },
+        "models": {},
+    }
     for name in models:
         model, fit_s = _timed_fit(name, scale, train, side, stages.models_dir_of(cfg))
         t = time.perf_counter()
@@ -151,7 +164,16 @@ def run_topn(spark: SparkSession, cfg: Config, models: list[str], k: int) -> dic
         predict_s = time.perf_counter() - t
         res = topn_report(top, test, train, items, n_catalog, k)
         res.update({"fit_s": round(fit_s, 3), "predict_s": round(predict_s, 3)})
-        log.info("%s: ndcg@%d %.4f precision@%d %.4f (fit %.1fs, recommend %.1fs)", name, k, res[f"ndcg@{k}"], k, res[f"precision@{k}"], fit_s, predict_s)
+        log.info(
+            "%s: ndcg@%d %.4f precision@%d %.4f (fit %.1fs, recommend %.1fs)",
+            name,
+            k,
+            res[f"ndcg@{k}"],
+            k,
+            res[f"precision@{k}"],
+            fit_s,
+            predict_s,
+        )
         out["models"][name] = res
         top.unpersist()
     return out
@@ -202,4 +224,3 @@ def summary_table(result: dict[str, Any]) -> str:
         for name, m in result["models"].items():
             lines.append(f"| {name} | " + " | ".join(f"{m[c]:.4f}" for c in cols) + f" | {m['fit_s']:.2f} | {m['predict_s']:.2f} |")
     return "\n".join(lines)
-

@@ -34,7 +34,8 @@ DESCRIPTIONS = {
     "factorize": "fit a factorization model on the pipeline's split; write its factors (and NMF factor interpretation)",
     "export_features": "write the Parquet feature tables PyTorch jobs train on (interactions, negatives, item/user features, histories)",
     "train_torch": "train a deep model on the exported features (locally or with TorchDistributor) and score the test part in Spark",
-    "content": "fit a content model on the pipeline's split; write item features, content neighbours, profiles, term signal, explained top-N",
+    "content": "fit a content model on the pipeline's split; write item features, content neighbours, profiles, "
+    "term signal, explained top-N",
 }
 
 
@@ -53,7 +54,9 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
         p.add_argument("--models", default="bias", help="comma-separated registered model names")
         p.add_argument("--folds", default="1-5", help="rating protocol: folds, e.g. 1-5 or 1,3")
         p.add_argument("--k", type=int, default=10, help="topn protocol: list length")
-        p.add_argument("--slices", type=int, default=1, help="coldstart protocol: pool the new-user experiment over this many disjoint user slices")
+        p.add_argument(
+            "--slices", type=int, default=1, help="coldstart protocol: pool the new-user experiment over this many disjoint user slices"
+        )
         p.add_argument("--out", default=None, help="write the JSON result here")
     if stage == "tune":
         p.add_argument("--model", required=True, help="registered model with a recsys_spark/conf/tuning/<model>.toml")

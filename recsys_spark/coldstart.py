@@ -59,7 +59,9 @@ log = logging.getLogger(__name__)
 PROTOCOL = {"fraction": 0.1, "min_item_ratings": 5, "min_user_ratings": 10, "keep": 3, "seed": 42, "slices": 1}
 
 
-def cold_item_split(ratings: DataFrame, fraction: float = 0.1, min_ratings: int = 5, seed: int = 42) -> tuple[DataFrame, DataFrame, DataFrame]:
+def cold_item_split(
+    ratings: DataFrame, fraction: float = 0.1, min_ratings: int = 5, seed: int = 42
+) -> tuple[DataFrame, DataFrame, DataFrame]:
     """``(train, test, cold_items)``: every rating of the chosen items is in ``test``."""
     n = ratings.groupBy(COL_ITEM).agg(F.count("*").alias("_n"))
     cold = n.where((F.col("_n") >= min_ratings) & (hash_uniform(seed, F.lit("cold-item"), COL_ITEM) < fraction)).select(COL_ITEM)
@@ -144,7 +146,9 @@ def _evaluate(
         paired[name] = per_user[0].select(COL_USER, *_paired_metrics(k)).toPandas().set_index(COL_USER).sort_index()
         rep["fit_s"] = round(fit_s, 3)
         rep["total_s"] = round(time.perf_counter() - t, 3)
-        log.info("cold %s, %s: rmse %.4f ndcg@%d %.4f precision@%d %.4f", kind, name, rep["rmse"], k, rep[f"ndcg@{k}"], k, rep[f"precision@{k}"])
+        log.info(
+            "cold %s, %s: rmse %.4f ndcg@%d %.4f precision@%d %.4f", kind, name, rep["rmse"], k, rep[f"ndcg@{k}"], k, rep[f"precision@{k}"]
+        )
         out["models"][name] = rep
         pred.unpersist()
         top.unpersist()
@@ -216,11 +220,15 @@ def paired_differences(per_user: dict[str, Any], k: int, n_boot: int = 2000, see
         res = {m: M.paired_bootstrap(first[m].to_numpy(), b[m].to_numpy(), n_boot, seed) for m in _paired_metrics(k)}
         out[f"{names[0]} - {other}"] = res
         d = res[f"ndcg@{k}"]
-        log.info("%s - %s: ndcg@%d %+.4f (95%% CI %+.4f..%+.4f, %d users)", names[0], other, k, d["diff"], d["ci95_lo"], d["ci95_hi"], d["users"])
+        log.info(
+            "%s - %s: ndcg@%d %+.4f (95%% CI %+.4f..%+.4f, %d users)", names[0], other, k, d["diff"], d["ci95_lo"], d["ci95_hi"], d["users"]
+        )
     return out
 
 
-def run_coldstart(spark: SparkSession, cfg: Config, models: list[str], k: int = 10, protocol: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_coldstart(
+    spark: SparkSession, cfg: Config, models: list[str], k: int = 10, protocol: dict[str, Any] | None = None
+) -> dict[str, Any]:
     p = {**PROTOCOL, **(protocol or {})}
     if int(p["slices"]) < 1 or int(p["slices"]) * p["fraction"] > 1 + 1e-9:
         raise ValueError(f"coldstart: {p['slices']} slices of fraction {p['fraction']} need slices >= 1 and slices * fraction <= 1")
@@ -256,7 +264,9 @@ def summary_table(result: dict[str, Any]) -> str:
     lines = ["| experiment | model | " + " | ".join(cols) + " | fallback rows |", "|---|---|" + "---:|" * (len(cols) + 1)]
     for kind, exp in result["experiments"].items():
         for name, m in exp["models"].items():
-            lines.append(f"| cold {kind} | {name} | " + " | ".join(f"{m[c]:.4f}" if c in m else "" for c in cols) + f" | {m['fallback_rows']} |")
+            lines.append(
+                f"| cold {kind} | {name} | " + " | ".join(f"{m[c]:.4f}" if c in m else "" for c in cols) + f" | {m['fallback_rows']} |"
+            )
     paired = [(kind, pair, d) for kind, exp in result["experiments"].items() for pair, d in exp.get("paired", {}).items()]
     if paired:
         ms = _paired_metrics(k)

@@ -50,7 +50,19 @@ def better(metric: str, a: float, b: float) -> bool:
 
 
 def results_markdown(rows: dict[str, dict[str, Any]], k: int) -> str:
-    cols = ["rmse", "mae", f"precision@{k}", f"recall@{k}", f"ndcg@{k}", f"map@{k}", f"hr@{k}", f"mrr@{k}", "coverage", "novelty", "diversity"]
+    cols = [
+        "rmse",
+        "mae",
+        f"precision@{k}",
+        f"recall@{k}",
+        f"ndcg@{k}",
+        f"map@{k}",
+        f"hr@{k}",
+        f"mrr@{k}",
+        "coverage",
+        "novelty",
+        "diversity",
+    ]
     lines = ["| model | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for name, m in rows.items():
         cells = [f"{m[c]:.4f}" if isinstance(m.get(c), (int, float)) else "" for c in cols]

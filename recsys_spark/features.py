@@ -153,7 +153,11 @@ def genre_vocabulary(items: DataFrame) -> list[str]:
 def item_features(items: DataFrame, genres: list[str], content_vectors: DataFrame | None = None, top_terms: int = 8) -> DataFrame:
     """Genre multi-hot, decade bucket and top content terms per item."""
     require_columns(items, [COL_ITEM, COL_GENRES], "items")
-    multi_hot = F.array(*[F.when(F.array_contains(COL_GENRES, g), F.lit(1.0)).otherwise(F.lit(0.0)) for g in genres]) if genres else F.array().cast("array<float>")
+    multi_hot = (
+        F.array(*[F.when(F.array_contains(COL_GENRES, g), F.lit(1.0)).otherwise(F.lit(0.0)) for g in genres])
+        if genres
+        else F.array().cast("array<float>")
+    )
     year = F.col(COL_YEAR) if COL_YEAR in items.columns else F.lit(None).cast("int")
     first = items.agg(F.min(year)).first()[0]  # a scalar
     decade = F.when(year.isNull(), F.lit(0)).otherwise(F.floor(year / 10).cast("int") - F.lit((first or 0) // 10) + 1)
@@ -175,7 +179,10 @@ def user_features(users: DataFrame | None, ratings: DataFrame) -> tuple[DataFram
     """Demographic ids for every user of ``ratings`` (-1 where unknown); and the occupation vocabulary."""
     ids = ratings.select(COL_USER).distinct()
     if users is None:
-        return conform(ids.select(COL_USER, F.lit(-1).alias(COL_GENDER), F.lit(-1).alias("age_bucket"), F.lit(-1).alias(COL_OCCUPATION)), USER_FEATURES_SCHEMA), []
+        return conform(
+            ids.select(COL_USER, F.lit(-1).alias(COL_GENDER), F.lit(-1).alias("age_bucket"), F.lit(-1).alias(COL_OCCUPATION)),
+            USER_FEATURES_SCHEMA,
+        ), []
     occ = sorted(r[0] for r in users.select(COL_OCCUPATION).where(F.col(COL_OCCUPATION).isNotNull()).distinct().collect())
     occ_map = F.create_map(*[x for j, o in enumerate(occ) for x in (F.lit(o), F.lit(j))]) if occ else None
     g = F.upper(F.trim(F.col(COL_GENDER)))
@@ -193,15 +200,25 @@ def histories(ratings: DataFrame) -> DataFrame:
     """Each user's ratings in time order (ties by item): parallel arrays."""
     ts = F.col(COL_TIMESTAMP) if COL_TIMESTAMP in ratings.columns else F.lit(None).cast("long")
     agg = ratings.groupBy(COL_USER).agg(
-        F.sort_array(F.collect_list(F.struct(ts.alias("t"), F.col(COL_ITEM).alias("i"), F.col(COL_RATING).cast("float").alias("r")))).alias("_h")
+        F.sort_array(F.collect_list(F.struct(ts.alias("t"), F.col(COL_ITEM).alias("i"), F.col(COL_RATING).cast("float").alias("r")))).alias(
+            "_h"
+        )
     )
     return conform(
-        agg.select(COL_USER, F.col("_h.i").alias("items"), F.col("_h.r").alias("ratings"), F.col("_h.t").alias("timestamps"), F.size("_h").alias("length")),
+        agg.select(
+            COL_USER,
+            F.col("_h.i").alias("items"),
+            F.col("_h.r").alias("ratings"),
+            F.col("_h.t").alias("timestamps"),
+            F.size("_h").alias("length"),
+        ),
         HISTORIES_SCHEMA,
     )
 
 
-def metadata(n_users: int, n_items: int, genres: list[str], occupations: list[str], n_terms: int, split: str, **extra: Any) -> dict[str, Any]:
+def metadata(
+    n_users: int, n_items: int, genres: list[str], occupations: list[str], n_terms: int, split: str, **extra: Any
+) -> dict[str, Any]:
     return {
         "n_users": n_users, "n_items": n_items, "n_genres": len(genres), "genres": genres,
         "n_occupations": len(occupations), "occupations": occupations, "n_terms": n_terms, "split": split,

@@ -152,7 +152,9 @@ def generate(spark: SparkSession, cfg: GenerateConfig) -> dict[str, DataFrame]:
         .select("userId", "n_r", "start", F.explode(F.sequence(F.lit(1), F.col("draws"))).alias("j"))
         .withColumn("movieId", ((item_rank * step + offset) % n_i + 1).cast("long"))
     )
-    first_draw = events.groupBy("userId", "movieId").agg(F.min("j").alias("j"), F.first("n_r").alias("n_r"), F.first("start").alias("start"))
+    first_draw = events.groupBy("userId", "movieId").agg(
+        F.min("j").alias("j"), F.first("n_r").alias("n_r"), F.first("start").alias("start")
+    )
     w = Window.partitionBy("userId").orderBy("j")
     events = first_draw.withColumn("pos", F.row_number().over(w)).where(F.col("pos") <= F.col("n_r"))
 

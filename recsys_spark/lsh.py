@@ -83,7 +83,9 @@ def lsh_similarities(
         max_dist = 1.0 - min_sim
     else:
         bl = bucket_length if bucket_length is not None else 0.5 / math.sqrt(dim)
-        lsh = BucketedRandomProjectionLSH(inputCol="features", outputCol="hashes", numHashTables=num_hash_tables, bucketLength=bl, seed=seed)
+        lsh = BucketedRandomProjectionLSH(
+            inputCol="features", outputCol="hashes", numHashTables=num_hash_tables, bucketLength=bl, seed=seed
+        )
         max_dist = math.sqrt(max(0.0, 2.0 * (1.0 - min_sim)))
     model = lsh.fit(vecs)
     joined = model.approxSimilarityJoin(vecs, vecs, max_dist, distCol="_dist").where(F.col("datasetA.id") < F.col("datasetB.id"))
@@ -108,7 +110,5 @@ def neighbor_recall(approx: DataFrame, exact: DataFrame, k: int) -> float:
     w = Window.partitionBy(A).orderBy(F.desc(SIM), F.asc(B))
     true = exact.where(F.col(SIM) > 0).withColumn("_r", F.row_number().over(w)).where(F.col("_r") <= k).select(A, B)
     found = approx.withColumn("_r", F.row_number().over(w)).where(F.col("_r") <= k).select(A, B)
-    row = true.join(found.withColumn("_hit", F.lit(1)), [A, B], "left").agg(
-        F.count("*").alias("n"), F.count("_hit").alias("hits")
-    ).first()
+    row = true.join(found.withColumn("_hit", F.lit(1)), [A, B], "left").agg(F.count("*").alias("n"), F.count("_hit").alias("hits")).first()
     return float(row["hits"]) / row["n"] if row["n"] else 1.0

@@ -242,20 +242,27 @@ def _stats_join(t: DataFrame, salt_threshold: int | None) -> DataFrame:
     if salt_threshold:
         n = F.count("*").over(Window.partitionBy("_k"))
         t = t.withColumn("_ns", F.greatest(F.lit(1), F.ceil(n / F.lit(salt_threshold))).cast("int"))
-        left = t.select("_k", F.pmod(F.xxhash64("_e"), F.col("_ns")).cast("int").alias("_s"), F.col("_e").alias(A), F.col("_x").alias("_xa"))
-        right = t.select("_k", F.explode(F.sequence(F.lit(0), F.col("_ns") - 1)).alias("_s"), F.col("_e").alias(B), F.col("_x").alias("_xb"))
+        salt = F.pmod(F.xxhash64("_e"), F.col("_ns")).cast("int").alias("_s")
+        left = t.select("_k", salt, F.col("_e").alias(A), F.col("_x").alias("_xa"))
+        right = t.select(
+            "_k", F.explode(F.sequence(F.lit(0), F.col("_ns") - 1)).alias("_s"), F.col("_e").alias(B), F.col("_x").alias("_xb")
+        )
         pairs = left.join(right, ["_k", "_s"])
     else:
         left = t.select("_k", F.col("_e").alias(A), F.col("_x").alias("_xa"))
         right = t.select("_k", F.col("_e").alias(B), F.col("_x").alias("_xb"))
         pairs = left.join(right, "_k")
-    return pairs.where(F.col(A) < F.col(B)).groupBy(A, B).agg(
-        F.count("*").alias("support"),
-        F.sum(F.col("_xa") * F.col("_xb")).alias("sxy"),
-        F.sum(F.col("_xa") * F.col("_xa")).alias("sxx"),
-        F.sum(F.col("_xb") * F.col("_xb")).alias("syy"),
-        F.sum("_xa").alias("sx"),
-        F.sum("_xb").alias("sy"),
+    return (
+        pairs.where(F.col(A) < F.col(B))
+        .groupBy(A, B)
+        .agg(
+            F.count("*").alias("support"),
+            F.sum(F.col("_xa") * F.col("_xb")).alias("sxy"),
+            F.sum(F.col("_xa") * F.col("_xa")).alias("sxx"),
+            F.sum(F.col("_xb") * F.col("_xb")).alias("syy"),
+            F.sum("_xa").alias("sx"),
+            F.sum("_xb").alias("sy"),
+        )
     )
 
 
@@ -378,12 +385,17 @@ class KNNModel(RecommenderModel):
         if centering == "mean":
             nb = COL_USER if self.params["user_based"] else COL_ITEM  # the neighbour's own mean
             return r.join(r.groupBy(nb).agg(F.avg(COL_RATING).alias("_c")), nb)
-        return r.join(self.base.user_bias, COL_USER).join(self.base.item_bias, COL_ITEM).select(
-            COL_USER, COL_ITEM, COL_RATING, (F.lit(self.base.mu) + F.col(B_U) + F.col(B_I)).alias("_c")
+        return (
+            r.join(self.base.user_bias, COL_USER)
+            .join(self.base.item_bias, COL_ITEM)
+            .select(COL_USER, COL_ITEM, COL_RATING, (F.lit(self.base.mu) + F.col(B_U) + F.col(B_I)).alias("_c"))
         )
 
     def predict_with_confidence(self, pairs: DataFrame) -> DataFrame:
-        """The prediction contract plus ``n_neighbors`` (neighbours used) and ``sim_sum`` (their summed similarity); both 0 on a fallback."""
+        """The prediction contract plus ``n_neighbors`` (neighbours used) and ``sim_sum`` (their summed similarity).
+
+        Both are 0 on a fallback.
+        """
         user_based, k = self.params["user_based"], self.params["k"]
         target = pairs.select(COL_USER, COL_ITEM).dropDuplicates()
         r = self._centred()
@@ -412,11 +424,11 @@ class KNNModel(RecommenderModel):
             F.sum(SIM).alias("_den"),
             F.count("*").alias("n_neighbors"),
         )
-        fallback = self.base.predict(target).select(
-            COL_USER, COL_ITEM, F.col(COL_PREDICTION).alias("_fb"), F.col(COL_SOURCE).alias("_fbs")
-        )
-        out = target.join(agg, [COL_USER, COL_ITEM], "left").join(base_t, [COL_USER, COL_ITEM], "left").join(
-            fallback, [COL_USER, COL_ITEM], "left"
+        fallback = self.base.predict(target).select(COL_USER, COL_ITEM, F.col(COL_PREDICTION).alias("_fb"), F.col(COL_SOURCE).alias("_fbs"))
+        out = (
+            target.join(agg, [COL_USER, COL_ITEM], "left")
+            .join(base_t, [COL_USER, COL_ITEM], "left")
+            .join(fallback, [COL_USER, COL_ITEM], "left")
         )
         min_k = self.params["min_k"]
         use = F.col("n_neighbors").isNotNull() & (F.col("n_neighbors") >= min_k) & F.col("_t").isNotNull()

@@ -95,7 +95,9 @@ def holdout(train: DataFrame, ratio: float = 0.1, seed: int = 42) -> tuple[DataF
     return train.where(~bucket), train.where(bucket)
 
 
-def validation_parts(spark: SparkSession, cfg: Config, fold: int = 1, ratio: float = 0.1, seed: int = 42) -> tuple[Scale, DataFrame, DataFrame]:
+def validation_parts(
+    spark: SparkSession, cfg: Config, fold: int = 1, ratio: float = 0.1, seed: int = 42
+) -> tuple[Scale, DataFrame, DataFrame]:
     """``(scale, fit, valid)``: the tuning protocol's data, ML-100K ``u<fold>.base`` ingested, split and held out (persisted)."""
     cfg = _rating_cfg(cfg)
     stages.run_ingest(spark, cfg)
@@ -129,7 +131,8 @@ def run_tune(spark: SparkSession, cfg: Config, model: str, n_trials: int | None 
         tracker.stop({f"best_{_key(metric)}": study.best_value if study.trials else float("nan")})
     best = {**spec.get("fixed", {}), **study.best_params}
     result = {
-        "model": model, "protocol": {"dataset": cfg.dataset_name, "fold": f"u{fold}", "valid": "10% hash holdout of the training part", "seed": seed},
+        "model": model,
+        "protocol": {"dataset": cfg.dataset_name, "fold": f"u{fold}", "valid": "10% hash holdout of the training part", "seed": seed},
         "n_trials": n_trials, "metric": metric, "best_value": study.best_value, "best_params": best,
         "trials": [{"number": t.number, metric: t.value, "params": t.params} for t in study.trials],
     }  # fmt: skip

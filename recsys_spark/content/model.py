@@ -157,13 +157,10 @@ class ContentModel(RecommenderModel):
             empty = unknown.join(self.segments, COL_USER, "left").select(
                 COL_USER, COL_SEGMENT, F.array().cast("array<int>").alias(IDX), F.array().cast("array<double>").alias(VAL)
             )
-            top = sparse_topk(empty, cand, k, self.dim, exclude=seen.join(unknown, COL_USER), prior=prior, prior_weight=1.0, left_group=group)
+            excluded = seen.join(unknown, COL_USER)
+            top = sparse_topk(empty, cand, k, self.dim, exclude=excluded, prior=prior, prior_weight=1.0, left_group=group)
             return known.unionByName(as_topn(top, self.name))
-        cand_prior = (
-            cand.select(COL_ITEM)
-            .join(prior, COL_ITEM, "left")
-            .select(COL_ITEM, F.coalesce("prior", F.lit(0.0)).alias(COL_SCORE))
-        )
+        cand_prior = cand.select(COL_ITEM).join(prior, COL_ITEM, "left").select(COL_ITEM, F.coalesce("prior", F.lit(0.0)).alias(COL_SCORE))
         return known.unionByName(topk_from_item_scores(unknown, cand_prior, seen, k, self.name))
 
     def explain(self, recs: DataFrame, items: DataFrame, n_terms: int = 3) -> DataFrame:
@@ -174,9 +171,7 @@ class ContentModel(RecommenderModel):
 
     def update(self, new_ratings: DataFrame) -> ContentModel:
         """A model whose profiles include ``new_ratings`` (the sums updated, nothing recomputed); the rest is unchanged."""
-        sums, counts = update_profile_sums(
-            self.sums, self.counts, new_ratings, to_long(self.vectors)
-        )
+        sums, counts = update_profile_sums(self.sums, self.counts, new_ratings, to_long(self.vectors))
         return ContentModel(
             self.name,
             self.params,
@@ -264,9 +259,7 @@ class ContentBased(Recommender):
     def fit(self, train: DataFrame) -> ContentModel:
         self._check_train(train)
         if self.side is None:
-            raise ValueError(
-                f"{self.name}: content models need item side data (items, tags); none was given"
-            )
+            raise ValueError(f"{self.name}: content models need item side data (items, tags); none was given")
         if self.features not in ("content", "hybrid"):
             raise ValueError(f"features must be content or hybrid, got {self.features!r}")
         cols = [c for c in (COL_USER, COL_ITEM, COL_RATING, COL_TIMESTAMP) if c in train.columns]
@@ -277,23 +270,11 @@ class ContentBased(Recommender):
             scale=self.scale or Scale(),
             name=self.name,
         ).fit(ratings)
-        feats = ItemFeaturizer(weights=self.weights, tag_min_df=self.tag_min_df).fit(
-            self.side.items, self.side.tags, ratings
-        )
+        feats = ItemFeaturizer(weights=self.weights, tag_min_df=self.tag_min_df).fit(self.side.items, self.side.tags, ratings)
         vectors, dim = feats.vectors, feats.dim
         if self.features == "hybrid":
-            collab = collaborative_vectors(
-                ratings, self.collaborative, base=None if self.collaborative == "als" else base
-            )
-            n_collab = (
-                int(
-                    collab.select(
-                        F.max(F.aggregate(IDX, F.lit(-1), lambda a, x: F.greatest(a, x)))
-                    ).first()[0]
-                    or -1
-                )
-                + 1
-            )
+            collab = collaborative_vectors(ratings, self.collaborative, base=None if self.collaborative == "als" else base)
+            n_collab = int(collab.select(F.max(F.aggregate(IDX, F.lit(-1), lambda a, x: F.greatest(a, x)))).first()[0] or -1) + 1
             vectors = concat_vectors(vectors, collab, dim, 1.0, self.collaborative_weight)
             dim += n_collab
             vectors = vectors.localCheckpoint()  # the featurizer's vectors are already materialized
@@ -302,19 +283,25 @@ class ContentBased(Recommender):
         else:
             nb = content_neighbors(vectors, dim, self.max_neighbors)
         nb = nb.localCheckpoint()
-        sums, counts = profile_sums(
-            ratings.select(COL_USER, COL_ITEM, COL_RATING), to_long(vectors)
-        )
+        sums, counts = profile_sums(ratings.select(COL_USER, COL_ITEM, COL_RATING), to_long(vectors))
         segments = None
         if self.segments:
             if self.side.users is None:
-                log.warning("%s: segments %s asked for but no users table given: every user gets the global prior", self.name, self.segments)
+                log.warning(
+                    "%s: segments %s asked for but no users table given: every user gets the global prior", self.name, self.segments
+                )
             else:
                 segments = user_segments(self.side.users, self.segments, self.age_edges).localCheckpoint()
                 n_seg, n_global = segments.agg(
                     F.countDistinct(F.when(F.col(COL_SEGMENT) > 0, F.col(COL_SEGMENT))), F.count(F.when(F.col(COL_SEGMENT) == 0, 1))
                 ).first()  # one pass over the checkpointed table
-                log.info("%s: %d user segments by %s (segment 0, the global prior: %d users)", self.name, n_seg, "/".join(self.segments), n_global)
+                log.info(
+                    "%s: %d user segments by %s (segment 0, the global prior: %d users)",
+                    self.name,
+                    n_seg,
+                    "/".join(self.segments),
+                    n_global,
+                )
                 if n_seg == 0:  # e.g. ml-latest-small: no ages; the plain global prior, as without segments
                     segments = None
         has_ts = COL_TIMESTAMP in ratings.columns and ratings.where(F.col(COL_TIMESTAMP).isNotNull()).limit(1).count() > 0
@@ -325,7 +312,9 @@ class ContentBased(Recommender):
         counted = counted_ratings(ratings, skip)
         if trend:
             prior, groups = trend_prior(ratings, segments, self.segment_shrink, trend, self.trend_shrink, self.trend_step_days, counted)
-            log.info("%s: trend prior over %g days before each user's latest rating (%g-day periods)", self.name, trend, self.trend_step_days)
+            log.info(
+                "%s: trend prior over %g days before each user's latest rating (%g-day periods)", self.name, trend, self.trend_step_days
+            )
         else:
             prior, groups = segment_prior(counted, segments, self.segment_shrink), segments
         params = {
@@ -341,5 +330,3 @@ class ContentBased(Recommender):
             prior.localCheckpoint(),
             groups.localCheckpoint() if groups is not None else spark.createDataFrame([], SEGMENTS_SCHEMA), feats.pipeline,
         )  # fmt: skip
-
-

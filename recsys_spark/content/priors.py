@@ -47,7 +47,9 @@ def user_segments(users: DataFrame, attributes: list[str], age_edges: tuple[int,
     if bad or not attributes:
         raise ValueError(f"segments must be a non-empty list drawn from {list(SEGMENT_ATTRIBUTES)}, got {attributes!r}")
     edges = sorted(int(e) for e in age_edges)
-    age_names = [f"under {edges[0]}"] + [f"{a}-{b - 1}" for a, b in zip(edges, edges[1:], strict=False)] + [f"{edges[-1]}+"] if edges else ["any"]
+    age_names = (
+        [f"under {edges[0]}"] + [f"{a}-{b - 1}" for a, b in zip(edges, edges[1:], strict=False)] + [f"{edges[-1]}+"] if edges else ["any"]
+    )
     age_label = F.create_map(*[x for j, n in enumerate(age_names) for x in (F.lit(j), F.lit(f"aged {n}"))])
     parts, labels = [], []
     for a in attributes:
@@ -65,7 +67,9 @@ def user_segments(users: DataFrame, attributes: list[str], age_edges: tuple[int,
     unknown = F.lit(False)
     for c in parts:
         unknown = unknown | c.isNull()
-    keyed = users.select(COL_USER, F.when(~unknown, F.concat_ws("|", *parts)).alias("_k"), F.when(~unknown, F.concat_ws(", ", *labels)).alias("_l"))
+    keyed = users.select(
+        COL_USER, F.when(~unknown, F.concat_ws("|", *parts)).alias("_k"), F.when(~unknown, F.concat_ws(", ", *labels)).alias("_l")
+    )
     # one key per segment: a few dozen at most (6 age groups x 2 genders x 21 occupations in ML-100K)
     keys = sorted(r[0] for r in keyed.where(F.col("_k").isNotNull()).select("_k").distinct().collect())
     ids = F.create_map(*[x for j, key in enumerate(keys) for x in (F.lit(key), F.lit(j + 1))]) if keys else None
@@ -101,7 +105,9 @@ def segment_prior(ratings: DataFrame, segments: DataFrame | None, shrink: float)
         .join(nsj, [COL_SEGMENT, COL_ITEM], "left").join(ns, COL_SEGMENT, "left")
         .fillna(0, ["_seg_n", "_seg_tot"])
     )  # fmt: skip
-    eff = F.when(F.col("_seg_tot") + m > 0, F.col("_tot") * (F.col("_seg_n") + m * F.col("_n") / F.col("_tot")) / (F.col("_seg_tot") + m)).otherwise(F.col("_n"))
+    eff = F.when(
+        F.col("_seg_tot") + m > 0, F.col("_tot") * (F.col("_seg_n") + m * F.col("_n") / F.col("_tot")) / (F.col("_seg_tot") + m)
+    ).otherwise(F.col("_n"))
     return glob(n).unionByName(grid.select(COL_SEGMENT, COL_ITEM, (F.log1p(eff) / scale).alias("prior")))
 
 
@@ -116,7 +122,9 @@ def counted_ratings(ratings: DataFrame, skip_first: int, seed: int = 42) -> Data
         return ratings
     if COL_TIMESTAMP not in ratings.columns:
         raise ValueError(f"prior_skip_first={skip_first} needs the ratings' {COL_TIMESTAMP}")
-    w = Window.partitionBy(COL_USER).orderBy(F.col(COL_TIMESTAMP).asc_nulls_last(), hash_uniform(seed, F.lit("first"), COL_USER, COL_ITEM), COL_ITEM)
+    w = Window.partitionBy(COL_USER).orderBy(
+        F.col(COL_TIMESTAMP).asc_nulls_last(), hash_uniform(seed, F.lit("first"), COL_USER, COL_ITEM), COL_ITEM
+    )
     return ratings.withColumn("_pos", F.row_number().over(w)).where(F.col("_pos") > skip_first).drop("_pos")
 
 
@@ -169,10 +177,14 @@ def trend_prior(
     nt = in_window.groupBy("_b").agg(F.sum("_c").alias("_ttot"))
     grid = keys.crossJoin(n).join(ntj, ["_b", COL_ITEM], "left").join(nt, "_b", "left").fillna(0, ["_tn", "_ttot"])
     mt = F.lit(float(trend_shrink))
-    p_t = F.when(F.col("_ttot") + mt > 0, (F.col("_tn") + mt * F.col("_n") / F.col("_tot")) / (F.col("_ttot") + mt)).otherwise(F.col("_n") / F.col("_tot"))
+    p_t = F.when(F.col("_ttot") + mt > 0, (F.col("_tn") + mt * F.col("_n") / F.col("_tot")) / (F.col("_ttot") + mt)).otherwise(
+        F.col("_n") / F.col("_tot")
+    )
     eff = F.col("_tot") * p_t
     if segments is not None:
-        rs = counted.select(COL_USER, COL_ITEM).join(segments.where(F.col(COL_SEGMENT) > 0).select(COL_USER, F.col(COL_SEGMENT).alias("_s")), COL_USER)
+        rs = counted.select(COL_USER, COL_ITEM).join(
+            segments.where(F.col(COL_SEGMENT) > 0).select(COL_USER, F.col(COL_SEGMENT).alias("_s")), COL_USER
+        )
         nsj = rs.groupBy("_s", COL_ITEM).agg(F.count("*").alias("_seg_n"))
         ns = rs.groupBy("_s").agg(F.count("*").alias("_seg_tot"))
         grid = grid.join(nsj, ["_s", COL_ITEM], "left").join(ns, "_s", "left").fillna(0, ["_seg_n", "_seg_tot"])
@@ -184,5 +196,3 @@ def trend_prior(
     glob = n.select(F.lit(0).alias(COL_SEGMENT), COL_ITEM, (F.log1p("_n") / scale).alias("prior"))
     prior = glob.unionByName(grid.select(F.col("_gid").cast("int").alias(COL_SEGMENT), COL_ITEM, (F.log1p(eff) / scale).alias("prior")))
     return prior, groups
-
-

@@ -69,13 +69,18 @@ def profile_vectors(sums: DataFrame, counts: DataFrame, weighting: Weighting = "
     eps = 1e-9
     long = sums.join(counts, COL_USER).select(COL_USER, FEATURE, v.alias(VALUE), F.col("s_x"))
     if weighting == "centred":
-        flat = long.groupBy(COL_USER).agg(F.max(F.abs(VALUE)).alias("_m")).where(F.col("_m") <= eps).select(COL_USER, F.lit(True).alias("_flat"))
-        long = long.join(flat, COL_USER, "left").select(COL_USER, FEATURE, F.when(F.col("_flat").isNotNull(), F.col("s_x")).otherwise(F.col(VALUE)).alias(VALUE))
+        flat = (
+            long.groupBy(COL_USER)
+            .agg(F.max(F.abs(VALUE)).alias("_m"))
+            .where(F.col("_m") <= eps)
+            .select(COL_USER, F.lit(True).alias("_flat"))
+        )
+        long = long.join(flat, COL_USER, "left").select(
+            COL_USER, FEATURE, F.when(F.col("_flat").isNotNull(), F.col("s_x")).otherwise(F.col(VALUE)).alias(VALUE)
+        )
     long = long.select(COL_USER, FEATURE, VALUE).where(F.abs(F.col(VALUE)) > eps)
     users = counts.select(COL_USER)
     vec = from_long(long, COL_USER, normalize=normalize)
     return users.join(vec, COL_USER, "left").select(
         COL_USER, F.coalesce(IDX, F.array().cast("array<int>")).alias(IDX), F.coalesce(VAL, F.array().cast("array<double>")).alias(VAL)
     )
-
-

@@ -98,9 +98,15 @@ def sparse_topk(
     else:  # per item, a dense array of its prior in every group 0..G-1
         grp, val = [c for c in prior.columns if c != COL_ITEM][:2]
         n_groups = int(prior.agg(F.max(grp)).first()[0] or 0) + 1
-        p = prior.groupBy(COL_ITEM).agg(F.map_from_arrays(F.collect_list(F.col(grp).cast("int")), F.collect_list(F.col(val).cast("double"))).alias("_m"))
+        p = prior.groupBy(COL_ITEM).agg(
+            F.map_from_arrays(F.collect_list(F.col(grp).cast("int")), F.collect_list(F.col(val).cast("double"))).alias("_m")
+        )
         dense = F.transform(F.sequence(F.lit(0), F.lit(n_groups - 1)), lambda g: F.coalesce(F.element_at(F.col("_m"), g), F.lit(0.0)))
-        irows = irows.join(p, COL_ITEM, "left").withColumn("_p", F.when(F.col("_m").isNull(), F.array_repeat(F.lit(0.0), n_groups)).otherwise(dense)).drop("_m")
+        irows = (
+            irows.join(p, COL_ITEM, "left")
+            .withColumn("_p", F.when(F.col("_m").isNull(), F.array_repeat(F.lit(0.0), n_groups)).otherwise(dense))
+            .drop("_m")
+        )
     i = _blocks(irows, COL_ITEM, n_ib, ["_p"], "_i")
     pairs = u.crossJoin(i).repartition(max(1, min(n_lb * n_ib, 200)))
     pw, floor = float(prior_weight), min_score
@@ -128,11 +134,7 @@ def sparse_topk(
         if floor is not None:
             S[S <= floor] = -np.inf
         n = S.shape[1]
-        top = (
-            np.argpartition(-S, k - 1, axis=1)[:, :k]
-            if n > k
-            else np.tile(np.arange(n), (len(ls), 1))
-        )
+        top = np.argpartition(-S, k - 1, axis=1)[:, :k] if n > k else np.tile(np.arange(n), (len(ls), 1))
         rr = np.repeat(np.arange(len(ls)), top.shape[1])
         cc = top.ravel()
         sc = S[rr, cc]
@@ -161,9 +163,7 @@ def sparse_topk(
     return cand.withColumn(COL_RANK, F.row_number().over(w)).where(F.col(COL_RANK) <= k)
 
 
-def content_neighbors(
-    vectors: DataFrame, dim: int, max_neighbors: int = 50, min_sim: float = 0.0
-) -> DataFrame:
+def content_neighbors(vectors: DataFrame, dim: int, max_neighbors: int = 50, min_sim: float = 0.0) -> DataFrame:
     """Item-item content neighbour table ``(a, b, sim, support)``: each item's ``max_neighbors`` most similar (cosine > ``min_sim``)."""
     top = sparse_topk(
         vectors.withColumnRenamed(COL_ITEM, NB_A), vectors, max_neighbors, dim, left_key=NB_A,
@@ -208,19 +208,11 @@ def lsh_content_neighbors(
         seed=seed,
     ).fit(v)
     thr = math.sqrt(max(0.0, 2.0 - 2.0 * min_sim))
-    j = model.approxSimilarityJoin(v, v, thr, distCol="d").where(
-        F.col(f"datasetA.{COL_ITEM}") != F.col(f"datasetB.{COL_ITEM}")
-    )
+    j = model.approxSimilarityJoin(v, v, thr, distCol="d").where(F.col(f"datasetA.{COL_ITEM}") != F.col(f"datasetB.{COL_ITEM}"))
     pairs = j.select(
         F.col(f"datasetA.{COL_ITEM}").alias(NB_A), F.col(f"datasetB.{COL_ITEM}").alias(NB_B),
         (1 - F.col("d") * F.col("d") / 2).alias(NB_SIM),
         F.size(F.array_intersect(f"datasetA.{IDX}", f"datasetB.{IDX}")).cast("long").alias(NB_SUPPORT),
     ).where(F.col(NB_SIM) > min_sim)  # fmt: skip
     w = Window.partitionBy(NB_A).orderBy(F.desc(NB_SIM), F.asc(NB_B))
-    return (
-        pairs.withColumn("_r", F.row_number().over(w))
-        .where(F.col("_r") <= max_neighbors)
-        .drop("_r")
-    )
-
-
+    return pairs.withColumn("_r", F.row_number().over(w)).where(F.col("_r") <= max_neighbors).drop("_r")

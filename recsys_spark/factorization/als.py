@@ -198,7 +198,8 @@ class ALS(Recommender):
         ratings = train.select(
             F.col(COL_USER).cast("int"), F.col(COL_ITEM).cast("int"), F.col(COL_RATING).cast("float")
         ).persist(StorageLevel.MEMORY_AND_DISK)
-        base = BiasBaseline(reg_user=self.base_reg_user, reg_item=self.base_reg_item, scale=self.scale or Scale(), name=self.name).fit(ratings)
+        base_est = BiasBaseline(reg_user=self.base_reg_user, reg_item=self.base_reg_item, scale=self.scale or Scale(), name=self.name)
+        base = base_est.fit(ratings)
         if not self.residuals:
             mllib = self.estimator().fit(ratings)
             uf, itf = _factor_tables(mllib)
@@ -216,10 +217,14 @@ class ALS(Recommender):
                     # ratings with tables derived from them again trips Spark's cache substitution
                     p = uf.select(COL_USER, F.col(FACTORS).alias("_p")).localCheckpoint()
                     q = itf.select(COL_ITEM, F.col(FACTORS).alias("_q")).localCheckpoint()
-                    rest = ratings.join(p, COL_USER).join(q, COL_ITEM).select(
-                        COL_USER, COL_ITEM, (F.col(COL_RATING) - dot(F.col("_p"), F.col("_q"))).alias(COL_RATING)
+                    rest = (
+                        ratings.join(p, COL_USER)
+                        .join(q, COL_ITEM)
+                        .select(COL_USER, COL_ITEM, (F.col(COL_RATING) - dot(F.col("_p"), F.col("_q"))).alias(COL_RATING))
                     )
-                    biases = BiasBaseline(reg_user=self.base_reg_user, reg_item=self.base_reg_item, scale=base.scale, name=self.name).fit(rest)
+                    biases = BiasBaseline(reg_user=self.base_reg_user, reg_item=self.base_reg_item, scale=base.scale, name=self.name).fit(
+                        rest
+                    )
                     data.unpersist()
                     log.info("%s: backfit round %d/%d (biases refitted on r - p.q)", self.name, rnd, self.backfit_rounds)
                 mllib, uf, itf, data = self._factorize(ratings, biases)
@@ -233,8 +238,10 @@ class ALS(Recommender):
     def _factorize(self, ratings: DataFrame, biases: BiasTableModel) -> tuple[ALSModel, DataFrame, DataFrame, DataFrame]:
         """MLlib on ``r - (mu + b_u + b_i)`` (scaled if asked): the model, the factor tables with the biases, its input."""
         mu = biases.mu
-        data = ratings.join(biases.user_bias, COL_USER).join(biases.item_bias, COL_ITEM).select(
-            COL_USER, COL_ITEM, (F.col(COL_RATING) - F.lit(mu) - F.col(B_U) - F.col(B_I)).cast("float").alias(COL_RATING)
+        data = (
+            ratings.join(biases.user_bias, COL_USER)
+            .join(biases.item_bias, COL_ITEM)
+            .select(COL_USER, COL_ITEM, (F.col(COL_RATING) - F.lit(mu) - F.col(B_U) - F.col(B_I)).cast("float").alias(COL_RATING))
         )
         if self.scale_residuals:
             data, user_scale, item_scale = self._scaled(data)
@@ -262,8 +269,10 @@ class ALS(Recommender):
 
         user_scale, item_scale = scales(COL_USER), scales(COL_ITEM)
         su, si = user_scale.withColumnRenamed(_SCALE, "_su"), item_scale.withColumnRenamed(_SCALE, "_si")
-        out = res.join(su, COL_USER).join(si, COL_ITEM).select(
-            COL_USER, COL_ITEM, (F.col(COL_RATING) / (F.col("_su") * F.col("_si"))).cast("float").alias(COL_RATING)
+        out = (
+            res.join(su, COL_USER)
+            .join(si, COL_ITEM)
+            .select(COL_USER, COL_ITEM, (F.col(COL_RATING) / (F.col("_su") * F.col("_si"))).cast("float").alias(COL_RATING))
         )
         return out, user_scale, item_scale
 

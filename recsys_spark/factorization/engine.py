@@ -129,11 +129,20 @@ def train(
         if stats["t0"] is None:
             raise ValueError(f"{name}: time-aware biases need a timestamp column with values")
         t0, t1 = stats["t0"] / 86400.0, stats["t1"] / 86400.0
-        tp = {"t0": t0, "bin_width": max((t1 - t0) / time_bins, 1e-9) * (1 + 1e-9), "n_bins": int(time_bins), "beta": float(hp.get("beta", 0.4))}
+        tp = {
+            "t0": t0,
+            "bin_width": max((t1 - t0) / time_bins, 1e-9) * (1 + 1e-9),
+            "n_bins": int(time_bins),
+            "beta": float(hp.get("beta", 0.4)),
+        }
     implicit = method == "svdpp"
     data = train_df.select(COL_USER, COL_ITEM, F.col(COL_RATING).cast("double"), F.col(COL_TIMESTAMP).cast("long"))
     if implicit_extra is not None:
-        data = data.unionByName(implicit_extra.select(COL_USER, COL_ITEM, F.lit(None).cast("double").alias(COL_RATING), F.lit(None).cast("long").alias(COL_TIMESTAMP)))
+        data = data.unionByName(
+            implicit_extra.select(
+                COL_USER, COL_ITEM, F.lit(None).cast("double").alias(COL_RATING), F.lit(None).cast("long").alias(COL_TIMESTAMP)
+            )
+        )
     shards = _shards(data, P, n_items, tp is not None, implicit).persist(StorageLevel.MEMORY_AND_DISK)
     if valid_df is not None:
         vdata = valid_df.select(COL_USER, COL_ITEM, F.col(COL_RATING).cast("double"), F.col(COL_TIMESTAMP).cast("long"))
@@ -157,7 +166,11 @@ def train(
     def init_users(sh):
         sh = K.unpack(sh)
         r = np.random.default_rng([seed, 1])  # the same draw in every partition: independent of the partitioning
-        full = r.uniform(hp.get("init_low", 0.0), hp.get("init_high", 1.0), (n_users, rank)) if method == "nmf_mu" else r.normal(0.0, init_std, (n_users, rank))
+        full = (
+            r.uniform(hp.get("init_low", 0.0), hp.get("init_high", 1.0), (n_users, rank))
+            if method == "nmf_mu"
+            else r.normal(0.0, init_std, (n_users, rank))
+        )
         U = {"P": full[sh["users"]].astype(dtype), "bu": np.zeros(len(sh["users"]), dtype)}
         if tp is not None:
             n = np.diff(sh["indptr"])
@@ -356,10 +369,20 @@ def _decayed(hp: dict[str, Any], epoch: int) -> dict[str, float]:
 def _valid_sse(sh, vsh, U, I, mu, N, tp):
     """Valid error for the users this shard owns (others are cold: the model's fallback answers them)."""
     pos = np.searchsorted(sh["users"], vsh["users"])
-    ok_u = (pos < len(sh["users"])) & (sh["users"][np.minimum(pos, max(len(sh["users"]) - 1, 0))] == vsh["users"]) if len(sh["users"]) else np.zeros(len(vsh["users"]), bool)
+    ok_u = (
+        (pos < len(sh["users"])) & (sh["users"][np.minimum(pos, max(len(sh["users"]) - 1, 0))] == vsh["users"])
+        if len(sh["users"])
+        else np.zeros(len(vsh["users"]), bool)
+    )
     local = np.where(ok_u, pos, -1)[vsh["u"]]
     keep = local >= 0
-    v = {"users": sh["users"], "u": local[keep], "i": vsh["i"][keep], "r": vsh["r"][keep], "t": None if vsh["t"] is None else vsh["t"][keep]}
+    v = {
+        "users": sh["users"],
+        "u": local[keep],
+        "i": vsh["i"][keep],
+        "r": vsh["r"][keep],
+        "t": None if vsh["t"] is None else vsh["t"][keep],
+    }
     return K.sse(v, U, I, mu, N, tp, clip=None)
 
 

@@ -67,7 +67,9 @@ class SVDImpute(Recommender):
             f"{COL_USER} int, {FACTORS} array<double>",
         )
         rated = ratings.select(COL_ITEM).distinct()
-        items = spark.createDataFrame([(j, V[j].tolist()) for j in range(n_items)], f"{COL_ITEM} int, {FACTORS} array<double>").join(rated, COL_ITEM, "left_semi")
+        items = spark.createDataFrame([(j, V[j].tolist()) for j in range(n_items)], f"{COL_ITEM} int, {FACTORS} array<double>").join(
+            rated, COL_ITEM, "left_semi"
+        )
         # the baseline's biases go into the factor tables (mu + b_u + b_i + p.q)
         users = users.join(base.user_bias, COL_USER).select(COL_USER, F.col(B_U).alias(BU), FACTORS).localCheckpoint()
         items = items.join(base.item_bias, COL_ITEM).select(COL_ITEM, F.col(B_I).alias(BI), FACTORS).localCheckpoint()

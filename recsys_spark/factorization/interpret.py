@@ -35,13 +35,18 @@ def factor_terms(item_factors: DataFrame, items: DataFrame, tags: DataFrame | No
     mean = load.groupBy("factor").agg(F.avg("loading").alias("_m"))
     titles = (
         load.join(items.select(COL_ITEM, COL_TITLE), COL_ITEM)
-        .select("factor", F.lit("title").alias("kind"), F.col(COL_TITLE).alias("term"), F.col("loading").alias("weight"), F.lit(1).cast("long").alias("n_items"))
+        .select(
+            "factor", F.lit("title").alias("kind"), F.col(COL_TITLE).alias("term"), F.col("loading").alias("weight"),
+            F.lit(1).cast("long").alias("n_items"),
+        )
     )  # fmt: skip
     parts = [titles]
     term_tables = [items.select(COL_ITEM, F.explode(COL_GENRES).alias("term")).withColumn("kind", F.lit("genre"))]
     if tags is not None:
         norm = F.lower(F.trim(F.col(COL_TAG)))
-        term_tables.append(tags.select(COL_ITEM, norm.alias("term")).where(F.length("term") > 0).distinct().withColumn("kind", F.lit("tag")))
+        term_tables.append(
+            tags.select(COL_ITEM, norm.alias("term")).where(F.length("term") > 0).distinct().withColumn("kind", F.lit("tag"))
+        )
     for terms in term_tables:
         lift = (
             load.join(terms, COL_ITEM)
@@ -56,8 +61,10 @@ def factor_terms(item_factors: DataFrame, items: DataFrame, tags: DataFrame | No
     for p in parts[1:]:
         allp = allp.unionByName(p)
     w = Window.partitionBy("factor", "kind").orderBy(F.desc("weight"), F.asc("term"))
-    return allp.withColumn("rank", F.row_number().over(w)).where(F.col("rank") <= top).select(
-        F.col("factor").cast("int"), "kind", F.col("rank").cast("int"), "term", "weight", "n_items"
+    return (
+        allp.withColumn("rank", F.row_number().over(w))
+        .where(F.col("rank") <= top)
+        .select(F.col("factor").cast("int"), "kind", F.col("rank").cast("int"), "term", "weight", "n_items")
     )
 
 

@@ -174,7 +174,11 @@ def factor_topk(
         .join(seen_lists, COL_USER, "left")
         .withColumn("_ub", F.pmod(F.col(COL_USER), F.lit(n_ub)))
         .groupBy("_ub")
-        .agg(F.sort_array(F.collect_list(F.struct(COL_USER, BU, FACTORS, F.coalesce("_seen", F.array().cast("array<int>")).alias("s")))).alias("_u"))
+        .agg(
+            F.sort_array(
+                F.collect_list(F.struct(COL_USER, BU, FACTORS, F.coalesce("_seen", F.array().cast("array<int>")).alias("s")))
+            ).alias("_u")
+        )
     )
     i = (
         item_factors.withColumn("_ib", F.pmod(F.col(COL_ITEM), F.lit(n_ib)))

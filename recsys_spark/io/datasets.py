@@ -130,7 +130,9 @@ def dataset_spec(cfg: Config) -> DatasetSpec:
                 header=["userId", "movieId", "rating", "timestamp"],
             ),
             "items": FileSpec(f"{root}/movies.csv", columns=["item", "title", "genres"], header=["movieId", "title", "genres"], **csv),
-            "tags": FileSpec(f"{root}/tags.csv", columns=["user", "item", "tag", "timestamp"], header=["userId", "movieId", "tag", "timestamp"], **csv),
+            "tags": FileSpec(
+                f"{root}/tags.csv", columns=["user", "item", "tag", "timestamp"], header=["userId", "movieId", "tag", "timestamp"], **csv
+            ),
         }  # fmt: skip
         # the generated data also carries demographics (MovieLens latest has none)
         users = FileSpec(
@@ -155,32 +157,28 @@ def _generic_spec(cfg: Config) -> DatasetSpec:
     if not g.ratings:
         raise ValueError("dataset.kind = 'generic' needs dataset.generic.ratings (a path)")
     if not (cfg.dataset.rating_min or cfg.dataset.rating_max):
-        raise ValueError(
-            "dataset.kind = 'generic' needs the rating scale: set dataset.rating_min and dataset.rating_max"
-        )
+        raise ValueError("dataset.kind = 'generic' needs the rating scale: set dataset.rating_min and dataset.rating_max")
     seps = {"csv": (CSV_SEP, "','", True), "tsv": ("\t", "tab", False), "whitespace": (r"\s+", "whitespace", False)}
 
     def one(path: str, mapping: dict, table: str) -> FileSpec:
         for key in mapping:
             if key not in TABLE_FIELDS[table]:
-                raise ValueError(
-                    f"dataset.generic: unknown column '{key}' for {table} (known: {TABLE_FIELDS[table]})"
-                )
+                raise ValueError(f"dataset.generic: unknown column '{key}' for {table} (known: {TABLE_FIELDS[table]})")
         if g.format == "parquet":
             return FileSpec(path, sep="", sep_name="", columns=[f"{k}={v}" for k, v in mapping.items()], fmt="parquet")
         sep, sep_name, quoted = seps[g.format]
         # columns resolved against the header at read time (names) or by position (ints)
         cols = [f"{k}={v}" for k, v in mapping.items()]
-        return FileSpec(path, sep=sep, sep_name=sep_name, columns=cols, header=[] if g.header else None, quoted=quoted, encoding=cfg.dataset.encoding)
+        return FileSpec(
+            path, sep=sep, sep_name=sep_name, columns=cols, header=[] if g.header else None, quoted=quoted, encoding=cfg.dataset.encoding
+        )
 
     files = {"ratings": one(g.ratings, g.columns, "ratings")}
     if g.items:
         files["items"] = one(g.items, g.items_columns, "items")
     if g.users:
         files["users"] = one(g.users, g.users_columns, "users")
-    return DatasetSpec(
-        cfg.dataset_name, "generic", cfg.dataset.rating_min, cfg.dataset.rating_max, False, files
-    )
+    return DatasetSpec(cfg.dataset_name, "generic", cfg.dataset.rating_min, cfg.dataset.rating_max, False, files)
 
 
 # -- parsing ----------------------------------------------------------------
@@ -215,12 +213,9 @@ def parse_file(spark: SparkSession, spec: FileSpec, table: str) -> tuple[DataFra
         raw = F.regexp_replace(raw, r"\s+$", "")
     parts = F.split(raw, spec.sep, -1)
     out = data.select(COL_SOURCE_FILE, COL_LINE_NO, COL_RAW, parts.alias("_f"))
-    reason = (
-        F.when(F.trim(F.col(COL_RAW)) == "", F.lit("empty line"))
-        .when(
-            F.size("_f") != n_fields,
-            F.format_string(f"expected {n_fields} fields separated by {spec.sep_name}, found %d", F.size("_f")),
-        )
+    reason = F.when(F.trim(F.col(COL_RAW)) == "", F.lit("empty line")).when(
+        F.size("_f") != n_fields,
+        F.format_string(f"expected {n_fields} fields separated by {spec.sep_name}, found %d", F.size("_f")),
     )
     selected = [COL_SOURCE_FILE, COL_LINE_NO, COL_RAW, reason.alias(COL_REASON)]
     for i, name in enumerate(columns):
@@ -241,7 +236,9 @@ def _file_stats(lines: DataFrame, has_header: bool) -> list[dict]:
         .agg(
             F.count("*").alias("n"),
             F.min_by(COL_RAW, COL_LINE_NO).alias("first"),
-            F.min_by(F.when(F.col(COL_LINE_NO) >= first_data, F.col(COL_RAW)), F.when(F.col(COL_LINE_NO) >= first_data, F.col(COL_LINE_NO))).alias("first_data"),
+            F.min_by(
+                F.when(F.col(COL_LINE_NO) >= first_data, F.col(COL_RAW)), F.when(F.col(COL_LINE_NO) >= first_data, F.col(COL_LINE_NO))
+            ).alias("first_data"),
         )
         .collect()
     )  # one row per file
@@ -298,8 +295,7 @@ def _generic_columns(spec: FileSpec, header: list[str] | None, src: str) -> list
         for logical, where in mapping.items():
             if not where.lstrip("-").isdigit():
                 raise DataFormatError(
-                    f"{src}: column '{logical}' is mapped to {where!r}, but the file has no header; "
-                    "map it to a 0-based position instead"
+                    f"{src}: column '{logical}' is mapped to {where!r}, but the file has no header; map it to a 0-based position instead"
                 )
             positions[int(where)] = logical
             width = max(width, int(where) + 1)
@@ -344,7 +340,10 @@ def normalise(df: DataFrame, table: str, kind: str) -> DataFrame:
             flags = [F.col(f"g{i}") for i in range(19)]
             bad_flag = F.exists(F.array(*flags), lambda f: ~f.isin("0", "1"))
             genres = F.concat_ws(
-                "|", F.filter(F.array(*[F.when(f == "1", F.lit(g)) for f, g in zip(flags, ML100K_GENRES, strict=True)]), lambda x: x.isNotNull())
+                "|",
+                F.filter(
+                    F.array(*[F.when(f == "1", F.lit(g)) for f, g in zip(flags, ML100K_GENRES, strict=True)]), lambda x: x.isNotNull()
+                ),
             )
             year = F.regexp_extract(F.col("release_date"), r"(\d{4})\s*$", 1)
             reason = F.coalesce(F.col(COL_REASON), F.when(bad_flag, F.lit("genre flag not 0/1")))
@@ -371,9 +370,7 @@ def read_dataset(spark: SparkSession, spec: DatasetSpec) -> dict[str, tuple[Data
 
     missing = [f.path for f in spec.files.values() if not path_exists(spark, f.path)]
     if missing:
-        raise FileNotFoundError(
-            f"dataset {spec.name!r} ({spec.kind}): input file(s) not found: {', '.join(missing)}"
-        )
+        raise FileNotFoundError(f"dataset {spec.name!r} ({spec.kind}): input file(s) not found: {', '.join(missing)}")
     tables = {}
     for table, fspec in spec.files.items():
         log.info("reading %s from %s", table, fspec.path)

@@ -80,9 +80,16 @@ def run_content(spark: SparkSession, cfg: Config, name: str | None = None, force
             "explained_without_reason": explained.where(F.col("reason").isNull() | (F.col("reason") == "")).count(),
         }
         if segmented:  # one row per segment
-            by_segment = spark.read.parquet(f"{tmp}/segments").groupBy("segment_label").agg(F.count("*").alias("n"), F.countDistinct("segment").alias("g")).collect()
+            by_segment = (
+                spark.read.parquet(f"{tmp}/segments")
+                .groupBy("segment_label")
+                .agg(F.count("*").alias("n"), F.countDistinct("segment").alias("g"))
+                .collect()
+            )
             none = "(no segment)" if model.params.get("trend_days") else "(global prior)"  # with a trend, a time group
-            counts["users_by_segment"] = {(r["segment_label"] or none): r["n"] for r in sorted(by_segment, key=lambda r: r["segment_label"] or "")}
+            counts["users_by_segment"] = {
+                (r["segment_label"] or none): r["n"] for r in sorted(by_segment, key=lambda r: r["segment_label"] or "")
+            }
             counts["prior_groups"] = sum(r["g"] for r in by_segment)  # (segment, period) groups with their own prior
         log.info(
             "content %s: %d of %d items featurised (%d dims), %d with neighbours, %d profiles, %d recommendations explained",

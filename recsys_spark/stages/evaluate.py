@@ -67,7 +67,13 @@ def run_evaluate(spark: SparkSession, cfg: Config, force: bool = False) -> dict[
             "model string, " + ", ".join(f"`{c}` double" for c in metric_names),
         )
         table.coalesce(1).write.parquet(f"{tmp}/results")
-        payload = {"dataset": cfg.dataset_name, "split": layout.split_name(cfg), "k": cfg.evaluate.k, "blend": blend["counts"], "models": rows}
+        payload = {
+            "dataset": cfg.dataset_name,
+            "split": layout.split_name(cfg),
+            "k": cfg.evaluate.k,
+            "blend": blend["counts"],
+            "models": rows,
+        }
         md = (
             f"# Results: {cfg.dataset_name}, split {layout.split_name(cfg)}\n\n"
             f"Test rows: {test.count()}; blend = {blend['counts']['chosen']} (best on validation by "
@@ -83,7 +89,9 @@ def run_evaluate(spark: SparkSession, cfg: Config, force: bool = False) -> dict[
                     Path(local, fname).write_text(text)
                 params = {**tracking.flatten("", {s: cfg.to_dict()[s] for s in ("dataset", "split", "models", "evaluate")})}
                 metrics = tracking.flatten("", flat)
-                run_id = tracking.log_run(cfg, f"evaluate {cfg.dataset_name}", params, metrics, [str(Path(local, "results.md")), str(Path(local, "results.json"))])
+                run_id = tracking.log_run(
+                    cfg, f"evaluate {cfg.dataset_name}", params, metrics, [str(Path(local, "results.md")), str(Path(local, "results.json"))]
+                )
         for df in (test, train, items):
             df.unpersist()
         return {"models": flat, "blend": blend["counts"]["chosen"], "mlflow_run_id": run_id}

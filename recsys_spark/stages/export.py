@@ -65,8 +65,10 @@ def run_export(spark: SparkSession, cfg: Config, force: bool = False) -> dict[st
         counts["users"] = write(user_table, "users")
         counts["histories"] = write(fe.histories(train), "histories")
         n_terms = spark.read.parquet(content_vectors.rsplit("/", 1)[0] + "/vocabulary").count() if vectors is not None else 0
-        meta = fe.metadata(n_users, n_items, genres, occupations, n_terms, layout.split_name(cfg), negatives_per_positive=e.negatives,
-                           row_group_mb=e.row_group_mb, terms_from=content_vectors if vectors is not None else None, counts=counts)  # fmt: skip
+        meta = fe.metadata(
+            n_users, n_items, genres, occupations, n_terms, layout.split_name(cfg), negatives_per_positive=e.negatives,
+            row_group_mb=e.row_group_mb, terms_from=content_vectors if vectors is not None else None, counts=counts,
+        )  # fmt: skip
         fs.write_json(spark, f"{tmp}/metadata.json", meta)
         log.info("export: %s", counts)
         return counts

@@ -50,7 +50,9 @@ def run_factorize(spark: SparkSession, cfg: Config, name: str | None = None, for
         table = factor_terms(spark.read.parquet(f"{tmp}/item_factors"), items, tags, top=cfg.factorize.top_terms)
         write(table, f"{tmp}/interpretation")
         with tempfile.TemporaryDirectory() as local:
-            png = plot_factors(spark.read.parquet(f"{tmp}/interpretation"), f"{local}/interpretation.png", f"{name} factors ({cfg.dataset_name})")
+            png = plot_factors(
+                spark.read.parquet(f"{tmp}/interpretation"), f"{local}/interpretation.png", f"{name} factors ({cfg.dataset_name})"
+            )
             fs.copy_from_local(spark, png, f"{tmp}/interpretation.png")
         counts = {
             "ratings": ratings.count(),
@@ -62,7 +64,10 @@ def run_factorize(spark: SparkSession, cfg: Config, name: str | None = None, for
             "interpretation_rows": spark.read.parquet(f"{tmp}/interpretation").count(),
         }
         if counts["users_with_factors"] != counts["users"] or counts["items_with_factors"] != counts["items"]:
-            raise RuntimeError(f"factorize {name}: factors for {counts['users_with_factors']}/{counts['users']} users, {counts['items_with_factors']}/{counts['items']} items")
+            raise RuntimeError(
+                f"factorize {name}: factors for {counts['users_with_factors']}/{counts['users']} users, "
+                f"{counts['items_with_factors']}/{counts['items']} items"
+            )
         log.info("factorize %s: rank %d factors for %d users and %d items", name, counts["rank"], counts["users"], counts["items"])
         ratings.unpersist()
         return counts

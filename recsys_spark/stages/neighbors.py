@@ -54,7 +54,9 @@ def run_neighbors(spark: SparkSession, cfg: Config, force: bool = False) -> dict
             "entities_with_neighbors": written.select("a").distinct().count(), "pairs": written.count(),
             "direction": "user-user" if est.user_based else "item-item",
         }  # fmt: skip
-        log.info("neighbors %s: %d pairs for %d of %d entities", name, counts["pairs"], counts["entities_with_neighbors"], counts["entities"])
+        log.info(
+            "neighbors %s: %d pairs for %d of %d entities", name, counts["pairs"], counts["entities_with_neighbors"], counts["entities"]
+        )
         ratings.unpersist()
         return counts
 

@@ -107,7 +107,10 @@ def reconstruction(model: Any, train: DataFrame, max_users: int = 500, seed: int
     with torch.no_grad():
         if model.kind == "autorec":
             pred = net.score(u, i).numpy()
-            return {"train_rmse": float(np.sqrt(np.mean((np.clip(pred, model.scale.lo, model.scale.hi) - pdf[COL_RATING].to_numpy()) ** 2))), "users": int(len(users))}
+            return {
+                "train_rmse": float(np.sqrt(np.mean((np.clip(pred, model.scale.lo, model.scale.hi) - pdf[COL_RATING].to_numpy()) ** 2))),
+                "users": int(len(users)),
+            }
         recalls = []
         items = torch.arange(model.n_items)
         for user, grp in pdf.groupby(COL_USER):

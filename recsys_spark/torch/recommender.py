@@ -128,7 +128,9 @@ class DeepModel(RecommenderModel):
         if self._broadcast is None:
             self._broadcast = self.base.seen.sparkSession.sparkContext.broadcast(self.weights)
         return predict_batch_udf(
-            make_scorer(self.kind, params, self.n_users, self.n_items, self._broadcast), return_type=T.DoubleType(), batch_size=self.score_batch,
+            make_scorer(self.kind, params, self.n_users, self.n_items, self._broadcast),
+            return_type=T.DoubleType(),
+            batch_size=self.score_batch,
         )  # fmt: skip
 
     def _known(self, df: DataFrame) -> DataFrame:
@@ -140,7 +142,9 @@ class DeepModel(RecommenderModel):
     def predict(self, pairs: DataFrame) -> DataFrame:
         df = self.base.with_prediction(pairs.select(COL_USER, COL_ITEM), "_fb", "_fbs")
         if not self.answers_ratings:  # preference scores are not ratings
-            return as_predictions(df.select(COL_USER, COL_ITEM, F.col("_fb").alias(COL_PREDICTION), F.col("_fbs").alias(COL_SOURCE)), self.name)
+            return as_predictions(
+                df.select(COL_USER, COL_ITEM, F.col("_fb").alias(COL_PREDICTION), F.col("_fbs").alias(COL_SOURCE)), self.name
+            )
         df = self._known(df)
         known = F.col("_ku") & F.col("_ki")
         score = self.score_udf()(F.when(known, F.col(COL_USER)).otherwise(0), F.when(known, F.col(COL_ITEM)).otherwise(0))
@@ -177,7 +181,9 @@ class DeepModel(RecommenderModel):
     @classmethod
     def _from_state(cls, params: dict[str, Any], state: dict[str, DataFrame]) -> DeepModel:
         base = BiasTableModel._from_state(params["base"], state)
-        weights = {r["name"]: np.asarray(r["values"], dtype=np.float32).reshape(r["shape"]) for r in state["weights"].collect()}  # the model's size
+        weights = {
+            r["name"]: np.asarray(r["values"], dtype=np.float32).reshape(r["shape"]) for r in state["weights"].collect()
+        }  # the model's size
         return cls(
             params["name"], params["kind"], params["net"], params["explicit"], params["n_users"], params["n_items"], params["mu"],
             weights, base, params["info"], params["score_batch"],
@@ -249,8 +255,17 @@ class DeepRecommender(Recommender):
         if self.pretrain and spec.kind == "neumf":
             towers = {}
             for tower in ("gmf", "mlp"):
-                net = {"dim": self.net.get("dim", 32)} if tower == "gmf" else {"dim": self.net.get("mlp_dim", 32), "layers": self.net.get("layers", [64, 32, 16])}
-                res = run(dataclasses.replace(spec, kind=tower, net=net, out_dir=f"{spec.out_dir}/{tower}"), self.distributor, self.num_processes, self.use_gpu)
+                net = (
+                    {"dim": self.net.get("dim", 32)}
+                    if tower == "gmf"
+                    else {"dim": self.net.get("mlp_dim", 32), "layers": self.net.get("layers", [64, 32, 16])}
+                )
+                res = run(
+                    dataclasses.replace(spec, kind=tower, net=net, out_dir=f"{spec.out_dir}/{tower}"),
+                    self.distributor,
+                    self.num_processes,
+                    self.use_gpu,
+                )
                 towers[tower] = res["state"]
             spec = dataclasses.replace(spec, pretrained=towers, lr=self.pretrain_lr)
         return run(spec, self.distributor, self.num_processes, self.use_gpu)
@@ -267,7 +282,9 @@ class DeepRecommender(Recommender):
             if early:
                 write_sorted(train.where(~hold), f"{work}/data/train")
                 write_sorted(train.where(hold), f"{work}/data/valid")
-                return self.fit_exported(train, f"{work}/data/train", f"{work}/data/valid", work, refit_on=f"{work}/data/all" if self.refit else None)
+                return self.fit_exported(
+                    train, f"{work}/data/train", f"{work}/data/valid", work, refit_on=f"{work}/data/all" if self.refit else None
+                )
             write_sorted(train, f"{work}/data/all")
             return self.fit_exported(train, f"{work}/data/all", None, work)
         finally:
@@ -293,10 +310,18 @@ class DeepRecommender(Recommender):
         n_items = n_items or int(stats[2]) + 1
         base = BiasBaseline(scale=self.scale).fit(train)
         result = self._train(self._spec(data, valid, f"{work}/run", n_users, n_items, mu))
-        info = {"epochs_run": len(result["history"]), "best_epoch": result["best_epoch"], "valid": result["best"], "metric": result["metric"], "history": result["history"]}
+        info = {
+            "epochs_run": len(result["history"]),
+            "best_epoch": result["best_epoch"],
+            "valid": result["best"],
+            "metric": result["metric"],
+            "history": result["history"],
+        }
         if valid and refit_on:
             write_sorted(train, refit_on)
-            spec = dataclasses.replace(self._spec(refit_on, None, f"{work}/refit", n_users, n_items, mu), epochs=max(1, result["best_epoch"] + 1))
+            spec = dataclasses.replace(
+                self._spec(refit_on, None, f"{work}/refit", n_users, n_items, mu), epochs=max(1, result["best_epoch"] + 1)
+            )
             result = self._train(spec)
             info["refit_epochs"] = spec.epochs
         info["state"] = result["state"]

@@ -251,7 +251,8 @@ class RowTask:
             recon = net(x)
             sse = (((recon - x) * mask) ** 2).sum()
             base = net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
-            reg = self.spec.l2 * (len(rows) / max(1, len(self.rows))) * (base.encoder.weight.pow(2).sum() + base.decoder.weight.pow(2).sum())
+            weights = base.encoder.weight.pow(2).sum() + base.decoder.weight.pow(2).sum()
+            reg = self.spec.l2 * (len(rows) / max(1, len(self.rows))) * weights
             return (sse + reg) / max(1.0, float(mask.sum())), len(rows)
         logits = net(rows.to(device), x)
         return nn.functional.binary_cross_entropy_with_logits(logits, x), len(rows)
@@ -305,7 +306,9 @@ def train(spec: TrainSpec | dict[str, Any]) -> dict[str, Any]:
     net = build_net(spec.kind, spec.n_users, spec.n_items, **net_params)
     if spec.pretrained and isinstance(net, NeuMF):
         gmf = build_net("gmf", spec.n_users, spec.n_items, dim=net.gmf.user.embedding_dim)
-        mlp = build_net("mlp", spec.n_users, spec.n_items, dim=net.mlp.user.embedding_dim, layers=tuple(net_params.get("layers", (64, 32, 16))))
+        mlp = build_net(
+            "mlp", spec.n_users, spec.n_items, dim=net.mlp.user.embedding_dim, layers=tuple(net_params.get("layers", (64, 32, 16)))
+        )
         gmf.load_state_dict(load_state(spec.pretrained["gmf"]), strict=False)
         mlp.load_state_dict(load_state(spec.pretrained["mlp"]), strict=False)
         net.load_pretrained(gmf, mlp)
@@ -347,6 +350,7 @@ def train(spec: TrainSpec | dict[str, Any]) -> dict[str, Any]:
                 batches = task.batches(epoch, full=True) if spec.optimizer == "lbfgs" else task.batches(epoch)
                 for batch in _progress(batches, None, f"{spec.kind} epoch {epoch}", rank):
                     if spec.optimizer == "lbfgs":
+
                         def closure(batch=batch):
                             opt.zero_grad(set_to_none=True)
                             out, _ = task.loss(model, batch, device)
@@ -385,7 +389,16 @@ def train(spec: TrainSpec | dict[str, Any]) -> dict[str, Any]:
             else:
                 bad += 1
             if rank == 0:
-                torch.save({"net": _cpu_state(net), "opt": opt.state_dict(), "epoch": epoch, "best": best if best is not None else float("nan"), "best_epoch": best_epoch}, last)
+                torch.save(
+                    {
+                        "net": _cpu_state(net),
+                        "opt": opt.state_dict(),
+                        "epoch": epoch,
+                        "best": best if best is not None else float("nan"),
+                        "best_epoch": best_epoch,
+                    },
+                    last,
+                )
             if validator and bad >= spec.patience:
                 log.info("%s: early stop at epoch %d (best %s %.5f at epoch %d)", spec.kind, epoch, validator.name, best, best_epoch)
                 break
