@@ -90,7 +90,7 @@ def _score(spark, cfg, fit_on, valid, params: dict, k: int = 10, rmse: bool = Tr
     from recsys_spark.content import ContentBased
 
     t = time.perf_counter()
-    model = ContentBased(side=stages.side_data(spark, cfg), scale=stages.rating_scale(spark, cfg), **params).fit(fit_on)
+    model = ContentBased(scale=stages.rating_scale(spark, cfg), **params).fit(fit_on, side=stages.side_data(spark, cfg))
     top = model.recommend(valid.select("user_idx").distinct(), k).persist()
     rank = M.ranking_metrics(top, valid, k).metrics
     out = {"ndcg@10": rank[f"ndcg@{k}"], "precision@10": rank[f"precision@{k}"]}
@@ -129,8 +129,8 @@ def ablation(args: argparse.Namespace) -> dict:
         res = _score(spark, cfg, fit_on, valid, {**tuned, "weights": {**weights, g: 0.0}})
         rows.append({"dropped": g, **res, "delta_ndcg@10": res["ndcg@10"] - full["ndcg@10"], "delta_rmse": res["rmse"] - full["rmse"]})
         print(json.dumps(rows[-1]), flush=True)
-    model = ContentBased(side=stages.side_data(spark, cfg), scale=stages.rating_scale(spark, cfg), **{**tuned, "weights": weights}).fit(
-        fit_on
+    model = ContentBased(scale=stages.rating_scale(spark, cfg), **{**tuned, "weights": weights}).fit(
+        fit_on, side=stages.side_data(spark, cfg)
     )
     terms = [
         r.asDict() for r in term_signal(fit_on, model.vectors, model.vocabulary, min_items=args.min_items, top=args.top_terms).collect()

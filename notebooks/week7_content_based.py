@@ -77,7 +77,7 @@ log.info(
 # COMMAND ----------
 
 t0 = time.perf_counter()
-content = ContentBased(side=side, scale=scale, **registry.model_params("content")).fit(train)
+content = ContentBased(scale=scale, **registry.model_params("content")).fit(train, side=side)
 log.info(
     "content model fitted in %.1fs: %d dimensions %s",
     time.perf_counter() - t0,
@@ -171,7 +171,7 @@ n_catalog = items.count()
 rows, models = {}, {"content": content, "item_knn": knn}
 for name in MODELS:
     t = time.perf_counter()
-    model = models.get(name) or registry.build(name, scale, side=side).fit(train)
+    model = models.get(name) or registry.build(name, scale).fit_with(train, side)
     rep = rating_report(model.predict(test.select("user_idx", "item_idx")), test, name == "global_mean")
     rep.update(topn_report(model.recommend(users, K), test, train, items, n_catalog, K))
     rep["seconds"] = round(time.perf_counter() - t, 1)
@@ -197,7 +197,7 @@ base_params = {k: v for k, v in registry.model_params("content").items() if k !=
 
 
 def validation_scores(wts: dict) -> dict:
-    m = ContentBased(side=side, scale=scale, **{**base_params, "weights": wts}).fit(fit_part)
+    m = ContentBased(scale=scale, **{**base_params, "weights": wts}).fit(fit_part, side=side)
     ndcg = ranking_metrics(m.recommend(valid_users, K), valid, K).metrics[f"ndcg@{K}"]
     rmse = rating_report(m.predict(valid.select("user_idx", "item_idx")), valid)["rmse"]
     return {"ndcg": ndcg, "rmse": rmse}

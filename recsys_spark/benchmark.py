@@ -78,9 +78,9 @@ def materialize(model: RecommenderModel) -> RecommenderModel:
 def _timed_fit(
     name: str, cfg_scale: Scale, train: DataFrame, side: SideData | None = None, models_dir: str | None = None,
 ) -> tuple[RecommenderModel, float]:  # fmt: skip
-    est = registry.build(name, cfg_scale, models_dir=models_dir, side=side)
+    est = registry.build(name, cfg_scale, models_dir=models_dir)
     t = time.perf_counter()
-    model = materialize(est.fit(train))
+    model = materialize(est.fit_with(train, side))
     return model, time.perf_counter() - t
 
 

@@ -134,9 +134,9 @@ def _evaluate(
     out: dict[str, Any] = {"counts": counts, "models": {}}
     paired: dict[str, Any] = {}  # model -> per-user metrics (pandas, by user): one row per test user
     for name in models:
-        est = registry.build(name, scale, models_dir=stages.models_dir_of(cfg), side=side if registry.uses_side(name) else None)
+        est = registry.build(name, scale, models_dir=stages.models_dir_of(cfg))
         t = time.perf_counter()
-        model = est.fit(train)
+        model = est.fit_with(train, side)
         fit_s = time.perf_counter() - t
         pred = model.predict(test.select(*[c for c in (COL_USER, COL_ITEM, COL_TIMESTAMP) if c in test.columns])).persist()
         rep = rating_report(pred, test, primary_is_fallback=name == "global_mean")

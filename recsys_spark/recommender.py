@@ -166,9 +166,14 @@ class Recommender(ABC):
     """An estimator: configuration only; ``fit`` returns a :class:`RecommenderModel`."""
 
     name: str
+    uses_side: ClassVar[bool] = False  # whether fit reads item / user side tables (``fit(train, side=...)``)
 
     @abstractmethod
     def fit(self, train: DataFrame) -> RecommenderModel: ...
+
+    def fit_with(self, train: DataFrame, side: Any = None) -> RecommenderModel:
+        """``fit(train)``, handing ``side`` (a :class:`~recsys_spark.content.SideData`) to a model that reads it."""
+        return self.fit(train, side=side) if self.uses_side else self.fit(train)  # type: ignore[call-arg]
 
     @staticmethod
     def _check_train(train: DataFrame) -> None:

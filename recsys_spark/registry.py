@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from recsys_spark.baselines import BiasBaseline, GlobalMean, ItemMean, Popularity, UserMean
-from recsys_spark.content import ContentBased, SideData
+from recsys_spark.content import ContentBased
 from recsys_spark.factorization.als import ALS
 from recsys_spark.factorization.impute import SVDImpute
 from recsys_spark.factorization.svd import NMFMU, SVD, SVDpp
@@ -125,9 +125,8 @@ def model_params(name: str, models_dir: str | Path | None = None) -> dict[str, A
 
 def build(
     name: str, scale: Scale, overrides: dict[str, Any] | None = None, models_dir: str | Path | None = None,
-    side: SideData | None = None,
 ) -> Recommender:  # fmt: skip
-    """The estimator ``name`` with its tuned defaults; ``side`` goes to models that read item side data (content)."""
+    """The estimator ``name`` with its tuned defaults (side data goes to ``fit``: see :meth:`Recommender.fit_with`)."""
     if name not in REGISTRY:
         raise ValueError(f"unknown model {name!r}; registered: {', '.join(sorted(REGISTRY))}")
     factory, _ = REGISTRY[name]
@@ -136,11 +135,9 @@ def build(
         est = factory(scale, **params)
     except TypeError as exc:
         raise ValueError(f"model {name!r}: bad parameter in {defaults_path(name, models_dir)} or overrides: {exc}") from None
-    if getattr(est, "uses_side", False) and side is not None:
-        est.with_side(side)
     return est
 
 
 def uses_side(name: str) -> bool:
-    """Whether ``name``'s estimator reads item side data (callers then pass ``side``)."""
-    return bool(getattr(build(name, Scale()), "uses_side", False))
+    """Whether ``name``'s estimator reads item side data (callers then pass ``side`` to ``fit``)."""
+    return build(name, Scale()).uses_side

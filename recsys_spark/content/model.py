@@ -224,10 +224,9 @@ class ContentModel(RecommenderModel):
 
 @dataclass
 class ContentBased(Recommender):
-    """Content-based recommender (see the module docstring).  Needs :class:`SideData` (``side``)."""
+    """Content-based recommender (see the module docstring).  ``fit`` needs :class:`SideData` (``side``)."""
 
     uses_side: ClassVar[bool] = True
-    side: SideData | None = None
     weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     tag_min_df: int = 2
     features: Literal["content", "hybrid"] = "content"
@@ -252,13 +251,10 @@ class ContentBased(Recommender):
     scale: Scale = None  # type: ignore[assignment]
     name: str = "content"
 
-    def with_side(self, side: SideData) -> ContentBased:
-        self.side = side
-        return self
-
-    def fit(self, train: DataFrame) -> ContentModel:
+    def fit(self, train: DataFrame, side: SideData | None = None) -> ContentModel:
+        """Fit on ``train`` with the item (and, for segment priors, user) tables of ``side``."""
         self._check_train(train)
-        if self.side is None:
+        if side is None:
             raise ValueError(f"{self.name}: content models need item side data (items, tags); none was given")
         if self.features not in ("content", "hybrid"):
             raise ValueError(f"features must be content or hybrid, got {self.features!r}")
@@ -270,7 +266,7 @@ class ContentBased(Recommender):
             scale=self.scale or Scale(),
             name=self.name,
         ).fit(ratings)
-        feats = ItemFeaturizer(weights=self.weights, tag_min_df=self.tag_min_df).fit(self.side.items, self.side.tags, ratings)
+        feats = ItemFeaturizer(weights=self.weights, tag_min_df=self.tag_min_df).fit(side.items, side.tags, ratings)
         vectors, dim = feats.vectors, feats.dim
         if self.features == "hybrid":
             collab = collaborative_vectors(ratings, self.collaborative, base=None if self.collaborative == "als" else base)
@@ -286,12 +282,12 @@ class ContentBased(Recommender):
         sums, counts = profile_sums(ratings.select(COL_USER, COL_ITEM, COL_RATING), to_long(vectors))
         segments = None
         if self.segments:
-            if self.side.users is None:
+            if side.users is None:
                 log.warning(
                     "%s: segments %s asked for but no users table given: every user gets the global prior", self.name, self.segments
                 )
             else:
-                segments = user_segments(self.side.users, self.segments, self.age_edges).localCheckpoint()
+                segments = user_segments(side.users, self.segments, self.age_edges).localCheckpoint()
                 n_seg, n_global = segments.agg(
                     F.countDistinct(F.when(F.col(COL_SEGMENT) > 0, F.col(COL_SEGMENT))), F.count(F.when(F.col(COL_SEGMENT) == 0, 1))
                 ).first()  # one pass over the checkpointed table

@@ -48,7 +48,7 @@ def run_content(spark: SparkSession, cfg: Config, name: str | None = None, force
     def body(tmp: str) -> dict[str, Any]:
         side = layout.side_data(spark, cfg)
         ratings = layout.read_train_valid(spark, cfg).persist(StorageLevel.MEMORY_AND_DISK)
-        model = registry.build(name, layout.rating_scale(spark, cfg), params, models_dir, side=side).fit(ratings)
+        model = registry.build(name, layout.rating_scale(spark, cfg), params, models_dir).fit(ratings, side=side)
         assert isinstance(model, ContentModel)
         features = ItemFeatures(model.pipeline, model.vocabulary, model.vectors, model.params["groups"], model.params["weights"])
         if model.params["features"] == "content":

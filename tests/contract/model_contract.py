@@ -33,6 +33,13 @@ class ModelContract:
     # allow; neighbourhood models only score items reachable through neighbours
     complete_lists = True
 
+    def side(self):
+        """Side tables for a model that reads them (``uses_side``); None for the rest."""
+        return None
+
+    def fit(self, train):
+        return self.make().fit_with(train, self.side())
+
     def make(self):  # pragma: no cover - overridden
         raise NotImplementedError
 
@@ -42,7 +49,7 @@ class ModelContract:
 
     @pytest.fixture
     def model(self, train):
-        return self.make().fit(train)
+        return self.fit(train)
 
     def test_predicts_every_pair_in_contract_shape(self, spark, model):
         pairs = spark.createDataFrame([(0, 3), (1, 1), (3, 2)], "user_idx int, item_idx int")
@@ -68,7 +75,7 @@ class ModelContract:
         assert model.predict(empty_pairs).count() == 0
         assert model.recommend(empty_pairs.select("user_idx"), 3).count() == 0
         with pytest.raises(ValueError):
-            self.make().fit(spark.createDataFrame([], RATINGS_SCHEMA))
+            self.fit(spark.createDataFrame([], RATINGS_SCHEMA))
 
     def test_recommend_excludes_seen_and_ranks(self, spark, model, train):
         users = spark.createDataFrame([(0,), (2,), (3,)], "user_idx int")
@@ -103,8 +110,8 @@ class ModelContract:
 
     def test_deterministic(self, spark, train):
         pairs = spark.createDataFrame([(u, i) for u in range(4) for i in range(5)], "user_idx int, item_idx int")
-        a = sorted(self.make().fit(train).predict(pairs).collect())
-        b = sorted(self.make().fit(train.repartition(3)).predict(pairs).orderBy(F.col("user_idx")).collect())
+        a = sorted(self.fit(train).predict(pairs).collect())
+        b = sorted(self.fit(train.repartition(3)).predict(pairs).orderBy(F.col("user_idx")).collect())
         assert [(r[0], r[1], round(r[2], 9)) for r in a] == [(r[0], r[1], round(r[2], 9)) for r in b]
 
 
@@ -117,4 +124,4 @@ class ClassScopedContract(ModelContract):
 
     @pytest.fixture(scope="class")
     def model(self, train):
-        return self.make().fit(train)
+        return self.fit(train)

@@ -137,7 +137,7 @@ def test_leak_check_fails_on_overlap(spark, data):
 def test_no_held_out_rating_reaches_a_profile_and_content_ranks_new_items(spark, data):
     ratings, items = data
     train, test, cold = cold_item_split(ratings, fraction=0.3, min_ratings=5, seed=1)
-    model = ContentBased(side=SideData(items), max_neighbors=10, weights={"genres": 1.0}).fit(train)
+    model = ContentBased(max_neighbors=10, weights={"genres": 1.0}).fit(train, side=SideData(items))
     # the profile sums count exactly the training ratings of each user
     n_profile = {r["user_idx"]: r["n"] for r in model.counts.collect()}
     n_train = {r["user_idx"]: r["n"] for r in train.groupBy("user_idx").agg(F.count("*").alias("n")).collect()}

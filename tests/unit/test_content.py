@@ -63,7 +63,7 @@ def feats(side, train):
 
 @pytest.fixture(scope="module")
 def fitted(side, train):
-    return ContentBased(side=side, max_neighbors=5).fit(train)
+    return ContentBased(max_neighbors=5).fit(train, side=side)
 
 
 def _vectors(features):
@@ -314,7 +314,7 @@ def test_counted_ratings_leave_out_each_users_first(spark):
 def test_trend_prior_in_the_model(spark, side, train, tmp_path):
     rows = [(u, i, r, d * DAY) for u, i, r, d in TREND]
     ratings = spark.createDataFrame(rows, RATINGS_SCHEMA)
-    model = ContentBased(side=side, max_neighbors=5, prior=1000.0, trend_days=2.0, trend_shrink=7.0, trend_step_days=1.0).fit(ratings)
+    model = ContentBased(max_neighbors=5, prior=1000.0, trend_days=2.0, trend_shrink=7.0, trend_step_days=1.0).fit(ratings, side=side)
     assert model.grouped and model.params["trend_days"] == 2.0
     # prior 1000: the window's order.  User 2 (latest day 3): n_j(t) 28/9, 14/9, 14/9, 7/9 -> item 1 or 2 after
     # item 0 (seen: 0, 3), ties by the smaller id; user 1 (day 4): 28/9, 7/9, 14/9, 14/9 -> items 3, 1 unseen
@@ -333,9 +333,9 @@ def test_trend_prior_in_the_model(spark, side, train, tmp_path):
         again.recommend(spark.createDataFrame([(1,), (2,)], "user_idx int"), k=2).select("user_idx", "item_idx", "rank").collect()
     ) == sorted(model.recommend(spark.createDataFrame([(1,), (2,)], "user_idx int"), k=2).select("user_idx", "item_idx", "rank").collect())
     # no timestamps: the trend is off (logged), the plain global prior
-    plain = ContentBased(side=side, max_neighbors=5, prior=4.0).fit(train)
-    no_ts = ContentBased(side=side, max_neighbors=5, prior=4.0, trend_days=30.0).fit(
-        train.withColumn("timestamp", F.lit(None).cast("long"))
+    plain = ContentBased(max_neighbors=5, prior=4.0).fit(train, side=side)
+    no_ts = ContentBased(max_neighbors=5, prior=4.0, trend_days=30.0).fit(
+        train.withColumn("timestamp", F.lit(None).cast("long")), side=side
     )
     assert not no_ts.grouped
     everyone = spark.createDataFrame([(u,) for u in range(4)], "user_idx int")
@@ -346,7 +346,7 @@ def test_trend_prior_in_the_model(spark, side, train, tmp_path):
 def test_segment_priors_serve_new_users_by_their_segment(spark, side, train, tmp_path):
     users = spark.createDataFrame(USERS, USERS_SCHEMA)
     seg_side = SideData(side.items, side.tags, users)
-    model = ContentBased(side=seg_side, max_neighbors=5, prior=4.0, segments=["age"], age_edges=[18, 25, 35], segment_shrink=2.0).fit(train)
+    model = ContentBased(max_neighbors=5, prior=4.0, segments=["age"], age_edges=[18, 25, 35], segment_shrink=2.0).fit(train, side=seg_side)
     new = spark.createDataFrame([(7,), (8,), (9,)], "user_idx int")  # no ratings: their segment's prior alone
 
     def lists(m):
@@ -367,8 +367,8 @@ def test_segment_priors_serve_new_users_by_their_segment(spark, side, train, tmp
     assert reasons == {7: "popular with users aged 18-24", 8: "popular with users aged 35+", 9: "popular with other users"}
     # a users table without the attribute: every user in segment 0, the same lists as no segments at all
     blank = spark.createDataFrame([(u, f"u{u}", None, None, None, None) for u in range(10)], USERS_SCHEMA)
-    plain = ContentBased(side=side, max_neighbors=5, prior=4.0).fit(train)
-    blank_seg = ContentBased(side=SideData(side.items, side.tags, blank), max_neighbors=5, prior=4.0, segments=["age"]).fit(train)
+    plain = ContentBased(max_neighbors=5, prior=4.0).fit(train, side=side)
+    blank_seg = ContentBased(max_neighbors=5, prior=4.0, segments=["age"]).fit(train, side=SideData(side.items, side.tags, blank))
     everyone = spark.createDataFrame([(u,) for u in range(10)], "user_idx int")
     cols = ["user_idx", "item_idx", "rank"]
     assert sorted(blank_seg.recommend(everyone, k=4).select(*cols).collect()) == sorted(
@@ -420,17 +420,22 @@ def test_fit_without_side_data_says_so(spark):
         ContentBased().fit(spark.createDataFrame(TRAIN, RATINGS_SCHEMA))
 
 
-def test_registry_passes_side_data(spark, side):
+def test_registry_builds_content_models_and_fit_takes_the_side_data(spark, side, train):
     from recsys_spark import registry
     from recsys_spark.recommender import Scale
 
     assert registry.uses_side("content") and registry.uses_side("content_hybrid") and not registry.uses_side("bias")
-    est = registry.build("content_hybrid", Scale(), side=side)
-    assert est.side is side and est.features == "hybrid"
+    est = registry.build("content_hybrid", Scale())
+    assert est.features == "hybrid"
+    # side data is an argument of fit, never part of the settings
+    with pytest.raises(ValueError, match="need item side data"):
+        est.fit(spark.createDataFrame([(0, 0, 4.0, 0)], RATINGS_SCHEMA))
+    assert est.fit_with(train, side).dim > 0  # the models that read side data get it, the others ignore it
+    assert registry.build("bias", Scale(1, 5)).fit_with(train, side).predict(train.select("user_idx", "item_idx")).count() == train.count()
 
 
 class _Contract(ClassScopedContract):
-    def _side(self):
+    def side(self):
         from pyspark.sql import SparkSession
 
         spark = SparkSession.getActiveSession()
@@ -439,7 +444,7 @@ class _Contract(ClassScopedContract):
 
 class TestContent(_Contract):
     def make(self):
-        return ContentBased(side=self._side(), max_neighbors=5, scale=self.scale)
+        return ContentBased(max_neighbors=5, scale=self.scale)
 
     def test_round_trip_keeps_the_featurizer(self, model, tmp_path):
         model.save(str(tmp_path / "m"))
@@ -448,7 +453,7 @@ class TestContent(_Contract):
 
 
 def test_hybrid_vectors_add_collaborative_dimensions(spark, side, train, fitted):
-    hybrid = ContentBased(side=side, features="hybrid", max_neighbors=5, prior=0.2, name="content_hybrid").fit(train)
+    hybrid = ContentBased(features="hybrid", max_neighbors=5, prior=0.2, name="content_hybrid").fit(train, side=side)
     assert hybrid.dim == fitted.dim + 4  # one dimension per training user (baseline residuals)
     norms = [sum(v * v for v in r["values"]) for r in hybrid.vectors.collect()]
     assert all(abs(n - 1) < 1e-9 for n in norms)
