@@ -84,11 +84,11 @@ def _run_stage(spark: Any, cfg: Config, stage: str, args: argparse.Namespace) ->
     if stage == "pipeline":
         return pipeline.run_pipeline(spark, cfg, force=args.force)
     declared = stages.STAGES[stage]
-    if declared.model_key is None:
-        return declared.run(spark, cfg, force=args.force)
-    if stage == "predict" and args.model is None:
-        return {f"predict:{m}": declared.run(spark, cfg, m, force=args.force) for m in cfg.models.names}
-    return declared.run(spark, cfg, args.model, force=args.force)
+    model = getattr(args, "model", None)  # None: the stage's configured model
+    if stage == "predict" and model is None:
+        steps = [pipeline.Step(declared, m) for m in cfg.models.names]
+        return {st.label: st.run(spark, cfg, force=args.force) for st in steps}
+    return pipeline.Step(declared, model).run(spark, cfg, force=args.force)
 
 
 def run_job(stage: str, argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import builtins
 import logging
 import os
+from functools import cached_property
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -61,46 +62,40 @@ class Setup:
 
     def __init__(self, cfg: Any, spark: Any, output: str, ingest: dict[str, Any], split: dict[str, Any]) -> None:
         self.cfg, self.spark, self.output, self.ingest, self.split = cfg, spark, output, ingest, split
-        self._cache: dict[str, Any] = {}
 
-    def _once(self, key: str, make: Any) -> Any:
-        if key not in self._cache:
-            self._cache[key] = make()
-        return self._cache[key]
-
-    @property
+    @cached_property
     def scale(self) -> Any:
         from recsys_spark import stages
 
-        return self._once("scale", lambda: stages.rating_scale(self.spark, self.cfg))
+        return stages.rating_scale(self.spark, self.cfg)
 
-    @property
+    @cached_property
     def side(self) -> Any:
         from recsys_spark import stages
 
-        return self._once("side", lambda: stages.side_data(self.spark, self.cfg))
+        return stages.side_data(self.spark, self.cfg)
 
-    @property
+    @cached_property
     def ratings(self) -> Any:
         from recsys_spark import stages
 
-        return self._once("ratings", lambda: stages.read_ingested(self.spark, self.cfg, "ratings").cache())
+        return stages.read_ingested(self.spark, self.cfg, "ratings").cache()
 
-    @property
+    @cached_property
     def items(self) -> Any:
-        return self._once("items", lambda: self.side.items.cache())
+        return self.side.items.cache()
 
-    @property
+    @cached_property
     def train(self) -> Any:
         from recsys_spark import stages
 
-        return self._once("train", lambda: stages.read_train_valid(self.spark, self.cfg).cache())
+        return stages.read_train_valid(self.spark, self.cfg).cache()
 
-    @property
+    @cached_property
     def test(self) -> Any:
         from recsys_spark import stages
 
-        return self._once("test", lambda: stages.read_split(self.spark, self.cfg, "test").cache())
+        return stages.read_split(self.spark, self.cfg, "test").cache()
 
 
 def setup(title: str, default_dataset: str = "ml-latest-small") -> Setup:

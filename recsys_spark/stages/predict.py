@@ -36,13 +36,13 @@ def run_predict(spark: SparkSession, cfg: Config, name: str, force: bool = False
         train = layout.read_split(spark, cfg, spl.TRAIN)
         valid = layout.read_split(spark, cfg, spl.VALID)
         test = layout.read_split(spark, cfg, spl.TEST)
+        side = layout.side_data(spark, cfg) if registry.uses_side(name) else None  # an argument of fit
         counts: dict[str, Any] = {}
         for part, fit_on, target in (("valid", train, valid), ("test", train.unionByName(valid), test)):
             n_rows = target.count()
             if n_rows == 0:
                 counts[part] = {"rows": 0, "predicted": 0, "users": 0, "users_with_lists": 0}
                 continue
-            side = layout.side_data(spark, cfg) if registry.uses_side(name) else None  # an argument of fit
             model = registry.build(name, scale, params, models_dir).fit_with(fit_on, side)
             pair_cols = [c for c in (COL_USER, COL_ITEM, COL_TIMESTAMP) if c in target.columns]  # time-aware models use the timestamp
             model.predict(target.select(*pair_cols)).write.parquet(f"{tmp}/{part}/ratings")
