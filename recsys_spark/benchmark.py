@@ -134,7 +134,11 @@ def run_rating(spark: SparkSession, cfg: Config, models: list[str], folds: list[
     return out
 
 
-def run_topn(spark: SparkSession, cfg: Config, models: list[str], k: int) -> dict[str, Any]:
+def run_topn(
+    spark: SparkSession, cfg: Config, models: list[str], k: int, per_user: dict[str, Any] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The top-N protocol; with ``per_user`` (a dict), each model's per-user metrics go into it as
+    a pandas frame indexed by user (for paired comparisons)."""
     cfg = _with_split(cfg, SplitConfig(protocol="stratified", ratio=0.75, seed=42, valid_ratio=0.0, n_negatives=0))
     stages.run_ingest(spark, cfg)
     stages.run_split(spark, cfg)
@@ -162,7 +166,10 @@ def run_topn(spark: SparkSession, cfg: Config, models: list[str], k: int) -> dic
         top = model.recommend(users, k).persist()
         top.count()
         predict_s = time.perf_counter() - t
-        res = topn_report(top, test, train, items, n_catalog, k)
+        rows: list[DataFrame] = []
+        res = topn_report(top, test, train, items, n_catalog, k, per_user=rows if per_user is not None else None)
+        if per_user is not None:
+            per_user[name] = rows[0].drop("model").toPandas().set_index(COL_USER).sort_index()  # one row per test user
         res.update({"fit_s": round(fit_s, 3), "predict_s": round(predict_s, 3)})
         log.info(
             "%s: ndcg@%d %.4f precision@%d %.4f (fit %.1fs, recommend %.1fs)",

@@ -88,18 +88,26 @@ class DatasetConfig:
 
 @dataclass
 class GenerateConfig:
-    n_users: int = 2_000
-    n_items: int = 1_000
-    n_ratings: int = 100_000
+    n_users: int = 512
+    n_items: int = 1_500
+    n_ratings: int = 64_000
     rank: int = 8
     seed: int = 42
-    zipf_exponent: float = 0.9  # item popularity ~ rank^-s
-    activity_sigma: float = 1.0  # log-normal spread of user activity
+    zipf_exponent: float = 1.2  # item popularity ~ rank^-s
+    activity_sigma: float = 1.3  # log-normal spread of user activity
     min_ratings_per_user: int = 20
     noise: float = 0.6
+    mu: float = 3.0  # planted global mean (before selection; taste raises the logged mean)
     tag_fraction: float = 0.02  # fraction of ratings that also get a tag
     half_stars: bool = True  # 0.5-5 scale like ml-latest; false -> 1-5 integers
     partitions: int = 0  # 0 -> derived from n_ratings (never from the cluster)
+    # defaults calibrated to ML-100K and ml-latest-small: docs/studies/generated-data.md;
+    # recsys_spark.generate.POPULARITY_SETTINGS gives the generator before selection by taste
+    # which items a user rates: "taste" weighs popularity by exp(taste * p_u . q_i)
+    # (missing not at random); "popularity" draws by popularity alone (the data before taste)
+    selection: Literal["taste", "popularity"] = "taste"
+    taste: float = 3.0  # beta of the affinity weight; 0 -> popularity alone (from a larger pool)
+    candidates: float = 3.0  # taste: popularity draws per chosen item (the pool the affinity picks from)
 
 
 @dataclass
@@ -355,6 +363,10 @@ def _check_ranges(obj: Any, prefix: str, source: str) -> None:
             )
         if obj.n_items < obj.min_ratings_per_user:
             fail("n_items", "must be at least min_ratings_per_user")
+        if obj.candidates < 1.0:
+            fail("candidates", f"must be >= 1 (popularity draws per chosen item), got {obj.candidates}")
+        if obj.taste < 0:
+            fail("taste", f"must be >= 0, got {obj.taste}")
     elif isinstance(obj, DatasetConfig):
         if (obj.rating_min or obj.rating_max) and obj.rating_min >= obj.rating_max:
             fail("rating_min", f"must be below rating_max ({obj.rating_min} >= {obj.rating_max})")

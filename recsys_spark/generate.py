@@ -6,6 +6,13 @@ Ratings come from a planted low-rank model with biases::
 
 * item popularity is Zipf-like (the item of each draw comes from the inverse
   CDF of ``rank^-s``, ranks shuffled over item ids by an affine permutation);
+* which items a user rates depends on taste (``selection = "taste"``): from a
+  pool of popularity draws ``candidates`` times larger than needed, the user
+  keeps ``n_r`` items drawn without replacement with weights
+  ``exp(taste * p_u . q_i)`` (seeded Gumbel keys, top ``n_r`` per user), so the
+  chance of rating grows with both popularity and affinity, and chosen items
+  are rated higher, as in real logs; ``selection = "popularity"`` draws by
+  popularity alone;
 * user activity is heavy-tailed (log-normal weights on top of a minimum);
 * timestamps increase along each user's history;
 * items get 1-3 genres, a release year and a title; an item's factors lean
@@ -45,6 +52,9 @@ OCCUPATIONS = [
 T0 = 946_684_800  # 2000-01-01
 SPAN = 20 * 365 * 86_400
 _MASK = (1 << 52) - 1
+# the generator before selection by taste: these settings reproduce its data exactly
+POPULARITY_SETTINGS = {"selection": "popularity", "zipf_exponent": 0.9, "activity_sigma": 1.0, "mu": 3.55}
+POOL_EXPONENT = 0.9  # the steepest popularity the pool of candidates is drawn with (selection by taste)
 
 
 def _unif(seed: int, purpose: str, *cols: Column) -> Column:
@@ -71,8 +81,9 @@ def _coprime_step(n: int) -> int:
     return step
 
 
-def generate(spark: SparkSession, cfg: GenerateConfig) -> dict[str, DataFrame]:
-    """The raw tables ``ratings``, ``movies``, ``tags``, ``users`` (ml-latest column names)."""
+def generate(spark: SparkSession, cfg: GenerateConfig, latent: bool = False) -> dict[str, DataFrame]:
+    """The raw tables ``ratings``, ``movies``, ``tags``, ``users`` (ml-latest column names); with
+    ``latent``, also the planted factors ``user_factors`` (userId, p) and ``item_factors`` (movieId, q)."""
     s, n_u, n_i, k = cfg.seed, cfg.n_users, cfg.n_items, cfg.rank
     parts = cfg.partitions or max(2, min(200, cfg.n_ratings // 250_000))
     factor_sd = (0.6 / k) ** 0.25  # var(p . q) ~= 0.6
@@ -133,42 +144,73 @@ def generate(spark: SparkSession, cfg: GenerateConfig) -> dict[str, DataFrame]:
     deficit = max(0.0, cfg.n_ratings - agg["capped"])
     extra = F.col("w") / F.lit(agg["w_free"] or 1.0) * deficit
     n_r = F.least(F.lit(cap), F.floor(F.col("n0") + F.when(F.col("n0") < cap, extra).otherwise(0))).cast("int")
+    # popularity draws per user: enough that the distinct items reach n_r (taste:
+    # a pool ``candidates`` times larger, from which the affinity picks n_r)
+    pool = 1.0 if cfg.selection == "popularity" else cfg.candidates
     users = users.withColumn("n_r", n_r).withColumn(
-        # oversample so that distinct items after de-duplication reach n_r
-        "draws", (F.col("n_r") * (1.2 + 4.0 * F.col("n_r") / n_i) + 10).cast("int")
+        "draws", (F.col("n_r") * (1.2 + 4.0 * F.col("n_r") / n_i) * pool + 10).cast("int")
     )
 
     # -- rating events --------------------------------------------------------
+    # popularity: item ids by rank through an affine permutation; the pool of draws uses the
+    # exponent s, or under taste min(s, POOL_EXPONENT) (steeper pools run out of distinct items
+    # for heavy users), the rest of the popularity weight, rank^-(s - pool exponent), entering the key
     step, offset = _coprime_step(n_i), int(n_i * 0.37)
-    e = 1.0 - cfg.zipf_exponent
+    pool_s = cfg.zipf_exponent if cfg.selection == "popularity" else min(cfg.zipf_exponent, POOL_EXPONENT)
+    e = 1.0 - pool_s
     u = _unif(s, "item", uid, F.col("j"))
     if abs(e) < 1e-9:
         rank0 = F.pow(F.lit(float(n_i)), u)
     else:
         rank0 = F.pow(1 + u * (n_i**e - 1), 1.0 / e)
     item_rank = F.least(F.greatest(F.floor(rank0).cast("long") - 1, F.lit(0)), F.lit(n_i - 1))
-    events = (
-        users.repartition(parts, "userId")
-        .select("userId", "n_r", "start", F.explode(F.sequence(F.lit(1), F.col("draws"))).alias("j"))
-        .withColumn("movieId", ((item_rank * step + offset) % n_i + 1).cast("long"))
-    )
-    first_draw = events.groupBy("userId", "movieId").agg(
-        F.min("j").alias("j"), F.first("n_r").alias("n_r"), F.first("start").alias("start")
-    )
-    w = Window.partitionBy("userId").orderBy("j")
-    events = first_draw.withColumn("pos", F.row_number().over(w)).where(F.col("pos") <= F.col("n_r"))
+    inv_step = pow(step, -1, n_i) if n_i > 1 else 0
+    items = items.withColumn("pop_rank", (((iid - 1 - offset) % n_i + n_i) % n_i * inv_step % n_i).cast("long"))
+    dot = F.aggregate(F.zip_with("p", "q", lambda a, b: a * b), F.lit(0.0), lambda acc, x: acc + x)
+    item_side = F.broadcast(items.select("movieId", "q", "b_i", "gidx", "pop_rank"))
+    if cfg.selection == "popularity":
+        events = (
+            users.repartition(parts, "userId")
+            .select("userId", "n_r", "start", F.explode(F.sequence(F.lit(1), F.col("draws"))).alias("j"))
+            .withColumn("movieId", ((item_rank * step + offset) % n_i + 1).cast("long"))
+        )
+        # distinct items per user, each at its first draw (grouping within the userId partitioning: no shuffle);
+        # the first n_r of them in draw order: popularity alone
+        first_draw = events.groupBy("userId", "movieId").agg(
+            F.min("j").alias("j"), F.first("n_r").alias("n_r"), F.first("start").alias("start")
+        )
+        events = first_draw.withColumn("pos", F.row_number().over(Window.partitionBy("userId").orderBy("j")))
+        events = events.where(F.col("pos") <= F.col("n_r"))
+        scored = events.join(users.select("userId", "p", "b_u"), "userId").join(item_side, "movieId").withColumn("dot", dot)
+    else:
+        # taste: the n_r distinct candidates with the largest taste * p_u.q_i - (s - pool s) log(1 + rank)
+        # + Gumbel(u, i), i.e. a draw without replacement with weights
+        # exp(taste * p_u.q_i) * (1 + rank)^-(s - pool s) from the popularity pool (Plackett-Luce by
+        # Gumbel keys).  De-duplicating, both windows and the broadcast joins stay within the
+        # userId partitioning (no shuffle of the pool); timestamps follow a seeded order of the chosen.
+        gumbel = -F.log(-F.log(F.greatest(_unif(s, "choose", uid, iid), F.lit(1e-12))))
+        key = F.lit(cfg.taste) * F.col("dot") - F.lit(cfg.zipf_exponent - pool_s) * F.log1p(F.col("pop_rank")) + gumbel
+        by_key = Window.partitionBy("userId").orderBy(F.desc("key"), "movieId")
+        in_time = Window.partitionBy("userId").orderBy(_unif(s, "order", uid, iid), "movieId")
+        scored = (
+            users.repartition(parts, "userId")
+            .select("userId", "n_r", "start", F.explode(F.sequence(F.lit(1), F.col("draws"))).alias("j"))
+            .select("userId", "n_r", "start", ((item_rank * step + offset) % n_i + 1).cast("long").alias("movieId"))
+            .dropDuplicates(["userId", "movieId"])
+            .join(F.broadcast(users.select("userId", "p", "b_u")), "userId")  # one row per user, small
+            .join(item_side, "movieId")
+            .withColumn("dot", dot)
+            .withColumn("key", key)
+            .withColumn("chosen", F.row_number().over(by_key))
+            .where(F.col("chosen") <= F.col("n_r"))
+            .withColumn("pos", F.row_number().over(in_time))
+        )
 
-    mu = 3.55
+    mu = cfg.mu
     step_size = 0.5 if cfg.half_stars else 1.0
     lo = 0.5 if cfg.half_stars else 1.0
-    scored = (
-        events.join(users.select("userId", "p", "b_u"), "userId")
-        .join(F.broadcast(items.select("movieId", "q", "b_i", "gidx")), "movieId")
-        .withColumn("dot", F.aggregate(F.zip_with("p", "q", lambda a, b: a * b), F.lit(0.0), lambda acc, x: acc + x))
-        .withColumn(
-            "raw_r",
-            F.lit(mu) + F.col("b_u") + F.col("b_i") + F.col("dot") + _normal(s, "noise", uid, iid) * cfg.noise,
-        )
+    scored = scored.withColumn(
+        "raw_r", F.lit(mu) + F.col("b_u") + F.col("b_i") + F.col("dot") + _normal(s, "noise", uid, iid) * cfg.noise
     )
     rating = F.least(F.lit(5.0), F.greatest(F.lit(lo), F.round(F.col("raw_r") / step_size) * step_size))
     gap = (F.lit(T0 + SPAN) - F.col("start")) / (F.col("n_r") + 1)
@@ -177,7 +219,10 @@ def generate(spark: SparkSession, cfg: GenerateConfig) -> dict[str, DataFrame]:
     ratings = scored.select("userId", "movieId", F.format_number("rating", 1).alias("rating"), "timestamp")
 
     tag_words = F.array(*[F.lit(t) for t in TAG_WORDS])
-    tags = scored.where(_unif(s, "tag?", uid, iid) < cfg.tag_fraction).select(
+    # from the ratings table itself, so that a caller who caches ratings computes the events once
+    tags = ratings.where(_unif(s, "tag?", uid, iid) < cfg.tag_fraction).join(
+        F.broadcast(items.select("movieId", "gidx")), "movieId"
+    ).select(
         "userId",
         "movieId",
         F.concat_ws(
@@ -197,4 +242,7 @@ def generate(spark: SparkSession, cfg: GenerateConfig) -> dict[str, DataFrame]:
         occupation.alias("occupation"),
         F.lpad((_unif(s, "zip", uid) * 99999).cast("int").cast("string"), 5, "0").alias("zip"),
     )
-    return {"ratings": ratings, "movies": movies, "tags": tags, "users": demo}
+    out = {"ratings": ratings, "movies": movies, "tags": tags, "users": demo}
+    if latent:
+        out.update(user_factors=users.select("userId", "p"), item_factors=items.select("movieId", "q"))
+    return out

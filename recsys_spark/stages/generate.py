@@ -23,14 +23,17 @@ def run_generate(spark: SparkSession, cfg: Config, force: bool = False) -> dict[
     def body(tmp: str) -> dict[str, Any]:
         tables = gen.generate(spark, cfg.generate)
         counts = {}
-        for name, df in tables.items():
+        cached = []
+        for name, df in tables.items():  # ratings first: tags are drawn from the cached ratings
             df = df.persist(StorageLevel.MEMORY_AND_DISK)
+            cached.append(df)
             n_files = max(1, cfg.generate.n_ratings // 2_000_000) if name == "ratings" else 1
             # RFC 4180 quoting (a quote inside a field is doubled), as the ml-latest reader expects
             df.coalesce(n_files).write.option("header", True).option("quote", '"').option("escape", '"').csv(
                 f"{tmp}/{name}.csv"
             )
             counts[name] = df.count()
+        for df in cached:
             df.unpersist()
         log.info("generated %s", counts)
         return counts
