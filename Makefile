@@ -33,8 +33,9 @@ blas:
 	   && echo "installed OpenBLAS") || echo "could not install OpenBLAS; MLlib falls back to Java BLAS"; \
 	else echo "no native BLAS and no root: MLlib falls back to Java BLAS"; fi
 
+# every family on the embedded data; the slowest models with the lighter settings of conf/quick/
 run: install
-	$(BIN)/recsys-spark pipeline --config conf/local.toml
+	$(BIN)/recsys-spark pipeline --config conf/local.toml --set 'models.models_dir="conf/quick"'
 
 # Three pytest processes side by side (each its own Spark session): the main
 # suite in two shards - notebooks and end-to-end jobs, and the rest - and the

@@ -1,7 +1,9 @@
-"""Choose the model that is best on the validation part; write its test predictions as the blend.
+"""Learn on the validation part how to combine the models; write the blended test ratings and top-N.
 
-Reads ``predictions/<model>/valid`` of every model in ``models.names``, ranks them by
-``evaluate.select_metric`` and writes ``blend/test/{ratings,topn}``.
+Reads ``predictions/<model>/{valid,test}`` of every member (``blend.members``, default
+``models.names``), chooses the rating blend by cross-validation over validation users and
+the top-N fusion by validation NDCG, and writes ``blend/level1/{valid,test}`` and
+``blend/test/{ratings,topn}`` (see ``recsys_spark.blend``).
 
 Run it with::
 

@@ -25,7 +25,7 @@ DESCRIPTIONS = {
     "split": "write train/valid/test (and sampled negatives) for the configured protocol",
     "neighbors": "write the kNN neighbour table (a, b, sim, support) of neighbors.model to Parquet",
     "predict": "fit models on the split; write their rating predictions and top-N on the valid and test parts",
-    "blend": "choose the model that is best on the validation part; write its test predictions as the blend",
+    "blend": "learn on the validation part how to combine the models; write the blended test ratings and top-N",
     "evaluate": "metrics of every model and the blend on the test part: Parquet, JSON, Markdown and an MLflow run",
     "pipeline": "run the stages the config needs, in the order of their inputs, skipping those that are up to date",
     "download": "download a MovieLens archive and verify its SHA-256 (needs a network)",

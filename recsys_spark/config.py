@@ -188,10 +188,22 @@ class TorchConfig:
 @dataclass
 class EvaluateConfig:
     k: int = 10
-    # blend (for now): the single model with the best value of this metric on the
-    # validation part; ranking metrics are maximized, rmse/mae minimized
+    # the metric the report compares the blend and the best single model by;
+    # ranking metrics are maximized, rmse/mae minimized
     select_metric: str = "ndcg@10"
     relevance_threshold: float = 0.0  # 0 -> every test item is relevant
+
+
+@dataclass
+class BlendConfig:
+    # the members: [] -> every model in models.names (rating blends use those that predict ratings)
+    members: list[str] = field(default_factory=list)
+    rating_methods: list[str] = field(default_factory=lambda: ["mean", "median", "nnls", "ridge", "fwls", "segment"])
+    topn_methods: list[str] = field(default_factory=lambda: ["rrf", "borda"])
+    folds: int = 5  # cross-validation over validation users that chooses the rating blend
+    max_rows: int = 1_000_000  # validation rows the rating blends are fitted on (whole users, by hash)
+    max_users: int = 20_000  # validation users the top-N fusion is chosen on (by hash)
+    max_members: int = 4  # members a top-N fusion may combine (greedy forward selection)
 
 
 @dataclass
@@ -216,6 +228,7 @@ class Config:
     export: ExportConfig = field(default_factory=ExportConfig)
     torch: TorchConfig = field(default_factory=TorchConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    blend: BlendConfig = field(default_factory=BlendConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     # -- derived values ------------------------------------------------------
@@ -370,6 +383,16 @@ def _check_ranges(obj: Any, prefix: str, source: str) -> None:
     elif isinstance(obj, DatasetConfig):
         if (obj.rating_min or obj.rating_max) and obj.rating_min >= obj.rating_max:
             fail("rating_min", f"must be below rating_max ({obj.rating_min} >= {obj.rating_max})")
+    elif isinstance(obj, BlendConfig):
+        from recsys_spark.blend import RATING_METHODS, TOPN_METHODS
+
+        for key, allowed in (("rating_methods", RATING_METHODS), ("topn_methods", TOPN_METHODS)):
+            bad = [m for m in getattr(obj, key) if m not in allowed]
+            if bad:
+                fail(key, f"has unknown method(s) {bad}; use {', '.join(allowed)}")
+        for key in ("folds", "max_rows", "max_users", "max_members"):
+            if getattr(obj, key) < (2 if key == "folds" else 1):
+                fail(key, "is too small")
     elif isinstance(obj, (ModelsConfig, EvaluateConfig)):
         if obj.k <= 0:
             fail("k", "must be > 0")

@@ -67,17 +67,26 @@ def run_evaluate(spark: SparkSession, cfg: Config, force: bool = False) -> dict[
             "model string, " + ", ".join(f"`{c}` double" for c in metric_names),
         )
         table.coalesce(1).write.parquet(f"{tmp}/results")
+        metric = cfg.evaluate.select_metric
+        if metric not in flat["blend"]:
+            raise ValueError(f"evaluate.select_metric = {metric!r} is not one of {sorted(flat['blend'])}")
+        best = names[0]
+        for name in names[1:]:
+            if ev.better(metric, flat[name][metric], flat[best][metric]):
+                best = name
         payload = {
             "dataset": cfg.dataset_name,
             "split": layout.split_name(cfg),
             "k": cfg.evaluate.k,
             "blend": blend["counts"],
+            "best_single": {"metric": metric, "model": best},
             "models": rows,
         }
         md = (
             f"# Results: {cfg.dataset_name}, split {layout.split_name(cfg)}\n\n"
-            f"Test rows: {test.count()}; blend = {blend['counts']['chosen']} (best on validation by "
-            f"{blend['counts']['select_metric']}).\n\n" + ev.results_markdown(rows, cfg.evaluate.k)
+            f"Test rows: {test.count()}; blend = {blend['counts']['chosen']} (chosen on the validation part).\n"
+            f"By {metric}: blend {flat['blend'][metric]:.4f}, best single model {best} {flat[best][metric]:.4f}.\n\n"
+            + ev.results_markdown(rows, cfg.evaluate.k)
         )
         fs.write_json(spark, f"{tmp}/results.json", payload)
         fs.write_text(spark, f"{tmp}/results.md", md)

@@ -100,3 +100,30 @@ def test_paths_resolve(monkeypatch):
     gen = load_config(None, ["paths.output=out"])
     assert gen.dataset_path == "out/generated/raw"
     assert gen.stage_path("splits", "stratified") == "out/generated/splits/stratified"
+
+
+def test_make_run_config_covers_every_family_and_its_quick_settings_build():
+    """README claim: `make run` fits every family (and blends them) with conf/quick's lighter settings."""
+    from recsys_spark import registry
+    from recsys_spark.recommender import Scale
+
+    local = load_config(ROOT / "conf" / "local.toml")
+    names = set(local.models.names)
+    families = {
+        "baselines": {"global_mean", "popularity", "bias"}, "neighbours": {"item_knn", "user_knn"},
+        "factorization": {"als", "als_implicit", "svdpp", "nmf"}, "content": {"content", "content_hybrid"},
+        "deep": {"autorec", "cdae"},
+    }  # fmt: skip
+    for family, members in families.items():
+        assert members <= names, (family, members - names)
+    assert local.split.valid_ratio > 0  # the blend learns on a validation part
+    makefile = (ROOT / "Makefile").read_text()
+    assert 'models.models_dir="conf/quick"' in makefile
+    quick = ROOT / "conf" / "quick"
+    for toml in quick.glob("*.toml"):
+        name = toml.stem
+        assert name in names, name
+        est = registry.build(name, Scale(), models_dir=quick)  # every key known to the model
+        own = registry.model_params(name, quick)
+        assert own != registry.model_params(name), name  # lighter than the packaged defaults
+        assert est is not None
