@@ -5,7 +5,7 @@ from pyspark.sql import Window
 from pyspark.sql import functions as F
 
 from recsys_spark.config import GenerateConfig
-from recsys_spark.generate import generate
+from recsys_spark.generate import POPULARITY_SETTINGS, generate
 
 
 @pytest.fixture(scope="module")
@@ -128,8 +128,8 @@ def test_taste_selection_keeps_counts_and_chosen_items_are_rated_higher(spark):
 
 
 def test_popularity_selection_is_the_draw_before_taste(spark):
-    # selection = "popularity" keeps the earlier generator: a pinned sample of its output
-    cfg = GenerateConfig(n_users=50, n_items=80, n_ratings=1_500, rank=2, seed=1, min_ratings_per_user=10, selection="popularity")
+    # selection = "popularity" with the earlier settings keeps the earlier generator: a pinned sample of its output
+    cfg = GenerateConfig(n_users=50, n_items=80, n_ratings=1_500, rank=2, seed=1, min_ratings_per_user=10, **POPULARITY_SETTINGS)
     rows = generate(spark, cfg)["ratings"].orderBy("userId", "movieId").limit(5).collect()
     assert [(r.userId, r.movieId, r.rating) for r in rows] == PINNED_POPULARITY
 
