@@ -96,9 +96,9 @@ def run_blend(spark: SparkSession, cfg: Config, force: bool = False) -> dict[str
             raise bl.BlendError(f"blend: none of {names} predicts ratings; add a rating model to models.names")
         if has_valid:
             l1_valid = _level1(spark, cfg, rmembers, "valid", valid, train)
-            bl.check_complete(l1_valid, rmembers, "valid")
-            l1_valid.write.parquet(f"{tmp}/level1/valid")
+            l1_valid.write.parquet(f"{tmp}/level1/valid")  # the joins run once; checked on what was written
             l1_valid = spark.read.parquet(f"{tmp}/level1/valid")
+            bl.check_complete(l1_valid, rmembers, "valid")
             frame = bl.sample_users(l1_valid, bc.max_rows).toPandas()  # bounded by blend.max_rows
             lo, hi = scale.lo, scale.hi
             cv = {f"single:{n}": bl.single_rmse(frame, n, lo, hi) for n in rmembers}
@@ -117,9 +117,9 @@ def run_blend(spark: SparkSession, cfg: Config, force: bool = False) -> dict[str
             rb = bl.RatingBlend("mean", rmembers)
             counts["ratings"] = {"chosen": "mean", "cv_rmse": {}, "fit_rows": 0, "blend": rb.to_dict(), "untrained": True}
         l1_test = _level1(spark, cfg, rmembers, "test", test, train.unionByName(valid))
-        bl.check_complete(l1_test, rmembers, "test")
         l1_test.write.parquet(f"{tmp}/level1/test")
         l1_test = spark.read.parquet(f"{tmp}/level1/test")
+        bl.check_complete(l1_test, rmembers, "test")
         label = counts["ratings"]["chosen"]
         pred = F.least(F.lit(scale.hi), F.greatest(F.lit(scale.lo), rb.predict_col()))
         ratings = l1_test.select(
