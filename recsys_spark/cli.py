@@ -26,6 +26,8 @@ DESCRIPTIONS = {
     "neighbors": "write the kNN neighbour table (a, b, sim, support) of neighbors.model to Parquet",
     "predict": "fit models on the split; write their rating predictions and top-N on the valid and test parts",
     "blend": "learn on the validation part how to combine the models; write the blended test ratings and top-N",
+    "final": "refit the chosen blend's members on every rating; write the explained top-N of every user (cold start included)",
+    "recommend": "print one user's explained list from the final table (--user RAW_ID), or export all of it (--out FILE.csv)",
     "evaluate": "metrics of every model and the blend on the test part: Parquet, JSON, Markdown and an MLflow run",
     "pipeline": "run the stages the config needs, in the order of their inputs, skipping those that are up to date",
     "download": "download a MovieLens archive and verify its SHA-256 (needs a network)",
@@ -63,6 +65,11 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
         p.add_argument("--trials", type=int, default=None, help="number of trials (default: the TOML's study.n_trials)")
         p.add_argument("--fold", type=int, default=1, help="ML-100K fold whose training part is tuned on")
         p.add_argument("--out", default=None, help="write the study (best parameters, every trial) as JSON here")
+    if stage == "recommend":
+        who = p.add_mutually_exclusive_group(required=True)
+        who.add_argument("--user", help="the user's raw id, as in the ratings file")
+        who.add_argument("--out", help="export every user's list to this CSV file")
+        p.add_argument("--k", type=int, default=None, help="show the first K items (default: all of the list)")
     if stage == "predict":
         p.add_argument("--model", default=None, help="registered model (default: every model of models.names, in turn)")
     if stage == "factorize":
@@ -113,6 +120,8 @@ def run_job(stage: str, argv: list[str] | None = None) -> int:
             return _benchmark(spark, args, log)
         if stage == "tune":
             return _tune(spark, cfg, args, log)
+        if stage == "recommend":
+            return _recommend(spark, cfg, args, log)
         _log_result(log, stage, _run_stage(spark, cfg, stage, args))
         return 0
     except (DataFormatError, IngestError, FileNotFoundError, ValueError) as exc:
@@ -148,6 +157,56 @@ def _benchmark(spark, args: argparse.Namespace, log: logging.Logger) -> int:
     return 0
 
 
+def _recommend(spark, cfg: Config, args: argparse.Namespace, log: logging.Logger) -> int:
+    from recsys_spark.final import contributors_text
+    from recsys_spark.stages.final import read_final, user_rows
+
+    if args.k is not None and args.k < 1:
+        log.error("recommend: --k must be >= 1, got %d", args.k)
+        return EXIT_BAD_INPUT
+    if args.out:
+        n = export_csv(spark, read_final(spark, cfg), args.out, contributors_text)
+        log.info("wrote %d rows to %s", n, args.out)
+        return 0
+    try:
+        rows = user_rows(spark, cfg, args.user, args.k).orderBy("rank").collect()  # one user's list
+    except LookupError as exc:
+        log.error("recommend: %s", exc.args[0])
+        return EXIT_BAD_INPUT
+    sys.stdout.write(format_list(args.user, rows) + "\n")
+    return 0
+
+
+def format_list(raw_id: str, rows: list[Any]) -> str:
+    """One user's list as text: rank, title, score, contributors and the explanation on the next line."""
+    if not rows:
+        return f"user {raw_id}: no recommendations"
+    head = f"user {raw_id}" + (" (no ratings yet: cold start)" if rows[0]["source"] == "cold_start" else "")
+    lines = [head]
+    for r in rows:
+        by = ", ".join(f"{c['model']} {c['weight']:.2f}" for c in r["contributors"])
+        lines.append(f"{r['rank']:>3}. {r['title'] or r['item_id']}  (item {r['item_id']}, score {r['score']:.4g}; {by})")
+        lines.append(f"     {r['explanation']}")
+    return "\n".join(lines)
+
+
+def export_csv(spark: Any, table: Any, out: str, contributors_text: Any) -> int:
+    """Every row of the final table as one CSV file (contributors as text), written through a temp folder."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    cols = [c for c in table.columns if c not in ("contributors", "bucket")]
+    flat = table.select(*cols[:cols.index("explanation")], contributors_text().alias("contributors"), "explanation", "source")
+    dest = Path(out)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        flat.orderBy("user_idx", "rank").coalesce(1).write.mode("overwrite").option("header", True).csv(f"{tmp}/csv")
+        (part,) = Path(tmp, "csv").glob("part-*.csv")
+        shutil.move(str(part), dest)
+    return spark.read.option("header", True).option("multiLine", True).csv(str(dest)).count()
+
+
 def _tune(spark, cfg: Config, args: argparse.Namespace, log: logging.Logger) -> int:
     from recsys_spark.tuning import run_tune, write
 
@@ -177,6 +236,12 @@ def main(argv: list[str] | None = None) -> int:
         lines = [f"  {s.ljust(width)}  {DESCRIPTIONS[s]}" for s in stages]
         msg = "usage: recsys-spark COMMAND [--config FILE] [--set KEY=VALUE ...]\n\ncommands:\n" + "\n".join(lines)
         asked = bool(argv) and argv[0] in ("-h", "--help")
+        if argv and not asked:
+            import difflib
+
+            close = difflib.get_close_matches(argv[0], stages, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            msg = f"recsys-spark: unknown command '{argv[0]}'{hint}\n\n" + msg
         (sys.stdout if asked else sys.stderr).write(msg + "\n")
         return 0 if asked else EXIT_BAD_INPUT
     return run_job(argv[0], argv[1:])

@@ -207,6 +207,19 @@ class BlendConfig:
 
 
 @dataclass
+class FinalConfig:
+    # the final job: the blend's top-N members refit on every rating, explained top-N for every user
+    enabled: bool = True  # false: the pipeline stops at the blend (and evaluate)
+    members: list[str] = field(default_factory=list)  # [] -> the top-N blend the blend stage chose
+    method: str = ""  # with members: single | rrf | borda ("" -> rrf, or single for one member)
+    explainer: str = "item_knn"  # a registered item-based kNN model: its similarity table gives "because you rated ..."
+    max_neighbors: int = 100  # neighbours per item in that table
+    recent_days: int = 30  # "popular lately": the most rated items of this many last days of the data
+    popular_top: int = 50  # ... the first this many of them
+    buckets: int = 8  # the table is partitioned by user_idx % buckets (recommend --user reads one)
+
+
+@dataclass
 class TrackingConfig:
     enabled: bool = True
     uri: str = ""  # "" -> $MLFLOW_TRACKING_URI, else sqlite:///<paths.output>/mlflow.db
@@ -229,6 +242,7 @@ class Config:
     torch: TorchConfig = field(default_factory=TorchConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     blend: BlendConfig = field(default_factory=BlendConfig)
+    final: FinalConfig = field(default_factory=FinalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     # -- derived values ------------------------------------------------------
@@ -393,6 +407,16 @@ def _check_ranges(obj: Any, prefix: str, source: str) -> None:
         for key in ("folds", "max_rows", "max_users", "max_members"):
             if getattr(obj, key) < (2 if key == "folds" else 1):
                 fail(key, "is too small")
+    elif isinstance(obj, FinalConfig):
+        if obj.method not in ("", "single", "rrf", "borda"):
+            fail("method", f"must be single, rrf or borda; got {obj.method!r}")
+        if obj.method == "single" and len(obj.members) != 1:
+            fail("method", f"single takes exactly one member, got {obj.members}")
+        if obj.method and not obj.members:
+            fail("method", "is set but final.members is empty (the blend's choice is used then)")
+        for key in ("recent_days", "popular_top", "buckets"):
+            if getattr(obj, key) < 1:
+                fail(key, "must be >= 1")
     elif isinstance(obj, (ModelsConfig, EvaluateConfig)):
         if obj.k <= 0:
             fail("k", "must be > 0")

@@ -22,6 +22,8 @@ from recsys_spark.stages.export import STAGE as _EXPORT
 from recsys_spark.stages.export import run_export
 from recsys_spark.stages.factorize import STAGE as _FACTORIZE
 from recsys_spark.stages.factorize import run_factorize
+from recsys_spark.stages.final import STAGE as _FINAL
+from recsys_spark.stages.final import run_final
 from recsys_spark.stages.generate import STAGE as _GENERATE
 from recsys_spark.stages.generate import run_generate
 from recsys_spark.stages.ingest import STAGE as _INGEST
@@ -51,13 +53,13 @@ from recsys_spark.stages.train_torch import run_train_torch
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
-        _GENERATE, _INGEST, _SPLIT, _EXPORT, _CONTENT, _FACTORIZE, _NEIGHBORS, _TRAIN_TORCH, _PREDICT, _BLEND, _EVALUATE,
+        _GENERATE, _INGEST, _SPLIT, _EXPORT, _CONTENT, _FACTORIZE, _NEIGHBORS, _TRAIN_TORCH, _PREDICT, _BLEND, _FINAL, _EVALUATE,
     )
 }  # fmt: skip
 
 __all__ = [
     "STAGES", "Stage", "fingerprint", "layout", "models_dir_of", "rating_scale", "read_ingested", "read_predictions",
     "read_split", "read_train_valid", "run_blend", "run_content", "run_evaluate", "run_export", "run_factorize",
-    "run_generate", "run_ingest", "run_neighbors", "run_predict", "run_split", "run_stage", "run_train_torch",
+    "run_final", "run_generate", "run_ingest", "run_neighbors", "run_predict", "run_split", "run_stage", "run_train_torch",
     "score_predictions", "side_data", "split_name",
 ]  # fmt: skip

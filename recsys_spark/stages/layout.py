@@ -8,7 +8,8 @@ Under ``<paths.output>/<dataset>/``::
     predictions/<model>/{valid,test}/{ratings,topn}
     neighbors/<model>/table       factors/<model>/...       content/<model>/...
     features/<split>/...          torch/<model>/...
-    blend/test/{ratings,topn}     evaluate/{results,per_user,results.json,results.md}
+    blend/level1/{valid,test}     blend/test/{ratings,topn}
+    final/recommendations/bucket=<b>/   evaluate/{results,per_user,results.json,results.md}
 
 Only this module and the stage modules know these paths; models take
 DataFrames.
@@ -73,6 +74,10 @@ def torch(cfg: Config, model: str) -> str:
 
 def blend(cfg: Config) -> str:
     return cfg.stage_path("blend")
+
+
+def final(cfg: Config) -> str:
+    return cfg.stage_path("final")
 
 
 def evaluate(cfg: Config) -> str:

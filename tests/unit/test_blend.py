@@ -177,3 +177,57 @@ def test_blend_names_a_member_without_predictions_or_made_on_another_split(spark
     # the predictions were made on the first split; the reseeded one is another folder
     with pytest.raises(bl.BlendError, match="predictions of 'item_mean' were made on another split"):
         stages.run_blend(spark, reseeded)
+
+
+def test_final_table_covers_every_user_once_per_rank_with_contributors_and_why(spark, piped):
+    from pyspark.sql import functions as F
+
+    from recsys_spark.stages.final import read_final
+
+    make, first = piped
+    cfg = make(MODELS)
+    counts = first["final"]["counts"]
+    blend = first["blend"]["counts"]["topn"]["chosen"]
+    ratings = stages.read_ingested(spark, cfg)
+    # the production fit: the blend's chosen members, on every rating (train + valid + test)
+    assert counts["fit"] == "production" and counts["members"] == blend["members"] and counts["method"] == blend["method"]
+    assert counts["fit_rows"] == ratings.count() == sum(stages.read_split(spark, cfg, p).count() for p in ("train", "valid", "test"))
+    table = read_final(spark, cfg)
+    users = stages.read_ingested(spark, cfg, "user_map")
+    assert table.select("user_idx").distinct().count() == users.count() == counts["users_written"]
+    k = cfg.models.k
+    per_user = table.groupBy("user_idx").agg(F.count("*").alias("n"), F.countDistinct("rank").alias("r"), F.max("rank").alias("m"))
+    assert per_user.where(f"n != {k} or r != {k} or m != {k}").count() == 0  # ranks 1..k, each once
+    assert table.join(ratings, ["user_idx", "item_idx"]).count() == 0  # never an item the user rated
+    assert table.where("size(contributors) = 0 or explanation is null or explanation = ''").count() == 0
+    assert table.where("title is null or user_id is null or item_id is null").count() == 0
+    # most rows name an item the user rated as the reason, and that item is one the user did rate
+    assert counts["rows_with_neighbour_evidence"] > 0.5 * counts["rows"]
+
+
+def test_final_cold_start_users_the_lookup_and_the_csv_export(spark, piped, monkeypatch, tmp_path):
+    from recsys_spark.cli import export_csv
+    from recsys_spark.final import contributors_text
+    from recsys_spark.stages import final as stage
+
+    make, _ = piped
+    cfg = make(MODELS)
+    real = stages.layout.read_ingested
+
+    def with_a_new_user(spark_, cfg_, table="ratings"):
+        df = real(spark_, cfg_, table)
+        return df.unionByName(spark_.createDataFrame([("brand-new", 10_000)], df.schema)) if table == "user_map" else df
+
+    monkeypatch.setattr(stages.layout, "read_ingested", with_a_new_user)
+    counts = stage.run_final(spark, cfg, force=True)["counts"]
+    assert counts["cold_start_users"] == 1 and counts["users_written"] == counts["users"]
+    new = stage.user_rows(spark, cfg, "brand-new").orderBy("rank").collect()
+    assert [r["rank"] for r in new] == list(range(1, cfg.models.k + 1)) and {r["source"] for r in new} == {"cold_start"}
+    assert new[0]["explanation"].startswith("You have no ratings yet")
+    assert len(stage.user_rows(spark, cfg, "1", k=3).collect()) == 3
+    with pytest.raises(LookupError, match="user 'nobody' is not in"):
+        stage.user_rows(spark, cfg, "nobody")
+    out = tmp_path / "all.csv"
+    assert export_csv(spark, stage.read_final(spark, cfg), str(out), contributors_text) == counts["rows"]
+    header = out.read_text().splitlines()[0].split(",")
+    assert header == ["user_idx", "user_id", "rank", "item_idx", "item_id", "title", "score", "contributors", "explanation", "source"]

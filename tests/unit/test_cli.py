@@ -26,6 +26,8 @@ def test_config_typo_is_reported_without_a_stack_trace(tmp_path):
 def test_unknown_command():
     res = run("frobnicate")
     assert res.returncode == 2 and "usage: recsys-spark" in res.stderr
+    assert res.stderr.startswith("recsys-spark: unknown command 'frobnicate'\n")
+    assert "did you mean 'recommend'?" in run("recomend").stderr
 
 
 def test_help_lists_commands():

@@ -58,7 +58,7 @@ def test_pipeline_reruns_only_affected_stages(spark, cfg_factory):
     models = 'models.names=["popularity", "item_mean"]'
     cfg = cfg_factory(*SMALL, models)
     first = run_pipeline(spark, cfg)
-    names = ["generate", "ingest", "split", "predict:popularity", "predict:item_mean", "blend", "evaluate"]
+    names = ["generate", "ingest", "split", "predict:popularity", "predict:item_mean", "blend", "final", "evaluate"]
     assert list(first) == names
     assert not any(m["skipped"] for m in first.values())
     split_dir = stages.split_name(cfg)
@@ -89,10 +89,10 @@ def test_pipeline_reruns_only_affected_stages(spark, cfg_factory):
     def ran(res):
         return [k for k, m in res.items() if not m["skipped"]]
 
-    assert ran(run_pipeline(spark, cfg_factory(*SMALL, models, "blend.folds=3"))) == ["blend", "evaluate"]
+    assert ran(run_pipeline(spark, cfg_factory(*SMALL, models, "blend.folds=3"))) == ["blend", "final", "evaluate"]
     added = 'models.names=["popularity", "item_mean", "global_mean"]'
     assert ran(run_pipeline(spark, cfg_factory(*SMALL, added, "blend.folds=3"))) == [
-        "predict:global_mean", "blend", "evaluate",
+        "predict:global_mean", "blend", "final", "evaluate",
     ]  # fmt: skip
     reseeded = run_pipeline(spark, cfg_factory(*SMALL, models, "split.seed=7"))
     assert ran(reseeded) == names[2:]
