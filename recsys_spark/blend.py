@@ -23,7 +23,19 @@ validation users (never on test):
   ``p_m * [1, f_1 .. f_c]``;
 * ``segment``: NNLS weights per user-activity segment (quartiles of the
   user's training ratings), the global NNLS weights where a segment has too
-  few rows: weights that depend on who is asking.
+  few rows: weights that depend on who is asking;
+* ``switch``: a switching hybrid.  Each row takes a route, in this order:
+  ``cold item`` (the item has no rating in what the members were fitted
+  on), ``light user`` / ``heavy user`` (below the first / from the third
+  quartile of user activity), ``other``.  Each route holds a chain of
+  members, ranked by their validation RMSE on that route's rows; the first
+  member of the chain that answered the row itself (its ``source`` is its
+  usual one, not a fallback) answers, and the row's ``source`` says which
+  and why: ``switch:item_knn (light user; als fell back)``.
+
+A member that did not predict some pairs of a part is counted, and
+:func:`fill_missing` lets a complete member answer those rows (``source``
+``missing->bias``), so no blend sees a NaN or drops a row.
 
 Top-N fusion (:data:`TOPN_METHODS`): each member's top-k list on the same
 users; ``rrf`` (reciprocal rank, ``sum_m 1 / (60 + rank_m)``) and ``borda``
@@ -49,7 +61,9 @@ from recsys_spark.schemas import COL_ITEM, COL_PREDICTION, COL_RANK, COL_RATING,
 log = logging.getLogger(__name__)
 
 CONTEXT = ("log_n_user", "log_n_item", "user_var", "user_days", "item_days")
-RATING_METHODS = ("mean", "median", "nnls", "ridge", "fwls", "segment")
+RATING_METHODS = ("mean", "median", "nnls", "ridge", "fwls", "segment", "switch")
+ROUTES = ("cold item", "light user", "heavy user", "other")
+FALLBACK_ORDER = ("bias", "global_mean", "item_mean", "user_mean")  # who answers a member's missing rows
 TOPN_METHODS = ("rrf", "borda")
 RRF_K = 60
 DAY = 86_400
@@ -110,14 +124,33 @@ def level1(
     return out
 
 
-def check_complete(table: DataFrame, names: Sequence[str], part: str) -> dict[str, int]:
-    """Rows per member with no prediction; any is an error naming the member and the part."""
+def missing_counts(table: DataFrame, names: Sequence[str]) -> dict[str, int]:
+    """Rows per member with no prediction."""
     row = table.agg(*[F.sum(F.col(_p(n)).isNull().cast("int")).alias(n) for n in names]).first()  # scalars
-    missing = {n: int(row[n] or 0) for n in names}
+    return {n: int(row[n] or 0) for n in names}
+
+
+def fill_missing(table: DataFrame, names: Sequence[str], part: str, fallback_value: float) -> tuple[DataFrame, dict[str, Any]]:
+    """Rows a member did not predict, answered by a complete member (``source`` ``missing-><fallback>``); counted.
+
+    The fallback is the first complete member of :data:`FALLBACK_ORDER`, else
+    the first complete member, else ``fallback_value`` (the training mean).
+    """
+    missing = missing_counts(table, names)
     bad = {n: m for n, m in missing.items() if m}
-    if bad:
-        raise BlendError(f"{part} part: members without a prediction for some pairs: {bad} (rerun their predict stage)")
-    return missing
+    report: dict[str, Any] = {"missing": bad, "filled_by": None}
+    if not bad:
+        return table, report
+    complete = [n for n in names if not missing[n]]
+    fb = next((n for n in FALLBACK_ORDER if n in complete), complete[0] if complete else None)
+    value = F.col(_p(fb)) if fb else F.lit(float(fallback_value))
+    label = fb or "the training mean"
+    for n in bad:
+        table = table.withColumn(_s(n), F.when(F.col(_p(n)).isNull(), F.lit(f"missing->{label}")).otherwise(F.col(_s(n))))
+        table = table.withColumn(_p(n), F.coalesce(F.col(_p(n)), value))
+    report["filled_by"] = label
+    log.warning("%s part: members without a prediction for some pairs: %s; %s answers those rows", part, bad, label)
+    return table, report
 
 
 def sample_users(table: DataFrame, max_rows: int, seed: int = 42) -> DataFrame:
@@ -144,6 +177,8 @@ class RatingBlend:
     ctx_sd: list[float] = field(default_factory=list)
     segments: list[float] = field(default_factory=list)  # segment: log_n_user cut points
     seg_weights: list[list[float]] = field(default_factory=list)  # segment: [intercept, w...] per segment
+    chains: list[list[int]] = field(default_factory=list)  # switch: member indices per route (ROUTES order)
+    primary: list[str] = field(default_factory=list)  # switch: each member's own source (else it fell back)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v or k in ("method", "members")}
@@ -164,9 +199,49 @@ class RatingBlend:
             seg = np.searchsorted(np.asarray(self.segments), frame["log_n_user"].to_numpy(), side="right")
             coef = np.asarray(self.seg_weights)[seg]
             return coef[:, 0] + (x * coef[:, 1:]).sum(axis=1)
+        if self.method == "switch":
+            return self.switch_np(frame)[0]
         raise BlendError(f"unknown rating blend {self.method!r}; use one of {', '.join(RATING_METHODS)}")
 
+    def switch_np(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Switch: the prediction, the route and the answering member of each row."""
+        x = frame[[_p(n) for n in self.members]].to_numpy(np.float64)
+        route = _route_np(frame, self.segments)
+        native = _native_np(frame, self.members, self.primary)
+        out = np.full(len(frame), np.nan)
+        who = np.full(len(frame), -1)
+        for r, chain in enumerate(self.chains):
+            at = route == r
+            ans = np.full(at.sum(), chain[0])
+            for m in reversed(chain):  # the first native member of the chain wins
+                ans = np.where(native[at, m], m, ans)
+            who[at] = ans
+            out[at] = x[at][np.arange(at.sum()), ans]
+        return out, route, who
+
     # Spark (applying to a level-1 table of any size) --------------------------
+    def source_col(self) -> Column:
+        """What answered each row: ``blend:<method>``, or the switch's route and member."""
+        if self.method != "switch":
+            return F.lit(f"blend:{self.method}")
+        route = _route_col(self.segments)
+        out = None
+        for r, chain in enumerate(self.chains):
+            val = None
+            for pos in reversed(range(len(chain))):
+                m = self.members[chain[pos]]
+                skipped = [self.members[c] for c in chain[:pos]]
+                why = ROUTES[r] + (f"; {', '.join(skipped)} fell back" if skipped else "")
+                txt = F.lit(f"switch:{m} ({why})")
+                if pos == len(chain) - 1:
+                    first = self.members[chain[0]]
+                    none = F.lit(f"switch:{first} ({ROUTES[r]}; every member fell back)")
+                    val = F.when(_native_col(m, self.primary[chain[pos]]), txt).otherwise(none)
+                else:
+                    val = F.when(_native_col(m, self.primary[chain[pos]]), txt).otherwise(val)
+            out = F.when(route == r, val) if out is None else out.when(route == r, val)
+        return out
+
     def predict_col(self) -> Column:
         ps = [F.col(_p(n)) for n in self.members]
         if self.method == "mean":
@@ -188,7 +263,45 @@ class RatingBlend:
                 val = F.lit(coef[0]) + sum((w * p for w, p in zip(coef[1:], ps, strict=True)), F.lit(0.0))
                 out = F.when(seg == i, val) if out is None else out.when(seg == i, val)
             return out
+        if self.method == "switch":
+            route = _route_col(self.segments)
+            out = None
+            for r, chain in enumerate(self.chains):
+                val = F.col(_p(self.members[chain[0]]))
+                for m in reversed(chain):
+                    name = self.members[m]
+                    val = F.when(_native_col(name, self.primary[m]), F.col(_p(name))).otherwise(val)
+                out = F.when(route == r, val) if out is None else out.when(route == r, val)
+            return out
         raise BlendError(f"unknown rating blend {self.method!r}; use one of {', '.join(RATING_METHODS)}")
+
+
+def _route_np(frame: pd.DataFrame, cuts: Sequence[float]) -> np.ndarray:
+    act = frame["log_n_user"].to_numpy(np.float64)
+    cold = frame["log_n_item"].to_numpy(np.float64) <= 0
+    return np.where(cold, 0, np.where(act < cuts[0], 1, np.where(act >= cuts[1], 2, 3)))
+
+
+def _route_col(cuts: Sequence[float]) -> Column:
+    return (
+        F.when(F.col("log_n_item") <= 0, 0)
+        .when(F.col("log_n_user") < cuts[0], 1)
+        .when(F.col("log_n_user") >= cuts[1], 2)
+        .otherwise(3)
+    )
+
+
+def _native_np(frame: pd.DataFrame, members: Sequence[str], primary: Sequence[str]) -> np.ndarray:
+    """Whether each member answered each row itself (its source is its primary one)."""
+    cols = []
+    for n, src in zip(members, primary, strict=True):
+        s = frame[_s(n)] if _s(n) in frame.columns else pd.Series([src] * len(frame), index=frame.index)
+        cols.append((s.to_numpy() == src) & frame[_p(n)].notna().to_numpy())
+    return np.column_stack(cols)
+
+
+def _native_col(name: str, primary: str) -> Column:
+    return (F.col(_s(name)) == F.lit(primary)) & F.col(_p(name)).isNotNull()
 
 
 def _median_col(ps: list[Column]) -> Column:
@@ -262,7 +375,38 @@ def fit_rating_blend(
             b, w = _nnls(x[m], y[m]) if m.sum() >= min_segment_rows else (b0, w0)
             coefs.append([b, *[float(v) for v in w]])
         return RatingBlend(method, members, segments=cuts, seg_weights=[[float(v) for v in c] for c in coefs])
+    if method == "switch":
+        return _fit_switch(frame, members, x, y, min_segment_rows)
     raise BlendError(f"unknown rating blend {method!r}; use one of {', '.join(RATING_METHODS)}")
+
+
+def _fit_switch(frame: pd.DataFrame, members: list[str], x: np.ndarray, y: np.ndarray, min_rows: int,
+                chain_length: int = 3) -> RatingBlend:  # fmt: skip
+    """Per route, the members ranked by validation RMSE on the rows they answered themselves."""
+    primary = []
+    for n in members:
+        src = frame[_s(n)] if _s(n) in frame.columns else pd.Series([n])
+        src = src[~src.astype(str).str.startswith("missing->")]
+        primary.append(str(src.mode().iloc[0]) if len(src) else n)
+    act = frame["log_n_user"].to_numpy(np.float64)
+    cuts = [float(v) for v in np.quantile(act, [0.25, 0.75])]
+    route = _route_np(frame, cuts)
+    native = _native_np(frame, members, primary)
+
+    def ranking(rows: np.ndarray) -> list[int]:
+        rmse = []
+        for m in range(len(members)):
+            ok = rows & native[:, m]
+            rmse.append(float(np.sqrt(np.mean((x[ok, m] - y[ok]) ** 2))) if ok.sum() >= min_rows else np.inf)
+        order = sorted(range(len(members)), key=lambda m: (rmse[m], m))
+        return [m for m in order if np.isfinite(rmse[m])]
+
+    overall = ranking(np.ones(len(frame), bool)) or list(range(len(members)))
+    chains = []
+    for r in range(len(ROUTES)):
+        chain = ranking(route == r) or overall
+        chains.append([*chain, *[m for m in overall if m not in chain]][:chain_length])
+    return RatingBlend("switch", members, segments=cuts, chains=chains, primary=primary)
 
 
 def user_folds(frame: pd.DataFrame, k: int, seed: int = 42) -> np.ndarray:

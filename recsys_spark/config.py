@@ -136,6 +136,10 @@ class ModelsConfig:
     names: list[str] = field(default_factory=lambda: ["global_mean", "user_mean", "item_mean", "popularity", "bias"])
     k: int = 10  # length of the top-N lists each model writes
     models_dir: str = ""  # a folder whose <name>.toml replace the packaged defaults of those models
+    # the test part's predictions: from a refit on train + valid (true), or from the fit on train
+    # that also predicted valid (false: one fit per model, and the blender's weights apply to the very
+    # models they were learned on)
+    refit_for_test: bool = True
 
 
 @dataclass
@@ -198,7 +202,7 @@ class EvaluateConfig:
 class BlendConfig:
     # the members: [] -> every model in models.names (rating blends use those that predict ratings)
     members: list[str] = field(default_factory=list)
-    rating_methods: list[str] = field(default_factory=lambda: ["mean", "median", "nnls", "ridge", "fwls", "segment"])
+    rating_methods: list[str] = field(default_factory=lambda: ["mean", "median", "nnls", "ridge", "fwls", "segment", "switch"])
     topn_methods: list[str] = field(default_factory=lambda: ["rrf", "borda"])
     folds: int = 5  # cross-validation over validation users that chooses the rating blend
     max_rows: int = 1_000_000  # validation rows the rating blends are fitted on (whole users, by hash)

@@ -1,7 +1,8 @@
 """blend: learn on the validation part how to combine the members; write the blended test predictions.
 
 Ratings: the level-1 tables of the members' predictions (valid: members fitted
-on train; test: members refitted on train + valid) go under ``level1/``; every
+on train; test: members refitted on train + valid) go under ``level1/``; rows a
+member did not predict are counted and answered by a complete member; every
 rating blend of ``blend.rating_methods`` and every single member is scored by
 K-fold cross-validation over validation users; the lowest RMSE wins, is refit
 on the whole validation table and applied to the test table.  Top-N: the
@@ -88,6 +89,7 @@ def run_blend(spark: SparkSession, cfg: Config, force: bool = False) -> dict[str
         valid = layout.read_split(spark, cfg, spl.VALID)
         test = layout.read_split(spark, cfg, spl.TEST)
         has_valid = valid.limit(1).count() > 0
+        mean = float(train.agg(F.avg("rating")).first()[0] or 0.0)  # a scalar: answers rows no member predicted
         counts: dict[str, Any] = {"members": names}
         rmembers = rating_members(names)
 
@@ -97,8 +99,7 @@ def run_blend(spark: SparkSession, cfg: Config, force: bool = False) -> dict[str
         if has_valid:
             l1_valid = _level1(spark, cfg, rmembers, "valid", valid, train)
             l1_valid.write.parquet(f"{tmp}/level1/valid")  # the joins run once; checked on what was written
-            l1_valid = spark.read.parquet(f"{tmp}/level1/valid")
-            bl.check_complete(l1_valid, rmembers, "valid")
+            l1_valid, counts["valid_missing"] = bl.fill_missing(spark.read.parquet(f"{tmp}/level1/valid"), rmembers, "valid", mean)
             frame = bl.sample_users(l1_valid, bc.max_rows).toPandas()  # bounded by blend.max_rows
             lo, hi = scale.lo, scale.hi
             cv = {f"single:{n}": bl.single_rmse(frame, n, lo, hi) for n in rmembers}
@@ -118,12 +119,12 @@ def run_blend(spark: SparkSession, cfg: Config, force: bool = False) -> dict[str
             counts["ratings"] = {"chosen": "mean", "cv_rmse": {}, "fit_rows": 0, "blend": rb.to_dict(), "untrained": True}
         l1_test = _level1(spark, cfg, rmembers, "test", test, train.unionByName(valid))
         l1_test.write.parquet(f"{tmp}/level1/test")
-        l1_test = spark.read.parquet(f"{tmp}/level1/test")
-        bl.check_complete(l1_test, rmembers, "test")
+        l1_test, counts["test_missing"] = bl.fill_missing(spark.read.parquet(f"{tmp}/level1/test"), rmembers, "test", mean)
         label = counts["ratings"]["chosen"]
         pred = F.least(F.lit(scale.hi), F.greatest(F.lit(scale.lo), rb.predict_col()))
+        source = rb.source_col() if rb.method == "switch" else F.lit(f"blend:{label}")
         ratings = l1_test.select(
-            COL_USER, COL_ITEM, pred.alias(COL_PREDICTION), F.lit(f"blend:{label}").alias(COL_SOURCE), F.lit("blend").alias(COL_MODEL)
+            COL_USER, COL_ITEM, pred.alias(COL_PREDICTION), source.alias(COL_SOURCE), F.lit("blend").alias(COL_MODEL)
         )
         ratings.write.parquet(f"{tmp}/test/ratings")
         counts["ratings"]["test_rows"] = spark.read.parquet(f"{tmp}/test/ratings").count()

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
 
 from recsys_spark import registry
 from recsys_spark import split as spl
 from recsys_spark.config import Config
-from recsys_spark.schemas import COL_ITEM, COL_TIMESTAMP, COL_USER
+from recsys_spark.schemas import COL_ITEM, COL_RANK, COL_TIMESTAMP, COL_USER
 from recsys_spark.stages import layout
 from recsys_spark.stages.manifest import run_stage
 from recsys_spark.stages.stage import Stage
@@ -23,8 +24,9 @@ def run_predict(spark: SparkSession, cfg: Config, name: str, force: bool = False
 
     ``valid/``: fitted on train, rating predictions for every valid row and
     top-N for every valid user (the blend selects on these).  ``test/``: refitted
-    on train + valid, rating predictions for every test row and top-N for every
-    test user, unseen items only.  Row accounting: rows asked = rows predicted.
+    on train + valid (``models.refit_for_test``, the default; else the same fit
+    on train), rating predictions for every test row and top-N for every test
+    user, unseen items only (unrated in train + valid either way).  Row accounting: rows asked = rows predicted.
     """
     layout.check_model(name, "models.names")
     models_dir = layout.models_dir_of(cfg)
@@ -37,17 +39,24 @@ def run_predict(spark: SparkSession, cfg: Config, name: str, force: bool = False
         valid = layout.read_split(spark, cfg, spl.VALID)
         test = layout.read_split(spark, cfg, spl.TEST)
         side = layout.side_data(spark, cfg) if registry.uses_side(name) else None  # an argument of fit
-        counts: dict[str, Any] = {}
-        for part, fit_on, target in (("valid", train, valid), ("test", train.unionByName(valid), test)):
+        refit = cfg.models.refit_for_test
+        counts: dict[str, Any] = {"test_fit": "train + valid" if refit else "train (the fit that predicted valid)"}
+        model = None
+        for part, fit_on, target in (("valid", train, valid), ("test", train.unionByName(valid) if refit else train, test)):
             n_rows = target.count()
             if n_rows == 0:
                 counts[part] = {"rows": 0, "predicted": 0, "users": 0, "users_with_lists": 0}
                 continue
-            model = registry.build(name, scale, params, models_dir).fit_with(fit_on, side)
+            if model is None or refit:
+                model = registry.build(name, scale, params, models_dir).fit_with(fit_on, side)
             pair_cols = [c for c in (COL_USER, COL_ITEM, COL_TIMESTAMP) if c in target.columns]  # time-aware models use the timestamp
             model.predict(target.select(*pair_cols)).write.parquet(f"{tmp}/{part}/ratings")
             users = target.select(COL_USER).distinct()
-            model.recommend(users, k).write.parquet(f"{tmp}/{part}/topn")
+            if part == "test" and not refit:  # the model never saw valid: keep the user's valid items off the list
+                top = _without(model, users, valid, k)
+            else:
+                top = model.recommend(users, k)
+            top.write.parquet(f"{tmp}/{part}/topn")
             predicted = spark.read.parquet(f"{tmp}/{part}/ratings").count()
             if predicted != n_rows:
                 raise RuntimeError(f"{name}: {n_rows} {part} rows asked, {predicted} predicted")
@@ -59,8 +68,17 @@ def run_predict(spark: SparkSession, cfg: Config, name: str, force: bool = False
             log.info("%s %s: %d rows predicted, top-%d for %d users", name, part, predicted, k, counts[part]["users_with_lists"])
         return counts
 
-    extra = {"model": name, "params": params, "k": k}
+    extra = {"model": name, "params": params, "k": k, "refit_for_test": cfg.models.refit_for_test}
     return run_stage(spark, cfg, f"predict:{name}", layout.predictions(cfg, name), STAGE.sections, [layout.split(cfg)], body, force, extra)
+
+
+def _without(model: Any, users: DataFrame, rated: DataFrame, k: int) -> DataFrame:
+    """Top-``k`` per user of ``model`` with the items of ``rated`` removed (asks for enough extra items)."""
+    extra = rated.groupBy(COL_USER).count().agg(F.max("count")).first()[0] or 0  # a scalar
+    top = model.recommend(users, k + int(extra)).join(rated.select(COL_USER, COL_ITEM), [COL_USER, COL_ITEM], "left_anti")
+    w = Window.partitionBy(COL_USER).orderBy(F.col(COL_RANK))
+    cols = top.columns
+    return top.withColumn(COL_RANK, F.row_number().over(w)).where(F.col(COL_RANK) <= k).select(*cols)
 
 
 STAGE = Stage(

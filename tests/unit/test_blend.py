@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from pyspark.sql import functions as F
 
 from recsys_spark import blend as bl
 from recsys_spark import stages
@@ -25,6 +26,8 @@ def _frame(n=4000, seed=0):
         "log_n_user": rng.uniform(1, 6, n), "log_n_item": rng.uniform(0, 5, n), "user_var": rng.uniform(0, 2, n),
         "user_days": rng.uniform(0, 900, n), "item_days": rng.uniform(0, 3000, n),
     })  # fmt: skip
+    for m in "abc":  # each member's source: its own, or (one row in ten) the bias fallback
+        f[f"s_{m}"] = np.where(rng.random(n) < 0.1, "bias", m)
     return f, rng
 
 
@@ -62,6 +65,51 @@ def test_segment_weights_differ_by_activity():
     assert len(s.seg_weights) == 4
     assert s.seg_weights[-1][1] > 0.9 and s.seg_weights[-1][2] < 0.1  # top quartile: a
     assert s.seg_weights[0][1] < 0.1 and s.seg_weights[0][2] > 0.9  # bottom quartile: b
+
+
+def test_switch_routes_each_row_as_declared_and_skips_a_member_that_fell_back(spark):
+    f, rng = _frame(n=6000, seed=5)
+    f.loc[:499, "log_n_item"] = 0.0  # 500 rows of cold items
+    light, heavy = f.log_n_user < np.quantile(f.log_n_user, 0.25), f.log_n_user >= np.quantile(f.log_n_user, 0.75)
+    noise = rng.normal(0, 0.05, len(f))
+    truth = np.select([f.log_n_item <= 0, light, heavy], [f.p_c, f.p_a, f.p_b], 0.5 * (f.p_a + f.p_b)) + noise
+    f["rating"] = truth
+    sw = bl.fit_rating_blend("switch", f, ["a", "b", "c"])
+    first = [sw.members[chain[0]] for chain in sw.chains]
+    assert first[:3] == ["c", "a", "b"] and sw.primary == ["a", "b", "c"]  # cold item, light user, heavy user
+    pred, route, who = sw.switch_np(f)
+    cold = (f.log_n_item <= 0).to_numpy()
+    assert (route[cold] == 0).all() and (route[~cold & light.to_numpy()] == 1).all()
+    # a light user's row where a fell back is answered by the next member of the chain, never by a's fallback value
+    fell = np.flatnonzero(~cold & light.to_numpy() & (f.s_a == "bias").to_numpy())
+    assert len(fell) > 10
+    for row in fell:
+        m = sw.members[who[row]]
+        assert m != "a" and pred[row] == f[f"p_{m}"].iloc[row]
+    # Spark gives the same numbers and says which member answered and why
+    got = spark.createDataFrame(f).select(sw.predict_col().alias("x"), sw.source_col().alias("src")).toPandas()
+    assert np.allclose(got.x.to_numpy(), pred, atol=1e-9)
+    cold_native = np.flatnonzero(cold & (f.s_c == "c").to_numpy())[0]
+    assert got.src[cold_native] == "switch:c (cold item)"
+    row = fell[0]
+    assert got.src[row].startswith(f"switch:{sw.members[who[row]]} (light user; a fell back")
+    # the switch beats every single member here, by cross-validation (its errors: the "other" route, where
+    # the truth mixes a and b, and the rows whose first member fell back)
+    assert bl.cv_rmse("switch", f, ["a", "b", "c"]) < 0.7 * min(bl.single_rmse(f, m) for m in "abc")
+
+
+def test_a_member_that_missed_rows_is_counted_and_answered_by_a_complete_one(spark):
+    rows = [(1, 1, 4.0, "knn", 3.5, "bias"), (1, 2, None, None, 3.0, "bias"), (2, 1, None, None, 2.5, "bias")]
+    t = spark.createDataFrame(rows, "user_idx int, item_idx int, p_knn double, s_knn string, p_bias double, s_bias string")
+    filled, report = bl.fill_missing(t, ["knn", "bias"], "test", 3.3)
+    assert report == {"missing": {"knn": 2}, "filled_by": "bias"}
+    got = {(r.user_idx, r.item_idx): (r.p_knn, r.s_knn) for r in filled.collect()}
+    assert got == {(1, 1): (4.0, "knn"), (1, 2): (3.0, "missing->bias"), (2, 1): (2.5, "missing->bias")}
+    # nobody complete: the training mean answers
+    both = t.withColumn("p_bias", F.when(F.col("item_idx") == 2, None).otherwise(F.col("p_bias")))
+    filled, report = bl.fill_missing(both, ["knn", "bias"], "test", 3.3)
+    assert report["filled_by"] == "the training mean" and filled.where("p_knn is null or p_bias is null").count() == 0
+    assert bl.fill_missing(t, ["bias"], "test", 3.3)[1] == {"missing": {}, "filled_by": None}
 
 
 def test_mean_and_median():
@@ -133,7 +181,6 @@ def test_blend_stage_learns_only_from_validation_labels(spark, piped, monkeypatc
     assert fitted["ratings"]["fit_rows"] > 0 and fitted["ratings"]["cv_rmse"]
     assert set(fitted["topn"]["singles"]) == {"item_mean", "bias", "item_knn", "popularity"}
     # scramble the test labels the blend can read: what it learns must not move
-    from pyspark.sql import functions as F
 
     real = stages.layout.read_split
 
@@ -180,8 +227,6 @@ def test_blend_names_a_member_without_predictions_or_made_on_another_split(spark
 
 
 def test_final_table_covers_every_user_once_per_rank_with_contributors_and_why(spark, piped):
-    from pyspark.sql import functions as F
-
     from recsys_spark.stages.final import read_final
 
     make, first = piped
@@ -231,3 +276,15 @@ def test_final_cold_start_users_the_lookup_and_the_csv_export(spark, piped, monk
     assert export_csv(spark, stage.read_final(spark, cfg), str(out), contributors_text) == counts["rows"]
     header = out.read_text().splitlines()[0].split(",")
     assert header == ["user_idx", "user_id", "rank", "item_idx", "item_id", "title", "score", "contributors", "explanation", "source"]
+
+
+def test_predict_without_a_refit_keeps_the_validation_items_off_the_test_lists(spark, piped):
+    make, _ = piped
+    cfg = make(MODELS, "models.refit_for_test=false")
+    counts = stages.run_predict(spark, cfg, "popularity")["counts"]
+    assert counts["test_fit"].startswith("train (")
+    top = spark.read.parquet(cfg.stage_path("predictions", "popularity", "test", "topn"))
+    valid, train = stages.read_split(spark, cfg, "valid"), stages.read_split(spark, cfg, "train")
+    assert top.join(valid, ["user_idx", "item_idx"]).count() == 0 and top.join(train, ["user_idx", "item_idx"]).count() == 0
+    per_user = top.groupBy("user_idx").agg(F.count("*").alias("n"), F.max("rank").alias("m"))
+    assert per_user.where(f"n != {cfg.models.k} or m != {cfg.models.k}").count() == 0

@@ -195,12 +195,13 @@ def test_pipeline_orders_the_stages_a_config_needs_from_their_declarations(cfg_f
         "generate", "ingest", "split",
         "content", "export_features",  # the export adds the content model's terms: it reads the content output
         "factorize", "neighbors",
-        "predict:bias", "predict:item_knn", "predict:content", "predict:als", "predict:gmf", "blend", "evaluate",
+        "predict:bias", "predict:item_knn", "predict:content", "predict:als", "predict:gmf", "blend", "final", "evaluate",
     ]  # fmt: skip
     # only what models.names needs: no export stage without its model, no generate for a real dataset
     assert pipeline.pipeline_stages(cfg_factory('models.names=["popularity"]')) == [
-        "generate", "ingest", "split", "predict:popularity", "blend", "evaluate",
+        "generate", "ingest", "split", "predict:popularity", "blend", "final", "evaluate",
     ]  # fmt: skip
+    assert "final" not in pipeline.pipeline_stages(cfg_factory('models.names=["popularity"]', "final.enabled=false"))
     assert pipeline.pipeline_stages(cfg_factory("dataset.kind=ml-100k", 'models.names=["bias"]'))[0] == "ingest"
     # a stage reading its own downstream output cannot be ordered
     bad = stages.Stage(
