@@ -14,6 +14,18 @@
 * **coldstart**: new items (all their ratings held out) and new users (three
   training ratings each); see :mod:`recsys_spark.coldstart`.
 
+Blends: ``--models als,svdpp,item_knn,blend:ridge`` adds ensembles of the
+listed models beside them.  **rating**: on each fold a validation part (10%
+of each user's training ratings, seeded) is carved from ``u<k>.base``; the
+members fitted on the rest predict it, and the blender learns only from those
+predictions; it is applied to the members fitted on the whole ``u<k>.base``
+(the singles' own test predictions).  ``blend:auto`` picks the method with
+the lowest cross-validated RMSE on the validation part (as the blend stage
+does).  **topn**: ``blend:rrf`` / ``blend:borda`` fuse the members' lists
+(no learning).  Each blend carries the paired difference against the best
+single member with a bootstrap 95% interval over users
+(:func:`recsys_spark.metrics.paired_rmse_bootstrap`, ``paired_bootstrap``).
+
 Datasets resolve under ``RECSYS_DATA_DIR``; ingest and split outputs are
 cached under ``paths.output`` like the pipeline's (a second run skips them).
 Times: ``fit_s`` fits and materializes the learned state, ``predict_s``
@@ -30,19 +42,40 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
+from recsys_spark import blend as bl
+from recsys_spark import metrics as M
 from recsys_spark import registry, stages
 from recsys_spark.config import Config, SplitConfig, load_config
 from recsys_spark.content import SideData
 from recsys_spark.evaluate import rating_report, topn_report
 from recsys_spark.recommender import RecommenderModel, Scale
-from recsys_spark.schemas import COL_USER
+from recsys_spark.schemas import COL_ITEM, COL_PREDICTION, COL_RATING, COL_SOURCE, COL_USER
+from recsys_spark.split import TEST, stratified_split
 
 log = logging.getLogger(__name__)
 
 TOPN_PROTOCOL = {"split": "stratified", "ratio": 0.75, "seed": 42, "candidates": "unrated training items"}
+BLEND = "blend:"
+BLEND_VALID = {"share": 0.1, "seed": 7, "how": "per-user stratified share of each fold's training part"}
+
+
+def split_models(models: list[str], protocol: str) -> tuple[list[str], list[str]]:
+    """``(singles, blend methods)`` of a ``--models`` list; a blend needs two members and a known method."""
+    singles = [m for m in models if not m.startswith(BLEND)]
+    blends = [m[len(BLEND):] for m in models if m.startswith(BLEND)]
+    allowed = {"rating": (*bl.RATING_METHODS, "auto"), "topn": bl.TOPN_METHODS}.get(protocol, ())
+    for b in blends:
+        if b not in allowed:
+            raise ValueError(f"blend:{b}: the {protocol} protocol blends with one of {', '.join(allowed) or 'none'}")
+    if blends and len(singles) < 2:
+        raise ValueError(f"a blend needs at least two member models in --models, got {singles}")
+    return singles, blends
 
 
 def dataset_overrides(name: str) -> list[str]:
@@ -94,6 +127,7 @@ def _mean(values: list[float]) -> float:
 
 
 def run_rating(spark: SparkSession, cfg: Config, models: list[str], folds: list[int]) -> dict[str, Any]:
+    models, blends = split_models(models, "rating")
     if cfg.dataset.kind != "ml-100k":
         raise ValueError("the rating protocol uses the canonical ML-100K folds: --dataset ml-100k")
     # the split always holds all five folds (so a one-fold run does not invalidate it)
@@ -106,6 +140,7 @@ def run_rating(spark: SparkSession, cfg: Config, models: list[str], folds: list[
         "protocol": {"name": "rating", "dataset": cfg.dataset_name, "folds": [f"u{k}" for k in folds], "scale": [scale.lo, scale.hi]},
         "models": {},
     }
+    kept: dict[int, dict[str, pd.DataFrame]] = {k: {} for k in folds}  # the members' test predictions, for the blends
     for name in models:
         per_fold = []
         for k in folds:
@@ -118,6 +153,8 @@ def run_rating(spark: SparkSession, cfg: Config, models: list[str], folds: list[
             pred.count()
             predict_s = time.perf_counter() - t
             m = rating_report(pred, test, primary_is_fallback=name == "global_mean")
+            if blends:  # bounded: one fold's test rows
+                kept[k][name] = pred.select(COL_USER, COL_ITEM, COL_PREDICTION, COL_SOURCE).toPandas()
             per_fold.append({"fold": f"u{k}", **m, "fit_s": round(fit_s, 3), "predict_s": round(predict_s, 3)})
             log.info("%s u%d: rmse %.4f mae %.4f (fit %.1fs, predict %.1fs)", name, k, m["rmse"], m["mae"], fit_s, predict_s)
             for df in (pred, train, test):
@@ -131,7 +168,84 @@ def run_rating(spark: SparkSession, cfg: Config, models: list[str], folds: list[
             "rows": sum(f["rows"] for f in per_fold),
             "folds": per_fold,
         }
+    if blends:
+        out["protocol"]["blend_validation"] = BLEND_VALID
+        out["models"].update(_rating_blends(spark, cfg, models, blends, folds, kept, scale, side, out["models"]))
     return out
+
+
+def _rating_blends(
+    spark: SparkSession, cfg: Config, members: list[str], methods: list[str], folds: list[int],
+    kept: dict[int, dict[str, pd.DataFrame]], scale: Scale, side: SideData, singles: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """Each blend method on each fold: learned on the carved validation part, applied to the members' test predictions."""
+    best = min(members, key=lambda m: (singles[m]["rmse"], m))
+    per: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    pooled: dict[str, list[np.ndarray]] = {m: [] for m in methods}
+    for k in folds:
+        train = stages.read_split(spark, cfg, "train", fold=k)
+        test = stages.read_split(spark, cfg, "test", fold=k)
+        parts = stratified_split(train, 1 - BLEND_VALID["share"], BLEND_VALID["seed"]).persist()
+        fit_part = parts.where(F.col("part") != TEST).drop("part").persist()
+        valid = parts.where(F.col("part") == TEST).drop("part").persist()
+        member_s = 0.0
+        vpreds = {}
+        for name in members:  # fitted on train minus valid: the blender never sees a label they trained on
+            model, fit_s = _timed_fit(name, scale, fit_part, side, stages.models_dir_of(cfg))
+            cols = [c for c in ("user_idx", "item_idx", "timestamp") if c in valid.columns]
+            vpreds[name] = model.predict(valid.select(*cols)).persist()
+            vpreds[name].count()
+            member_s += fit_s
+        l1v, miss_v = bl.fill_missing(bl.level1(vpreds, valid, fit_part), members, "valid", _avg(fit_part))
+        frame_v = l1v.toPandas()  # bounded: a tenth of a fold's training rows
+        tpreds = {n: spark.createDataFrame(kept[k][n]) for n in members}
+        l1t, miss_t = bl.fill_missing(bl.level1(tpreds, test, train), members, "test", _avg(train))
+        frame_t = l1t.toPandas()  # bounded: the fold's test rows
+        y = frame_t[COL_RATING].to_numpy(np.float64)
+        err_best = np.clip(frame_t[bl._p(best)].to_numpy(np.float64), scale.lo, scale.hi) - y
+        for method in methods:
+            t = time.perf_counter()
+            chosen, cv = method, {}
+            if method == "auto":
+                cv = {m: bl.cv_rmse(m, frame_v, members, 5, scale.lo, scale.hi) for m in bl.RATING_METHODS}
+                chosen = min(cv, key=lambda m: (cv[m], m))
+            blend = bl.fit_rating_blend(chosen, frame_v, members)
+            fit_s = time.perf_counter() - t
+            t = time.perf_counter()
+            err = np.clip(blend.predict_np(frame_t), scale.lo, scale.hi) - y
+            predict_s = time.perf_counter() - t
+            paired = M.paired_rmse_bootstrap(frame_t[COL_USER].to_numpy(), err, err_best)
+            row = {
+                "fold": f"u{k}", "rmse": float(np.sqrt(np.mean(err**2))), "mae": float(np.mean(np.abs(err))),
+                "method": chosen, "fit_s": round(fit_s, 3), "predict_s": round(predict_s, 3),
+                "members_fit_s": round(member_s, 3), "valid_rows": len(frame_v), "rows": len(frame_t),
+                "missing": {"valid": miss_v["missing"], "test": miss_t["missing"]},
+                f"paired_rmse_vs_{best}": paired, "blend": blend.to_dict(), **({"cv_rmse": cv} if cv else {}),
+            }  # fmt: skip
+            per[method].append(row)
+            pooled[method].append(np.column_stack([k * 100_000 + frame_t[COL_USER].to_numpy(), err, err_best]))
+            log.info("blend:%s u%d: rmse %.4f (%s; best single %s %.4f; diff %+.4f, 95%% CI %+.4f..%+.4f)", method, k, row["rmse"],
+                     chosen, best, float(np.sqrt(np.mean(err_best**2))), paired["diff"], paired["ci95_lo"], paired["ci95_hi"])  # fmt: skip
+        for df in (*vpreds.values(), parts, fit_part, valid):
+            df.unpersist()
+    out = {}
+    for method in methods:
+        rows = per[method]
+        allrows = np.vstack(pooled[method])
+        out[f"{BLEND}{method}"] = {
+            "rmse": _mean([f["rmse"] for f in rows]), "mae": _mean([f["mae"] for f in rows]),
+            "fit_s": round(_mean([f["fit_s"] for f in rows]), 3), "predict_s": round(_mean([f["predict_s"] for f in rows]), 3),
+            "members_fit_s": round(_mean([f["members_fit_s"] for f in rows]), 3),
+            "fallback_rows": 0, "rows": sum(f["rows"] for f in rows), "members": members, "best_single": best,
+            "better_than_best_single_on_every_fold": all(f[f"paired_rmse_vs_{best}"]["diff"] > 0 for f in rows),
+            f"paired_rmse_vs_{best}": M.paired_rmse_bootstrap(allrows[:, 0], allrows[:, 1], allrows[:, 2]),
+            "folds": rows,
+        }  # fmt: skip
+    return out
+
+
+def _avg(df: DataFrame) -> float:
+    return float(df.agg(F.avg(COL_RATING)).first()[0] or 0.0)  # a scalar
 
 
 def run_topn(
@@ -139,6 +253,9 @@ def run_topn(
 ) -> dict[str, Any]:  # fmt: skip
     """The top-N protocol; with ``per_user`` (a dict), each model's per-user metrics go into it as
     a pandas frame indexed by user (for paired comparisons)."""
+    models, blends = split_models(models, "topn")
+    if blends and per_user is None:
+        per_user = {}
     cfg = _with_split(cfg, SplitConfig(protocol="stratified", ratio=0.75, seed=42, valid_ratio=0.0, n_negatives=0))
     stages.run_ingest(spark, cfg)
     stages.run_split(spark, cfg)
@@ -160,6 +277,7 @@ def run_topn(
         },
         "models": {},
     }
+    tops: dict[str, DataFrame] = {}
     for name in models:
         model, fit_s = _timed_fit(name, scale, train, side, stages.models_dir_of(cfg))
         t = time.perf_counter()
@@ -182,6 +300,27 @@ def run_topn(
             predict_s,
         )
         out["models"][name] = res
+        if blends:
+            tops[name] = top
+        else:
+            top.unpersist()
+    for method in blends:
+        t = time.perf_counter()
+        fused = bl.fuse(tops, method, k).persist()
+        fused.count()
+        predict_s = time.perf_counter() - t
+        rows = []
+        res = topn_report(fused, test, train, items, n_catalog, k, per_user=rows)
+        name = f"{BLEND}{method}"
+        per_user[name] = rows[0].drop("model").toPandas().set_index(COL_USER).sort_index()
+        best = max(models, key=lambda m: (out["models"][m][f"ndcg@{k}"], m))
+        a, b = per_user[name].align(per_user[best], join="outer", fill_value=0.0)
+        res.update({"fit_s": 0.0, "predict_s": round(predict_s, 3), "members": models, "best_single": best,
+                    f"paired_ndcg@{k}_vs_{best}": M.paired_bootstrap(a[f"ndcg@{k}"].to_numpy(), b[f"ndcg@{k}"].to_numpy())})  # fmt: skip
+        log.info("%s: ndcg@%d %.4f (best single %s %.4f)", name, k, res[f"ndcg@{k}"], best, out["models"][best][f"ndcg@{k}"])
+        out["models"][name] = res
+        fused.unpersist()
+    for top in tops.values():
         top.unpersist()
     return out
 
@@ -191,7 +330,10 @@ def run_benchmark(
     overrides: list[str] = (), slices: int = 1,
 ) -> dict[str, Any]:  # fmt: skip
     cfg = load_config(config, [*overrides, *dataset_overrides(dataset)])
+    split_models(models, protocol)
     for name in models:
+        if name.startswith(BLEND):
+            continue
         if name not in registry.REGISTRY:
             raise ValueError(f"unknown model {name!r}; registered: {', '.join(sorted(registry.REGISTRY))}")
     if cfg.dataset.kind == "generated":

@@ -193,6 +193,29 @@ def diversity(topn: DataFrame, item_features: DataFrame, features_col: str = "ge
     return float(v) if v is not None else 0.0
 
 
+def paired_rmse_bootstrap(
+    users: np.ndarray, err_a: np.ndarray, err_b: np.ndarray, n_boot: int = 2000, seed: int = 42,
+) -> dict[str, float]:  # fmt: skip
+    """``RMSE(b) - RMSE(a)`` over rows grouped by user, with a percentile bootstrap 95% interval over users.
+
+    ``err_a[i]`` and ``err_b[i]`` are two models' errors on the same row of user
+    ``users[i]``.  Users (with all their rows) are resampled with replacement
+    ``n_boot`` times (seeded); positive means ``a`` has the lower RMSE.
+    """
+    users = np.asarray(users)
+    err_a, err_b = np.asarray(err_a, dtype=np.float64), np.asarray(err_b, dtype=np.float64)
+    if not (users.shape == err_a.shape == err_b.shape) or len(users) == 0:
+        raise MetricError(f"paired_rmse_bootstrap needs equal-length, non-empty arrays, got {users.shape}, {err_a.shape}, {err_b.shape}")
+    _, inv = np.unique(users, return_inverse=True)
+    n_u = int(inv.max()) + 1
+    sa, sb, n = (np.bincount(inv, w, n_u) for w in (err_a**2, err_b**2, np.ones(len(inv))))
+    idx = np.random.default_rng(seed).integers(0, n_u, size=(n_boot, n_u))
+    ra, rb = np.sqrt(sa[idx].sum(1) / n[idx].sum(1)), np.sqrt(sb[idx].sum(1) / n[idx].sum(1))
+    lo, hi = np.percentile(rb - ra, [2.5, 97.5])
+    diff = float(np.sqrt(sb.sum() / n.sum()) - np.sqrt(sa.sum() / n.sum()))
+    return {"diff": diff, "ci95_lo": float(lo), "ci95_hi": float(hi), "users": n_u, "rows": int(len(users))}
+
+
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 42) -> dict[str, float]:
     """``mean(a - b)`` over paired per-user values, with a percentile bootstrap 95% interval.
 

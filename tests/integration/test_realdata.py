@@ -85,6 +85,28 @@ def test_bias_baseline_matches_reference_on_canonical_folds(spark, movielens_dir
     assert bias["rows"] == 100_000  # every test row of the five folds was scored
 
 
+def test_benchmark_blend_learns_on_a_carved_validation_part_and_beats_its_members(spark, movielens_dir, out):
+    """blend:<method> on fold u1 with three cheap members: learned on validation rows carved from u1.base only."""
+    from recsys_spark.benchmark import run_benchmark
+
+    res = run_benchmark(
+        spark, "rating", "ml-100k", ["bias", "item_mean", "user_mean", "blend:nnls", "blend:auto"], folds="1",
+        overrides=[f'paths.output="{out}"', f'paths.data_dir="{movielens_dir}"'],
+    )  # fmt: skip
+    singles = {m: res["models"][m]["rmse"] for m in ("bias", "item_mean", "user_mean")}
+    assert res["protocol"]["blend_validation"]["share"] == 0.1
+    for name in ("blend:nnls", "blend:auto"):
+        b = res["models"][name]
+        fold = b["folds"][0]
+        assert b["best_single"] == "bias" and b["rows"] == 20_000
+        # the validation part is a tenth of u1.base (80,000 rows); the test rows are u1.test
+        assert 7_000 < fold["valid_rows"] < 9_000 and fold["rows"] == 20_000
+        assert b["rmse"] < min(singles.values())
+        paired = b["paired_rmse_vs_bias"]
+        assert paired["diff"] == pytest.approx(singles["bias"] - b["rmse"], abs=1e-9) and paired["ci95_lo"] > 0
+    assert res["models"]["blend:auto"]["folds"][0]["method"] in res["models"]["blend:auto"]["folds"][0]["cv_rmse"]
+
+
 @pytest.mark.parametrize(
     ("model", "rmse"),
     [

@@ -48,9 +48,15 @@ def test_registry_builds_tuned_defaults_and_rejects_typos():
 def test_topn_protocol_on_generated_data(spark, tmp_path):
     out = tmp_path / "out"
     res = run_benchmark(
-        spark, "topn", "generated", ["popularity", "global_mean"], k=5,
+        spark, "topn", "generated", ["popularity", "global_mean", "blend:rrf"], k=5,
         overrides=[f'paths.output="{out}"', *SMALL],
     )  # fmt: skip
+    fused = res["models"]["blend:rrf"]
+    assert fused["members"] == ["popularity", "global_mean"] and fused["best_single"] == "popularity"
+    assert fused["paired_ndcg@5_vs_popularity"]["users"] == res["protocol"]["test_users"]
+    assert fused["paired_ndcg@5_vs_popularity"]["diff"] == pytest.approx(fused["ndcg@5"] - res["models"]["popularity"]["ndcg@5"])
+    with pytest.raises(ValueError, match="blend:nnls: the topn protocol blends with one of rrf, borda"):
+        run_benchmark(spark, "topn", "generated", ["popularity", "global_mean", "blend:nnls"], overrides=[f'paths.output="{out}"', *SMALL])
     assert res["protocol"]["split"] == "stratified" and res["protocol"]["seed"] == 42
     pop = res["models"]["popularity"]
     for key in ("precision@5", "recall@5", "ndcg@5", "map@5", "hr@5", "mrr@5", "coverage", "novelty", "diversity"):

@@ -170,3 +170,16 @@ def test_cold_start_paired_differences_compare_the_first_model_with_each_other()
     assert d["ndcg@2"]["users"] == 3
     with pytest.raises(ValueError, match="different users"):
         paired_differences({"content": content, "popularity": pop.iloc[:2]}, k=2)
+
+
+def test_paired_rmse_bootstrap_resamples_whole_users():
+    from recsys_spark.metrics import paired_rmse_bootstrap
+
+    users = np.array([1, 1, 2, 2, 3])
+    perfect, off = np.zeros(5), np.ones(5)
+    r = paired_rmse_bootstrap(users, perfect, off)
+    assert (r["diff"], r["ci95_lo"], r["ci95_hi"], r["users"], r["rows"]) == (1.0, 1.0, 1.0, 3, 5)
+    # b is worse on user 1 only: the difference is RMSE(b) - RMSE(a) over all rows, and its interval covers user resamples
+    b = np.array([2.0, 2.0, 0.0, 0.0, 0.0])
+    r = paired_rmse_bootstrap(users, perfect, b)
+    assert r["diff"] == pytest.approx(np.sqrt(8 / 5)) and r["ci95_lo"] == 0.0 and r["ci95_hi"] > r["diff"]
