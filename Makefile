@@ -33,9 +33,10 @@ blas:
 	   && echo "installed OpenBLAS") || echo "could not install OpenBLAS; MLlib falls back to Java BLAS"; \
 	else echo "no native BLAS and no root: MLlib falls back to Java BLAS"; fi
 
-# every family on the embedded data; the slowest models with the lighter settings of conf/quick/
+# every family on the embedded data; the slowest models with the lighter settings of conf/quick/,
+# and one fit per model (test predicted from the fit on train): docs/results.md has both figures
 run: install
-	$(BIN)/recsys-spark pipeline --config conf/local.toml --set 'models.models_dir="conf/quick"'
+	$(BIN)/recsys-spark pipeline --config conf/local.toml --set 'models.models_dir="conf/quick"' --set models.refit_for_test=false
 
 # Three pytest processes side by side (each its own Spark session): the main
 # suite in two shards - notebooks and end-to-end jobs, and the rest - and the

@@ -118,7 +118,8 @@ def test_make_run_config_covers_every_family_and_its_quick_settings_build():
         assert members <= names, (family, members - names)
     assert local.split.valid_ratio > 0  # the blend learns on a validation part
     makefile = (ROOT / "Makefile").read_text()
-    assert 'models.models_dir="conf/quick"' in makefile
+    assert 'models.models_dir="conf/quick"' in makefile and "models.refit_for_test=false" in makefile
+    assert local.final.enabled  # ... and ends with the final, explained top-N
     quick = ROOT / "conf" / "quick"
     for toml in quick.glob("*.toml"):
         name = toml.stem

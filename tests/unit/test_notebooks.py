@@ -102,3 +102,23 @@ def test_week8_deep_learning_ncf(spark, tmp_path):
     assert len(ns["neighbours"]) == 4
     for png in ("training_curves", "item_embeddings"):
         assert (tmp_path / f"week8_generated_{png}.png").stat().st_size > 1000
+
+
+def test_week10_hybrid_models(spark, tmp_path):
+    from recsys_spark.blend import RATING_METHODS
+
+    ns = run_notebook(
+        "week10_hybrid_models", dataset="generated", output=str(tmp_path), k="5", models="popularity,bias,item_knn",
+        valid_ratio="0.2", overrides=SMALL + ";tracking.enabled=false",
+    )  # fmt: skip
+    blend = ns["blend"]
+    assert blend["ratings"]["fit_rows"] > 0 and not blend["ratings"].get("untrained")  # it learned on the validation part
+    assert set(RATING_METHODS) | {"single:bias", "single:item_knn", "single:popularity"} <= set(ns["cv"])
+    assert len(ns["seg"].seg_weights) >= 2 and len(ns["switch"].chains) == 4
+    assert ns["routes"].where("source not like 'switch:%'").count() == 0
+    assert set(ns["table"]) == {"popularity", "bias", "item_knn", "blend"}
+    final = ns["final"]
+    assert final["fit"] == "production" and final["users_written"] == final["users"] == 60
+    assert ns["recs"].where("explanation is null or size(contributors) = 0").count() == 0
+    for png in ("rating_methods", "segment_weights", "topn_methods"):
+        assert (tmp_path / f"week10_generated_{png}.png").stat().st_size > 1000
