@@ -2,7 +2,7 @@
 
 Reads the blend stage's choice (``blend/_manifest.json``) and the ingested tables, and
 writes ``final/recommendations/bucket=<b>/``: ``user_idx, user_id, rank, item_idx,
-item_id, title, score, contributors, explanation, source`` (see ``recsys_spark.final``).
+item_id, title, score, contributors, explanation, source`` (see ``recsys_spark.blend.final``).
 Users without ratings get the cold-start path.
 
 Run it with::

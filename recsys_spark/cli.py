@@ -158,7 +158,7 @@ def _benchmark(spark, args: argparse.Namespace, log: logging.Logger) -> int:
 
 
 def _recommend(spark, cfg: Config, args: argparse.Namespace, log: logging.Logger) -> int:
-    from recsys_spark.final import contributors_text
+    from recsys_spark.blend.final import contributors_text
     from recsys_spark.stages.final import read_final, user_rows
 
     if args.k is not None and args.k < 1:

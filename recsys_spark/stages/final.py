@@ -6,7 +6,7 @@ override that choice.  Here those members are refitted on **every** rating (a
 production fit, separate from the evaluation fit of the predict stage, and
 recorded as such in the manifest), each recommends for every user with
 ratings, their lists are fused, and each row gets its contributors and an
-explanation (:mod:`recsys_spark.final`).  Users of the user table with no
+explanation (:mod:`recsys_spark.blend.final`).  Users of the user table with no
 rating get the cold-start path.  The table is written partitioned by
 ``bucket = user_idx % final.buckets``, so ``recsys-spark recommend --user``
 reads one bucket.
@@ -21,8 +21,8 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recsys_spark import final as fin
 from recsys_spark import registry
+from recsys_spark.blend import final as fin
 from recsys_spark.config import Config
 from recsys_spark.io import fs
 from recsys_spark.neighbors import KNN

@@ -251,8 +251,8 @@ def test_final_table_covers_every_user_once_per_rank_with_contributors_and_why(s
 
 
 def test_final_cold_start_users_the_lookup_and_the_csv_export(spark, piped, monkeypatch, tmp_path):
+    from recsys_spark.blend.final import contributors_text
     from recsys_spark.cli import export_csv
-    from recsys_spark.final import contributors_text
     from recsys_spark.stages import final as stage
 
     make, _ = piped

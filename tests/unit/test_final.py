@@ -2,8 +2,8 @@
 
 import pytest
 
-from recsys_spark import final as fin
 from recsys_spark.blend import BlendError
+from recsys_spark.blend import final as fin
 from recsys_spark.cli import format_list
 
 LIST = "user_idx int, item_idx int, rank int, score double"

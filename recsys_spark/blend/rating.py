@@ -1,169 +1,27 @@
-"""Ensembles of fitted models: the level-1 table, rating blends and top-N rank fusion.
-
-Level 1.  Every member predicts the validation part from a fit on the
-training part only, so a blender that learns from those predictions never
-sees a rating its members trained on; the test part is predicted by members
-refitted on train + valid, and the blender's weights, learned on valid, are
-applied to those.  :func:`level1` joins the members' rating predictions on
-``(user_idx, item_idx)`` into one wide row per pair: ``p_<model>`` (the
-prediction), ``s_<model>`` (its ``source``) and context features computed
-from the ratings the members were fitted on (:data:`CONTEXT`).
-
-Rating blends (:data:`RATING_METHODS`), fitted on the validation level-1
-table collected to the driver (``max_rows`` caps it, by a seeded hash of the
-user so the sample is whole users), chosen by K-fold cross-validation over
-validation users (never on test):
-
-* ``mean`` / ``median`` of the members' predictions (no fit);
-* ``nnls``: non-negative weights plus a free intercept (``scipy.optimize.nnls``
-  on centred data);
-* ``ridge``: unconstrained linear weights with an L2 penalty;
-* ``fwls``: feature-weighted linear stacking (Sill et al. 2009): each member's
-  weight is linear in the context features, i.e. ridge over
-  ``p_m * [1, f_1 .. f_c]``;
-* ``segment``: NNLS weights per user-activity segment (quartiles of the
-  user's training ratings), the global NNLS weights where a segment has too
-  few rows: weights that depend on who is asking;
-* ``switch``: a switching hybrid.  Each row takes a route, in this order:
-  ``cold item`` (the item has no rating in what the members were fitted
-  on), ``light user`` / ``heavy user`` (below the first / from the third
-  quartile of user activity), ``other``.  Each route holds a chain of
-  members, ranked by their validation RMSE on that route's rows; the first
-  member of the chain that answered the row itself (its ``source`` is its
-  usual one, not a fallback) answers, and the row's ``source`` says which
-  and why: ``switch:item_knn (light user; als fell back)``.
-
-A member that did not predict some pairs of a part is counted, and
-:func:`fill_missing` lets a complete member answer those rows (``source``
-``missing->bias``), so no blend sees a NaN or drops a row.
-
-Top-N fusion (:data:`TOPN_METHODS`): each member's top-k list on the same
-users; ``rrf`` (reciprocal rank, ``sum_m 1 / (60 + rank_m)``) and ``borda``
-(``sum_m (k + 1 - rank_m)``) over a member subset, chosen on validation by
-greedy forward selection on NDCG@k (numpy, over a hash sample of users).
-Every fused item records its ``contributors``: the members whose list held it.
-"""
+"""Rating blends fitted on a level-1 frame: voting, NNLS, ridge, FWLS, segment weights, the switching hybrid."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import Column
 from pyspark.sql import functions as F
 
-from recsys_spark.schemas import COL_ITEM, COL_PREDICTION, COL_RANK, COL_RATING, COL_SCORE, COL_SOURCE, COL_TIMESTAMP, COL_USER
+from recsys_spark.blend.level1 import CONTEXT, BlendError, _p, _s
+from recsys_spark.schemas import COL_RATING, COL_USER
 
 log = logging.getLogger(__name__)
 
-CONTEXT = ("log_n_user", "log_n_item", "user_var", "user_days", "item_days")
+
 RATING_METHODS = ("mean", "median", "nnls", "ridge", "fwls", "segment", "switch")
 ROUTES = ("cold item", "light user", "heavy user", "other")
-FALLBACK_ORDER = ("bias", "global_mean", "item_mean", "user_mean")  # who answers a member's missing rows
-TOPN_METHODS = ("rrf", "borda")
-RRF_K = 60
-DAY = 86_400
 
 
-class BlendError(ValueError):
-    """A blend that cannot be built from what it was given (names the model and the part)."""
-
-
-def _p(name: str) -> str:
-    return f"p_{name}"
-
-
-def _s(name: str) -> str:
-    return f"s_{name}"
-
-
-# -- level 1 -------------------------------------------------------------------------------------
-def context_tables(train: DataFrame) -> tuple[DataFrame, DataFrame, int]:
-    """Per-user and per-item context from the ratings the members were fitted on, and the last timestamp."""
-    has_ts = COL_TIMESTAMP in train.columns
-    ts = F.col(COL_TIMESTAMP) if has_ts else F.lit(None).cast("long")
-    users = train.groupBy(COL_USER).agg(
-        F.log1p(F.count("*")).alias("log_n_user"),
-        F.coalesce(F.var_pop(COL_RATING), F.lit(0.0)).alias("user_var"),
-        F.min(ts).alias("_u_first"),
-    )
-    items = train.groupBy(COL_ITEM).agg(F.log1p(F.count("*")).alias("log_n_item"), F.min(ts).alias("_i_first"))
-    last = train.agg(F.max(ts)).first()[0] if has_ts else None  # a scalar
-    return users, items, int(last or 0)
-
-
-def level1(
-    members: Mapping[str, DataFrame], pairs: DataFrame, train: DataFrame,
-) -> DataFrame:  # fmt: skip
-    """One row per pair of ``pairs``: each member's prediction and source, and the context features.
-
-    ``members`` maps a model name to its rating predictions of exactly these
-    pairs (``user_idx, item_idx, prediction, source``); a pair a member did not
-    predict is an error naming the member (the predict stage accounts for every row).
-    """
-    users, items, last = context_tables(train)
-    keys = [COL_USER, COL_ITEM]
-    extra = [c for c in (COL_RATING, COL_TIMESTAMP) if c in pairs.columns]
-    out = pairs.select(*keys, *extra)
-    for name, df in members.items():
-        src = F.col(COL_SOURCE) if COL_SOURCE in df.columns else F.lit(name)
-        out = out.join(df.select(*keys, F.col(COL_PREDICTION).alias(_p(name)), src.alias(_s(name))), keys, "left")
-    at = F.col(COL_TIMESTAMP) if COL_TIMESTAMP in pairs.columns else F.lit(last)
-    out = (
-        out.join(users, COL_USER, "left")
-        .join(items, COL_ITEM, "left")
-        .withColumn("user_days", F.greatest(F.lit(0.0), (at - F.col("_u_first")) / DAY))
-        .withColumn("item_days", F.greatest(F.lit(0.0), (at - F.col("_i_first")) / DAY))
-        .drop("_u_first", "_i_first")
-        .fillna(0.0, list(CONTEXT))
-    )
-    return out
-
-
-def missing_counts(table: DataFrame, names: Sequence[str]) -> dict[str, int]:
-    """Rows per member with no prediction."""
-    row = table.agg(*[F.sum(F.col(_p(n)).isNull().cast("int")).alias(n) for n in names]).first()  # scalars
-    return {n: int(row[n] or 0) for n in names}
-
-
-def fill_missing(table: DataFrame, names: Sequence[str], part: str, fallback_value: float) -> tuple[DataFrame, dict[str, Any]]:
-    """Rows a member did not predict, answered by a complete member (``source`` ``missing-><fallback>``); counted.
-
-    The fallback is the first complete member of :data:`FALLBACK_ORDER`, else
-    the first complete member, else ``fallback_value`` (the training mean).
-    """
-    missing = missing_counts(table, names)
-    bad = {n: m for n, m in missing.items() if m}
-    report: dict[str, Any] = {"missing": bad, "filled_by": None}
-    if not bad:
-        return table, report
-    complete = [n for n in names if not missing[n]]
-    fb = next((n for n in FALLBACK_ORDER if n in complete), complete[0] if complete else None)
-    value = F.col(_p(fb)) if fb else F.lit(float(fallback_value))
-    label = fb or "the training mean"
-    for n in bad:
-        table = table.withColumn(_s(n), F.when(F.col(_p(n)).isNull(), F.lit(f"missing->{label}")).otherwise(F.col(_s(n))))
-        table = table.withColumn(_p(n), F.coalesce(F.col(_p(n)), value))
-    report["filled_by"] = label
-    log.warning("%s part: members without a prediction for some pairs: %s; %s answers those rows", part, bad, label)
-    return table, report
-
-
-def sample_users(table: DataFrame, max_rows: int, seed: int = 42) -> DataFrame:
-    """Whole users, chosen by a seeded hash, so that about ``max_rows`` rows remain."""
-    n = table.count()
-    if n <= max_rows:
-        return table
-    share = max_rows / n
-    h = (F.xxhash64(F.lit(seed), F.col(COL_USER)).bitwiseAND(F.lit((1 << 30) - 1)) / float(1 << 30))
-    return table.where(h < share)
-
-
-# -- rating blends ---------------------------------------------------------------------------
 @dataclass
 class RatingBlend:
     """A fitted rating blend: ``method``, members, and its coefficients (plain floats, JSON-ready)."""
@@ -433,86 +291,3 @@ def cv_rmse(method: str, frame: pd.DataFrame, members: Sequence[str], folds: int
 def single_rmse(frame: pd.DataFrame, name: str, lo: float = -np.inf, hi: float = np.inf) -> float:
     y = frame[COL_RATING].to_numpy(np.float64)
     return float(np.sqrt(np.mean((np.clip(frame[_p(name)].to_numpy(np.float64), lo, hi) - y) ** 2)))
-
-
-# -- top-N fusion -------------------------------------------------------------------------
-def _weight(method: str, rank: np.ndarray | Column, k: int) -> Any:
-    if method == "rrf":
-        return 1.0 / (RRF_K + rank)
-    if method == "borda":
-        return k + 1 - rank
-    raise BlendError(f"unknown top-N blend {method!r}; use one of {', '.join(TOPN_METHODS)}")
-
-
-def fuse(lists: Mapping[str, DataFrame], method: str, k: int, weights: Mapping[str, float] | None = None) -> DataFrame:
-    """Fused top-``k`` per user from the members' ranked lists (``user_idx, item_idx, rank``).
-
-    ``score`` is the weighted fusion score; ``contributors`` the members whose
-    list held the item, best-ranked first; ties broken by item index.
-    """
-    parts = [
-        df.select(COL_USER, COL_ITEM, F.col(COL_RANK).cast("double").alias("_r"), F.lit(name).alias("_m"))
-        .withColumn("_w", F.lit(float((weights or {}).get(name, 1.0))) * _weight(method, F.col("_r"), k))
-        for name, df in lists.items()
-    ]
-    union = parts[0]
-    for p in parts[1:]:
-        union = union.unionByName(p)
-    agg = union.groupBy(COL_USER, COL_ITEM).agg(
-        F.sum("_w").alias(COL_SCORE),
-        F.transform(F.array_sort(F.collect_list(F.struct("_r", "_m"))), lambda s: s["_m"]).alias("contributors"),
-    )
-    w = Window.partitionBy(COL_USER).orderBy(F.desc(COL_SCORE), F.asc(COL_ITEM))
-    return agg.withColumn(COL_RANK, F.row_number().over(w)).where(F.col(COL_RANK) <= k)
-
-
-def _ndcg_np(lists: dict[str, pd.DataFrame], relevant: dict[int, set[int]], members: Sequence[str], method: str, k: int) -> float:
-    """Mean NDCG@k over the users of ``relevant`` of the fusion of ``members`` (binary relevance)."""
-    frames = [lists[m].assign(_w=_weight(method, lists[m][COL_RANK].to_numpy(np.float64), k)) for m in members]
-    u = pd.concat(frames, ignore_index=True).groupby([COL_USER, COL_ITEM], sort=False)["_w"].sum().reset_index()
-    u = u.sort_values([COL_USER, "_w", COL_ITEM], ascending=[True, False, True])
-    u["_rank"] = u.groupby(COL_USER).cumcount() + 1
-    u = u[u["_rank"] <= k]
-    disc = 1.0 / np.log2(np.arange(2, k + 2))
-    total = 0.0
-    got = {user: grp for user, grp in u.groupby(COL_USER)}
-    for user, rel in relevant.items():
-        ideal = disc[: min(len(rel), k)].sum()
-        grp = got.get(user)
-        if grp is None or ideal == 0:
-            continue
-        hits = np.fromiter((i in rel for i in grp[COL_ITEM].to_numpy()), bool, len(grp))
-        total += disc[grp["_rank"].to_numpy()[hits] - 1].sum() / ideal
-    return total / max(1, len(relevant))
-
-
-def select_fusion(
-    lists: dict[str, pd.DataFrame], relevant: dict[int, set[int]], k: int, max_members: int = 4,
-) -> dict[str, Any]:  # fmt: skip
-    """Greedy forward selection of members for each fusion method by validation NDCG@k.
-
-    Starts from the best single member and adds the member that raises NDCG
-    most, while it does (at most ``max_members``).  Returns every method's path
-    and the best (method, members) overall; a single member is also a candidate.
-    """
-    singles = {m: _ndcg_np(lists, relevant, [m], "rrf", k) for m in lists}
-    best_single = max(singles, key=lambda m: (singles[m], m))
-    out: dict[str, Any] = {"singles": singles, "methods": {}}
-    best = ("single", [best_single], singles[best_single])
-    for method in TOPN_METHODS:
-        chosen, score = [best_single], singles[best_single]
-        path = [(list(chosen), score)]
-        while len(chosen) < max_members:
-            trials = {m: _ndcg_np(lists, relevant, [*chosen, m], method, k) for m in lists if m not in chosen}
-            if not trials:
-                break
-            m, s = max(trials.items(), key=lambda kv: (kv[1], kv[0]))
-            if s <= score:
-                break
-            chosen, score = [*chosen, m], s
-            path.append((list(chosen), score))
-        out["methods"][method] = {"members": chosen, "ndcg": score, "path": path}
-        if score > best[2]:
-            best = (method, chosen, score)
-    out["chosen"] = {"method": best[0], "members": best[1], "ndcg": best[2]}
-    return out

@@ -34,7 +34,8 @@ from collections.abc import Mapping, Sequence
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from recsys_spark.blend import RRF_K, TOPN_METHODS, BlendError
+from recsys_spark.blend.fusion import RRF_K, TOPN_METHODS
+from recsys_spark.blend.level1 import BlendError
 from recsys_spark.schemas import (
     COL_GENRES,
     COL_ITEM,
