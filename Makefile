@@ -40,7 +40,7 @@ run: install
 
 # Three pytest processes side by side (each its own Spark session): the main
 # suite in two shards - notebooks, the blend and final stages and end-to-end
-# jobs, and the rest (about 24 and 25 minutes here) - and the petastorm lane
+# jobs, and the rest - and the petastorm lane
 # (mostly its install).  Spark on tiny test data is latency bound, so two
 # shards use the 2 cores better than one.  Output is grouped per shard.
 MAIN_A := tests/unit/test_notebooks.py tests/unit/test_blend.py tests/integration
