@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from recsys_spark.blend.fusion import RRF_K, TOPN_METHODS
+from recsys_spark.blend.fusion import TOPN_METHODS, fuse
 from recsys_spark.blend.level1 import BlendError
 from recsys_spark.schemas import (
     COL_GENRES,
@@ -79,30 +79,7 @@ def fuse_detailed(lists: Mapping[str, DataFrame], method: str, k: int) -> DataFr
         )
     if method not in TOPN_METHODS:
         raise BlendError(f"unknown top-N blend {method!r}; use single or one of {', '.join(TOPN_METHODS)}")
-    weight = (lambda r: 1.0 / (RRF_K + r)) if method == "rrf" else (lambda r: k + 1 - r)
-    parts = [
-        df.select(COL_USER, COL_ITEM, F.col(COL_RANK).cast("int").alias("_r"), F.lit(name).alias("_m")).withColumn(
-            "_w", weight(F.col("_r").cast("double"))
-        )
-        for name, df in lists.items()
-    ]
-    union = parts[0]
-    for p in parts[1:]:
-        union = union.unionByName(p)
-    agg = union.groupBy(COL_USER, COL_ITEM).agg(
-        F.sum("_w").alias(COL_SCORE), F.collect_list(F.struct(F.col("_w"), F.col("_r"), F.col("_m"))).alias("_c")
-    )
-    # shares of the score, the largest first (negated for an ascending sort)
-    contrib = F.transform(
-        F.array_sort(F.transform("_c", lambda s: F.struct((-s["_w"]).alias("nw"), s["_r"].alias("r"), s["_m"].alias("m")))),
-        lambda s: F.struct(s["m"].alias("model"), (-s["nw"] / F.col(COL_SCORE)).alias("weight"), s["r"].alias("rank")),
-    )
-    w = Window.partitionBy(COL_USER).orderBy(F.desc(COL_SCORE), F.asc(COL_ITEM))
-    return (
-        agg.withColumn(COL_RANK, F.row_number().over(w))
-        .where(F.col(COL_RANK) <= k)
-        .select(COL_USER, COL_ITEM, COL_RANK, COL_SCORE, contrib.alias("contributors"))
-    )
+    return fuse(lists, method, k, detailed=True).select(COL_USER, COL_ITEM, COL_RANK, COL_SCORE, "contributors")
 
 
 # -- evidence ---------------------------------------------------------------------------------------------

@@ -29,11 +29,15 @@ def _weight(method: str, rank: np.ndarray | Column, k: int) -> Any:
     raise BlendError(f"unknown top-N blend {method!r}; use one of {', '.join(TOPN_METHODS)}")
 
 
-def fuse(lists: Mapping[str, DataFrame], method: str, k: int, weights: Mapping[str, float] | None = None) -> DataFrame:
+def fuse(
+    lists: Mapping[str, DataFrame], method: str, k: int, weights: Mapping[str, float] | None = None, detailed: bool = False,
+) -> DataFrame:  # fmt: skip
     """Fused top-``k`` per user from the members' ranked lists (``user_idx, item_idx, rank``).
 
     ``score`` is the weighted fusion score; ``contributors`` the members whose
-    list held the item, best-ranked first; ties broken by item index.
+    list held the item, best-ranked first; ties broken by item index.  With
+    ``detailed``, each contributor is ``{model, weight, rank}`` (its share of
+    the item's score and its rank there), the largest share first.
     """
     parts = [
         df.select(COL_USER, COL_ITEM, F.col(COL_RANK).cast("double").alias("_r"), F.lit(name).alias("_m"))
@@ -43,12 +47,23 @@ def fuse(lists: Mapping[str, DataFrame], method: str, k: int, weights: Mapping[s
     union = parts[0]
     for p in parts[1:]:
         union = union.unionByName(p)
-    agg = union.groupBy(COL_USER, COL_ITEM).agg(
-        F.sum("_w").alias(COL_SCORE),
-        F.transform(F.array_sort(F.collect_list(F.struct("_r", "_m"))), lambda s: s["_m"]).alias("contributors"),
-    )
+    agg = union.groupBy(COL_USER, COL_ITEM).agg(F.sum("_w").alias(COL_SCORE), F.collect_list(F.struct("_r", "_m", "_w")).alias("_c"))
+    if detailed:  # by share, the largest first (negated for the ascending sort), then rank
+        order = F.transform("_c", lambda s: F.struct((-s["_w"]).alias("nw"), s["_r"].alias("r"), s["_m"].alias("m")))
+        shares = lambda s: F.struct(  # noqa: E731
+            s["m"].alias("model"), (-s["nw"] / F.col(COL_SCORE)).alias("weight"), s["r"].cast("int").alias("rank")
+        )
+        contributors = F.transform(F.array_sort(order), shares)
+    else:
+        order = F.transform("_c", lambda s: F.struct(s["_r"].alias("r"), s["_m"].alias("m")))
+        contributors = F.transform(F.array_sort(order), lambda s: s["m"])
     w = Window.partitionBy(COL_USER).orderBy(F.desc(COL_SCORE), F.asc(COL_ITEM))
-    return agg.withColumn(COL_RANK, F.row_number().over(w)).where(F.col(COL_RANK) <= k)
+    return (
+        agg.withColumn("contributors", contributors)
+        .drop("_c")
+        .withColumn(COL_RANK, F.row_number().over(w))
+        .where(F.col(COL_RANK) <= k)
+    )
 
 
 def _ndcg_np(lists: dict[str, pd.DataFrame], relevant: dict[int, set[int]], members: Sequence[str], method: str, k: int) -> float:
