@@ -300,6 +300,8 @@ def run_topn(
             predict_s,
         )
         out["models"][name] = res
+        for df in model._state().values():  # materialize() cached them; the next model needs the memory
+            df.unpersist()
         if blends:
             tops[name] = top
         else:

@@ -266,6 +266,16 @@ def _stats_join(t: DataFrame, salt_threshold: int | None) -> DataFrame:
     )
 
 
+def to_block_pairs(t: DataFrame, block_col: str, n_blocks: int, cols: list[str]) -> DataFrame:
+    """Each row of ``t`` once for every block pair ``(_p, _q)``, ``_p <= _q``, its block ``block_col`` is in.
+
+    A task grouped by ``(_p, _q)`` then holds whole columns of both blocks.
+    """
+    other = F.explode(F.sequence(F.lit(0), F.lit(n_blocks - 1))).alias("_o")
+    rep = t.select(*cols, F.col(block_col).alias("_b"), other)
+    return rep.select(*cols, F.least("_b", "_o").alias("_p"), F.greatest("_b", "_o").alias("_q"))
+
+
 def _table_blocks(
     t: DataFrame, n_blocks: int, similarity: str, shrinkage: float, min_support: int,
     threshold: float | None, max_neighbors: int | None,
@@ -289,10 +299,8 @@ def _table_blocks(
         one_way = finalize_stats(stats, similarity, shrinkage, min_support)
         return pd.DataFrame(both_directions(one_way, threshold, max_neighbors))
 
-    e_blk = F.pmod(F.col("_e"), F.lit(n_blocks)).cast("int")
-    other = F.explode(F.sequence(F.lit(0), F.lit(n_blocks - 1))).alias("_o")
-    rep = t.select("_k", "_e", "_x", e_blk.alias("_b"), other)
-    rep = rep.select("_k", "_e", "_x", F.least("_b", "_o").alias("_p"), F.greatest("_b", "_o").alias("_q"))
+    t = t.withColumn("_b", F.pmod(F.col("_e"), F.lit(n_blocks)).cast("int"))
+    rep = to_block_pairs(t, "_b", n_blocks, ["_k", "_e", "_x"])
     table = rep.groupBy("_p", "_q").applyInPandas(kernel, NEIGHBORS_DDL)
     if max_neighbors is not None and n_blocks > 1:
         w = Window.partitionBy(A).orderBy(F.desc(SIM), F.asc(B))

@@ -23,6 +23,7 @@ from recsys_spark.content import ContentBased
 from recsys_spark.factorization.als import ALS
 from recsys_spark.factorization.impute import SVDImpute
 from recsys_spark.factorization.svd import NMFMU, SVD, SVDpp
+from recsys_spark.itemitem import EASE, SLIM, RP3beta
 from recsys_spark.neighbors import KNN
 from recsys_spark.recommender import Recommender, Scale
 
@@ -50,6 +51,9 @@ REGISTRY: dict[str, tuple[Callable[..., Recommender], str]] = {
     "svd_impute": (lambda scale, **p: SVDImpute(scale=scale, name="svd_impute", **p), "rating+topn"),
     "content": (lambda scale, **p: ContentBased(scale=scale, name="content", **p), "rating+topn"),
     "content_hybrid": (lambda scale, **p: ContentBased(scale=scale, name="content_hybrid", **{"features": "hybrid", **p}), "rating+topn"),
+    "ease": (lambda scale, **p: EASE(scale=scale, **p), "topn"),
+    "rp3beta": (lambda scale, **p: RP3beta(scale=scale, **p), "topn"),
+    "slim": (lambda scale, **p: SLIM(scale=scale, **p), "topn"),
 }
 
 
