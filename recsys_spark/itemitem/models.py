@@ -119,7 +119,7 @@ class ItemItemModel(RecommenderModel):
         if n_known == 0:
             return cold_top
         n, width = int(self.info["n"]), int(self.info["width"])
-        n_ub = max(1, math.ceil(n_known / int(self.info.get("user_block", 1024))))
+        n_ub = max(1, math.ceil(n_known / int(self.info.get("user_block", 8192))))
         blocks = (  # one user block per partition (an explicit count: adaptive execution keeps it)
             lists.withColumn("_ub", F.pmod(F.col(COL_USER), F.lit(n_ub)))
             .repartition(n_ub, "_ub")
@@ -188,7 +188,7 @@ class _DenseItemItem(Recommender):
     max_items: int = 20000  # items with the most ratings kept in the dense matrices (4 n^2 bytes on the driver)
     gram_block: int = 2048  # positions per Gram tile
     item_block: int = 1024  # columns per scoring slab (capped at 64 MB)
-    user_block: int = 1024  # users per scoring block
+    user_block: int = 8192  # users per scoring block: each (user block, slab) task copies one slab to Python
     scale: Scale = None  # type: ignore[assignment]
     name: str = "itemitem"
 

@@ -35,9 +35,19 @@ def spd_inverse(a: np.ndarray) -> np.ndarray:
     inv, info = potri(c, lower=False, overwrite_c=True)
     if info != 0:
         raise np.linalg.LinAlgError(f"potri failed (info {info})")
-    iu = np.triu_indices_from(inv, k=1)
-    inv[(iu[1], iu[0])] = inv[iu]  # potri fills the upper triangle
+    symmetrize_upper(inv)  # potri fills the upper triangle
     return inv
+
+
+def symmetrize_upper(a: np.ndarray, chunk: int = 1024) -> None:
+    """Copy the upper triangle onto the lower, a block of rows at a time (no index arrays of n^2 entries)."""
+    n = a.shape[0]
+    for r0 in range(0, n, chunk):
+        r1 = min(n, r0 + chunk)
+        a[r0:r1, :r0] = a[:r0, r0:r1].T
+        blk = a[r0:r1, r0:r1]
+        low = np.tril_indices(r1 - r0, k=-1)
+        blk[low] = blk.T[low]
 
 
 def ease(gram: np.ndarray, l2_reg: float) -> np.ndarray:

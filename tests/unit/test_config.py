@@ -111,7 +111,7 @@ def test_make_run_config_covers_every_family_and_its_quick_settings_build():
     names = set(local.models.names)
     families = {
         "baselines": {"global_mean", "popularity", "bias"}, "neighbours": {"item_knn", "user_knn"},
-        "factorization": {"als", "als_implicit", "svdpp", "nmf"}, "content": {"content", "content_hybrid"},
+        "factorization": {"als", "als_implicit", "svdpp", "nmf"}, "item-item": {"ease"}, "content": {"content", "content_hybrid"},
         "deep": {"autorec", "cdae"},
     }  # fmt: skip
     for family, members in families.items():

@@ -223,3 +223,14 @@ class TestRP3betaContract(ClassScopedContract):
 class TestSLIMContract(ClassScopedContract):
     def make(self):
         return SLIM(l1=0.1, l2=1.0, neighbors=3)
+
+
+def test_the_inverse_is_symmetrised_across_row_chunks():
+    rng = np.random.default_rng(3)
+    upper = np.triu(rng.random((8, 8)))
+    got = upper.copy()
+    solvers.symmetrize_upper(got, chunk=3)
+    assert np.array_equal(got, upper + np.triu(upper, k=1).T)
+    a = rng.random((7, 7))
+    a = a @ a.T + 7 * np.eye(7)
+    assert np.allclose(solvers.spd_inverse(a.copy()), np.linalg.inv(a))
