@@ -1,6 +1,6 @@
 # make install  create .venv with the project and all extras (torch CPU, dev tools)
 # make run      the main pipeline on the embedded generated dataset
-# make test     the whole test suite (real-data tests read $RECSYS_DATA_DIR), then the petastorm lane
+# make test     the test suite but its `extended` checks (real-data tests read $RECSYS_DATA_DIR), and the petastorm lane
 # make bench    ingest + split benchmark (docs/performance.md figures)
 # make verify-results [VERIFY="rating/ml-100k/baselines ..."]  rerun the commands behind docs/results.md, compare
 SHELL := /bin/bash
@@ -12,7 +12,7 @@ export RECSYS_DATA_DIR
 
 PVENV := .venv-petastorm
 
-.PHONY: install install-petastorm blas run test test-main test-main-a test-main-b test-main-c test-main-d test-petastorm test-fast lint bench verify-results clean
+.PHONY: install install-petastorm blas run test test-main test-main-a test-main-b test-petastorm test-extended test-fast lint bench verify-results clean
 
 install: $(VENV)/.installed
 
@@ -38,32 +38,22 @@ blas:
 run: install
 	$(BIN)/recsys-spark pipeline --config conf/local.toml --set 'models.models_dir="conf/quick"' --set models.refit_for_test=false
 
-# Five pytest processes side by side (each its own Spark session): the main
-# suite in four shards and the petastorm lane (mostly its install).  Spark on
-# tiny test data is latency bound (scheduling, Python workers, small files), so
-# more sessions than cores keep the 2 cores busy.
-# Shards: end-to-end jobs; notebooks and the blend/final stages; models
-# trained by our own loops (factorization, deep, baselines); the rest.
-SHARD_A := tests/integration
-SHARD_B := tests/unit/test_notebooks.py tests/unit/test_blend.py tests/unit/test_final.py
-SHARD_C := tests/unit/test_factorization.py tests/unit/test_deep.py tests/unit/test_baselines.py tests/unit/test_features.py
-PYTEST := $(BIN)/python -m pytest -q -m "not petastorm" -p no:cacheprovider --durations=15
+# Three pytest processes side by side (each its own Spark session): the main
+# suite in two shards - notebooks, the blend and final stages and end-to-end
+# jobs, and the rest - and the petastorm lane
+# (mostly its install).  Spark on tiny test data is latency bound, so two
+# shards use the 2 cores better than one.  Output is grouped per shard.
+MAIN_A := tests/unit/test_notebooks.py tests/unit/test_blend.py tests/integration
 test:
-	$(MAKE) --no-print-directory -j5 --output-sync=target test-main-a test-main-b test-main-c test-main-d test-petastorm
+	$(MAKE) --no-print-directory -j3 --output-sync=target test-main-a test-main-b test-petastorm
 
-test-main: test-main-a test-main-b test-main-c test-main-d
+test-main: test-main-a test-main-b
 
 test-main-a: install
-	mkdir -p build && $(PYTEST) --basetemp=build/pytest-a $(SHARD_A)
+	mkdir -p build && $(BIN)/python -m pytest -q -m "not petastorm and not extended" -p no:cacheprovider --durations=15 --basetemp=build/pytest-a $(MAIN_A)
 
 test-main-b: install
-	mkdir -p build && $(PYTEST) --basetemp=build/pytest-b $(SHARD_B)
-
-test-main-c: install
-	mkdir -p build && $(PYTEST) --basetemp=build/pytest-c $(SHARD_C)
-
-test-main-d: install
-	mkdir -p build && $(PYTEST) --basetemp=build/pytest-d tests $(addprefix --ignore=,$(SHARD_A) $(SHARD_B) $(SHARD_C))
+	mkdir -p build && $(BIN)/python -m pytest -q -m "not petastorm and not extended" -p no:cacheprovider --durations=15 --basetemp=build/pytest-b tests $(addprefix --ignore=,$(MAIN_A))
 
 # petastorm needs pyarrow < 15, numpy < 2 and pyspark 4.0: its own environment,
 # the project installed into it without dependencies, only the tests marked for it
@@ -78,6 +68,10 @@ $(PVENV)/.installed: pyproject.toml constraints-petastorm.txt
 
 test-petastorm: install-petastorm
 	mkdir -p build && RECSYS_PETASTORM_LANE=1 $(PVENV)/bin/python -m pytest -q -m petastorm -p no:cacheprovider --basetemp=build/pytest-petastorm tests/petastorm
+
+# slow checks of internal properties (marked extended) that make test leaves out for time
+test-extended: install
+	$(BIN)/python -m pytest -q -m extended -p no:cacheprovider tests
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow and not integration and not petastorm"

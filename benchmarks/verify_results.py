@@ -37,6 +37,7 @@ CURRENT = [
     "topn/ml-100k/baselines", "topn/ml-100k/knn", "topn/ml-100k/content-trend", "topn/ml-100k/deep",
     "topn/ml-latest-small/baselines", "topn/ml-latest-small/knn", "topn/ml-latest-small/content-trend",
     "topn/ml-latest-small/als_implicit-tuned", "topn/ml-latest-small/als-backfitted",
+    "topn/ml-100k/itemitem", "topn/ml-latest-small/itemitem",
     "coldstart/ml-100k/single-slice", "coldstart/ml-latest-small/single-slice",
 ]  # fmt: skip
 TIMING = ("_s", "_seconds")

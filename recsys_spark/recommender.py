@@ -116,6 +116,20 @@ def rank_candidates(cand: DataFrame, k: int, name: str) -> DataFrame:
     return as_topn(cand.withColumn(COL_RANK, F.row_number().over(w)).where(F.col(COL_RANK) <= k), name)
 
 
+def top_k_mask(scores, k: int):
+    """Per row of the ``users x items`` array ``scores``: the ``k`` best finite entries, ties at the boundary kept.
+
+    Blockwise top-N kernels keep these as candidates; one window over the partial lists makes them exact.
+    """
+    import numpy as np
+
+    n = scores.shape[1]
+    if n > k:
+        thr = np.partition(scores, n - k, axis=1)[:, n - k]
+        return (scores >= thr[:, None]) & np.isfinite(scores)
+    return np.isfinite(scores)
+
+
 class RecommenderModel(ABC):
     """A fitted model. Subclasses hold DataFrames and implement the two answers."""
 
@@ -182,5 +196,5 @@ class Recommender(ABC):
 
 __all__ = [
     "COL_PREDICTION", "Recommender", "RecommenderModel", "Scale", "as_predictions", "as_topn",
-    "clip", "rank_candidates", "topk_from_item_scores",
+    "clip", "rank_candidates", "top_k_mask", "topk_from_item_scores",
 ]  # fmt: skip

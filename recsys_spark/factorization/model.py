@@ -30,7 +30,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from recsys_spark.baselines import BiasTableModel
-from recsys_spark.recommender import RecommenderModel, Scale, as_predictions, as_topn, clip
+from recsys_spark.recommender import RecommenderModel, Scale, as_predictions, as_topn, clip, top_k_mask
 from recsys_spark.schemas import (
     COL_ITEM,
     COL_PREDICTION,
@@ -212,11 +212,5 @@ def _score_block(us, its, k: int, mu: float) -> pd.DataFrame:
             ok = pos < len(iid)
             pos, s = pos[ok], s[ok]
             S[row_i, pos[iid[pos] == s]] = -np.inf
-    n = S.shape[1]
-    if n > k:
-        thr = np.partition(S, n - k, axis=1)[:, n - k]
-        keep = (S >= thr[:, None]) & np.isfinite(S)
-    else:
-        keep = np.isfinite(S)
-    r, c = np.nonzero(keep)
+    r, c = np.nonzero(top_k_mask(S, k))
     return pd.DataFrame({COL_USER: uid[r].astype(np.int32), COL_ITEM: iid[c].astype(np.int32), COL_SCORE: S[r, c]})

@@ -49,6 +49,7 @@ class KeptItems:
 
     positions: DataFrame
     item_idx: np.ndarray  # item_idx of position 0..n-1 (sorted)
+    counts: np.ndarray  # each kept item's number of interactions, by position
     n_total: int  # distinct items in the training data
 
     @property
@@ -71,15 +72,17 @@ def kept_items(x: DataFrame, max_items: int) -> KeptItems:
     """
     counts = x.groupBy(COL_ITEM).agg(F.count("*").alias("_n"))
     n_total = counts.count()  # a scalar
-    top = counts.orderBy(F.desc("_n"), F.asc(COL_ITEM)).limit(max_items).select(COL_ITEM).collect()  # <= max_items rows
-    ids = np.sort(np.array([r[0] for r in top], dtype=np.int64))
+    top = counts.orderBy(F.desc("_n"), F.asc(COL_ITEM)).limit(max_items).collect()  # <= max_items rows
+    order = np.argsort(np.array([r[0] for r in top], dtype=np.int64), kind="stable")
+    ids = np.array([r[0] for r in top], dtype=np.int64)[order]
+    n_per_item = np.array([r[1] for r in top], dtype=np.int64)[order]
     spark = x.sparkSession
     positions = spark.createDataFrame(
         pd.DataFrame({COL_ITEM: ids.astype(np.int32), COL_POS: np.arange(len(ids), dtype=np.int32)})
     )
     if len(ids) < n_total:
         log.info("item-item: %d of %d items kept (max_items=%d); the rest are not scored", len(ids), n_total, max_items)
-    return KeptItems(positions, ids, n_total)
+    return KeptItems(positions, ids, n_per_item, n_total)
 
 
 def gram(

@@ -39,7 +39,7 @@ from pyspark.sql import functions as F
 from recsys_spark.baselines import BiasTableModel, Popularity
 from recsys_spark.itemitem import solvers
 from recsys_spark.itemitem.gram import COL_POS, COL_X, WEIGHTINGS, KeptItems, gram, interactions, kept_items, with_positions
-from recsys_spark.recommender import Recommender, RecommenderModel, Scale, as_predictions, as_topn
+from recsys_spark.recommender import Recommender, RecommenderModel, Scale, as_predictions, as_topn, top_k_mask
 from recsys_spark.schemas import COL_ITEM, COL_RANK, COL_SCORE, COL_USER
 
 log = logging.getLogger(__name__)
@@ -172,12 +172,7 @@ def _score_slab(us: Any, cb: int, data: bytes, n: int, width: int, k: int) -> pd
     rows = np.repeat(np.arange(len(uid)), lens)
     own = (allpos >= c0) & (allpos < c0 + wcb)
     s[rows[own], allpos[own] - c0] = -np.inf  # the user's training items
-    if wcb > k:
-        thr = np.partition(s, wcb - k, axis=1)[:, wcb - k]
-        keep = (s >= thr[:, None]) & np.isfinite(s)
-    else:
-        keep = np.isfinite(s)
-    r, c = np.nonzero(keep)
+    r, c = np.nonzero(top_k_mask(s, k))
     return pd.DataFrame({COL_USER: uid[r].astype(np.int32), COL_POS: (c + c0).astype(np.int32), COL_SCORE: s[r, c]})
 
 
@@ -277,11 +272,8 @@ class RP3beta(_DenseItemItem):
         t = time.perf_counter()
         g = gram(xw, kept.n, self.gram_block, user_weight="_w", dtype=dtype)
         t_gram = time.perf_counter() - t
-        deg_i = np.zeros(kept.n)
-        for r in xp.groupBy(COL_POS).count().collect():  # kept-items-sized
-            deg_i[r[0]] = r[1]
         t = time.perf_counter()
-        w = solvers.rp3beta(g, deg_i, self.alpha, self.beta, self.neighbors)
+        w = solvers.rp3beta(g, kept.counts, self.alpha, self.beta, self.neighbors)
         return w, {"gram_s": round(t_gram, 3), "solve_s": round(time.perf_counter() - t, 3)}
 
 

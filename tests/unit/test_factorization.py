@@ -228,6 +228,7 @@ def test_sgd_recovers_a_rank1_matrix(rank1):
     assert np.sqrt(np.mean((_dense(m, *R.shape) - R) ** 2)) < 1e-3
 
 
+@pytest.mark.extended
 def test_sgd_lr_decay_scales_every_step_size_per_epoch(rank1):
     from recsys_spark.factorization.engine import _decayed
 
@@ -294,6 +295,7 @@ def test_gd_bold_driver_grows_the_step_while_every_step_helps(rank1):
     assert [h["lr"] for h in hist] == pytest.approx([0.05 * 1.05**e for e in range(6)])
 
 
+@pytest.mark.extended
 def test_exact_optimizers_do_not_depend_on_the_partitioning(spark):
     df = spark.createDataFrame(TRAIN * 1, RATINGS_SCHEMA)
     bold = SVD(rank=2, n_epochs=6, lr=3.0, optimizer="gd", bold_driver=True, seed=3)  # rejects steps: the same ones either way
