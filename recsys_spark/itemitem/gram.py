@@ -57,10 +57,14 @@ class KeptItems:
         return len(self.item_idx)
 
 
-def interactions(train: DataFrame, weighting: str = "binary") -> DataFrame:
-    """``(user_idx, item_idx, x)``: 1 per rated pair (``binary``) or the rating itself (``rating``)."""
+def check_weighting(weighting: str) -> None:
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+
+
+def interactions(train: DataFrame, weighting: str = "binary") -> DataFrame:
+    """``(user_idx, item_idx, x)``: 1 per rated pair (``binary``) or the rating itself (``rating``)."""
+    check_weighting(weighting)
     x = F.lit(1.0) if weighting == "binary" else F.col(COL_RATING).cast("double")
     return train.select(COL_USER, COL_ITEM, x.alias(COL_X))
 

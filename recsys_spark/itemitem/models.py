@@ -38,7 +38,7 @@ from pyspark.sql import functions as F
 
 from recsys_spark.baselines import BiasTableModel, Popularity
 from recsys_spark.itemitem import solvers
-from recsys_spark.itemitem.gram import COL_POS, COL_X, WEIGHTINGS, KeptItems, gram, interactions, kept_items, with_positions
+from recsys_spark.itemitem.gram import COL_POS, COL_X, KeptItems, check_weighting, gram, interactions, kept_items, with_positions
 from recsys_spark.recommender import Recommender, RecommenderModel, Scale, as_predictions, as_topn, top_k_mask
 from recsys_spark.schemas import COL_ITEM, COL_RANK, COL_SCORE, COL_USER
 
@@ -47,11 +47,6 @@ log = logging.getLogger(__name__)
 SLAB_DDL = "cb int, data binary"
 SLAB_BYTES = 64 << 20  # the largest column slab a scoring task holds
 DOUBLE_BELOW = 4096  # kept items up to this count: the Gram and the solve in float64, above in float32
-
-
-def interactions_check(weighting: str) -> None:
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
 
 
 def _peak_rss_mb() -> float:
@@ -239,7 +234,7 @@ class EASE(_DenseItemItem):
         super()._check()
         if self.l2_reg <= 0:
             raise ValueError(f"ease: l2_reg must be > 0, got {self.l2_reg}")
-        interactions_check(self.weighting)
+        check_weighting(self.weighting)
 
     def _weights(self, x, xp, kept, dtype):
         t = time.perf_counter()
@@ -303,7 +298,7 @@ class SLIM(_DenseItemItem):
             raise ValueError("slim: neighbors, columns_per_task and max_iter must be >= 1")
         if self.l1 < 0 or self.l2 < 0 or (self.l1 == 0 and self.l2 == 0):
             raise ValueError(f"slim: SLIM needs l1, l2 >= 0 and not both 0; got {self.l1}, {self.l2}")
-        interactions_check(self.weighting)
+        check_weighting(self.weighting)
 
     def _weights(self, x, xp, kept, dtype):
         t = time.perf_counter()
