@@ -2,6 +2,7 @@
 # make run      the main pipeline on the embedded generated dataset
 # make test     the test suite but its `extended` checks (real-data tests read $RECSYS_DATA_DIR), and the petastorm lane
 # make bench    ingest + split benchmark (docs/performance.md figures)
+# make wheel    build/dist/recsys_spark-<version>-py3-none-any.whl (for %pip install on Databricks, or a cluster image)
 # make verify-results [VERIFY="rating/ml-100k/baselines ..."]  rerun the commands behind docs/results.md, compare
 SHELL := /bin/bash
 PY ?= python3
@@ -12,7 +13,7 @@ export RECSYS_DATA_DIR
 
 PVENV := .venv-petastorm
 
-.PHONY: install install-petastorm blas run test test-main test-main-a test-main-b test-petastorm test-extended test-fast lint bench verify-results clean
+.PHONY: install install-petastorm blas run test test-main test-main-a test-main-b test-petastorm test-extended test-fast lint bench wheel verify-results clean
 
 install: $(VENV)/.installed
 
@@ -85,6 +86,10 @@ bench: install
 # not part of CI: the benchmark commands take about an hour on 2 cores
 verify-results: install
 	$(BIN)/python benchmarks/verify_results.py $(VERIFY)
+
+# the library with its package data (tuned defaults, search spaces); no dependencies bundled
+wheel: install
+	rm -rf build/dist && $(BIN)/pip wheel -q --no-deps --no-build-isolation -w build/dist .
 
 clean:
 	rm -rf output build .pytest_cache spark-warehouse

@@ -21,7 +21,7 @@ if [[ -z "$PYTHON" ]]; then
   if [[ -x "$here/.venv/bin/python" ]]; then PYTHON="$here/.venv/bin/python"; else PYTHON="$(command -v python3)"; fi
 fi
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^[^#]/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }  # the comment block above, to its first code line
 zip_only=0
 spark_args=()
 while [[ $# -gt 0 ]]; do

@@ -1,8 +1,13 @@
 # Databricks notebook source
+# MAGIC %pip install /Volumes/main/default/wheels/recsys_spark-0.1.0-py3-none-any.whl
+
+# COMMAND ----------
+
 # MAGIC %md
 # MAGIC # Week 10 — ensembles, hybrids and the choice: one blended, explained recommender
 # MAGIC
-# MAGIC Runs on Databricks (parameters are widgets) and locally as a plain script:
+# MAGIC Runs on Databricks (parameters are widgets; the first cell installs the wheel
+# MAGIC `make wheel` builds: upload it and change the path) and locally as a plain script:
 # MAGIC
 # MAGIC     RECSYS_DATA_DIR=../shared/datasets .venv/bin/python notebooks/week10_hybrid_models.py
 # MAGIC
@@ -82,7 +87,7 @@ ax.invert_yaxis()
 ax.set_xlabel("cross-validated RMSE on the validation part")
 ax.set_xlim(min(cv.values()) * 0.98, max(cv.values()) * 1.01)
 fig.tight_layout()
-fig.savefig(f"{nb.output}/week10_{cfg.dataset_name}_rating_methods.png", dpi=120)
+nb.save_figure(fig, f"week10_{cfg.dataset_name}_rating_methods.png", dpi=120)
 plt.close(fig)
 log.info("rating blend chosen on valid: %s (%s)", blend["ratings"]["chosen"], {m: round(cv[m], 4) for m in order})
 
@@ -110,7 +115,7 @@ ax.set_xlabel("user activity quartile")
 ax.set_ylabel("NNLS weight")
 ax.legend(fontsize=7)
 fig.tight_layout()
-fig.savefig(f"{nb.output}/week10_{cfg.dataset_name}_segment_weights.png", dpi=120)
+nb.save_figure(fig, f"week10_{cfg.dataset_name}_segment_weights.png", dpi=120)
 plt.close(fig)
 routes = spark.createDataFrame(frame).select(switch.source_col().alias("source")).groupBy("source").count()
 show(routes.orderBy(F.desc("count")))
@@ -131,7 +136,7 @@ ax.bar(names, values, color="#55a868")
 ax.set_ylabel(f"validation NDCG@{K}")
 ax.tick_params(axis="x", rotation=30)
 fig.tight_layout()
-fig.savefig(f"{nb.output}/week10_{cfg.dataset_name}_topn_methods.png", dpi=120)
+nb.save_figure(fig, f"week10_{cfg.dataset_name}_topn_methods.png", dpi=120)
 plt.close(fig)
 log.info("top-N chosen on valid: %s", topn["chosen"])
 

@@ -1,8 +1,13 @@
 # Databricks notebook source
+# MAGIC %pip install /Volumes/main/default/wheels/recsys_spark-0.1.0-py3-none-any.whl
+
+# COMMAND ----------
+
 # MAGIC %md
 # MAGIC # Week 4 — the data, and the baselines every later model must beat
 # MAGIC
-# MAGIC Runs on Databricks (parameters are widgets) and locally as a plain script:
+# MAGIC Runs on Databricks (parameters are widgets; the first cell installs the wheel
+# MAGIC `make wheel` builds: upload it and change the path) and locally as a plain script:
 # MAGIC
 # MAGIC     RECSYS_NB_DATASET=ml-latest-small RECSYS_DATA_DIR=../shared/datasets .venv/bin/python notebooks/week4_baselines.py
 # MAGIC
@@ -81,9 +86,7 @@ ax[0].set_title("ratings by value")
 ax[1].loglog(range(1, len(curve) + 1), curve)
 ax[1].set_title("ratings per item, by popularity rank")
 fig.tight_layout()
-png = f"{nb.output}/week4_{cfg.dataset_name}_data.png"
-fig.savefig(png, dpi=90)
-log.info("saved %s", png)
+png = nb.save_figure(fig, f"week4_{cfg.dataset_name}_data.png", dpi=90)
 
 # COMMAND ----------
 

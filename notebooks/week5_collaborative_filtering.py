@@ -1,8 +1,13 @@
 # Databricks notebook source
+# MAGIC %pip install /Volumes/main/default/wheels/recsys_spark-0.1.0-py3-none-any.whl
+
+# COMMAND ----------
+
 # MAGIC %md
 # MAGIC # Week 5 — neighbourhood collaborative filtering with partitioned Spark joins
 # MAGIC
-# MAGIC Runs on Databricks (parameters are widgets) and locally as a plain script:
+# MAGIC Runs on Databricks (parameters are widgets; the first cell installs the wheel
+# MAGIC `make wheel` builds: upload it and change the path) and locally as a plain script:
 # MAGIC
 # MAGIC     RECSYS_DATA_DIR=../shared/datasets .venv/bin/python notebooks/week5_collaborative_filtering.py
 # MAGIC
@@ -105,9 +110,7 @@ for i, direction in enumerate(("item", "user")):
     ax[i].set_title(f"{direction}-{direction} similarity (top 50, shrunk)")
     ax[i].set_yscale("log")
 fig.tight_layout()
-png = f"{nb.output}/week5_{cfg.dataset_name}_similarities.png"
-fig.savefig(png, dpi=90)
-log.info("saved %s", png)
+png = nb.save_figure(fig, f"week5_{cfg.dataset_name}_similarities.png", dpi=90)
 
 # COMMAND ----------
 

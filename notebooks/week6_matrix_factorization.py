@@ -1,8 +1,13 @@
 # Databricks notebook source
+# MAGIC %pip install /Volumes/main/default/wheels/recsys_spark-0.1.0-py3-none-any.whl
+
+# COMMAND ----------
+
 # MAGIC %md
 # MAGIC # Week 6 — matrix factorization: MLlib ALS / NMF and our own SVD, SVD++ and NMF on Spark
 # MAGIC
-# MAGIC Runs on Databricks (parameters are widgets) and locally as a plain script:
+# MAGIC Runs on Databricks (parameters are widgets; the first cell installs the wheel
+# MAGIC `make wheel` builds: upload it and change the path) and locally as a plain script:
 # MAGIC
 # MAGIC     RECSYS_DATA_DIR=../shared/datasets .venv/bin/python notebooks/week6_matrix_factorization.py
 # MAGIC
@@ -20,8 +25,8 @@ import time
 
 from recsys_spark import registry, stages
 from recsys_spark.evaluate import rating_report, results_markdown, topn_report
-from recsys_spark.factorization.convergence import convergence, plot_convergence
-from recsys_spark.factorization.interpret import factor_terms, plot_factors
+from recsys_spark.factorization.convergence import convergence, convergence_figure
+from recsys_spark.factorization.interpret import factor_terms, factors_figure
 from recsys_spark.logs import setup_logging
 from recsys_spark.notebook import setup, show, widget
 from recsys_spark.tuning import holdout
@@ -120,7 +125,8 @@ if "svdpp" in rows and "svdpp_time" in rows:
 # COMMAND ----------
 
 curves = convergence(fit_part, valid, rank=RANK, reg=0.05, epochs=EPOCHS)
-conv_png = plot_convergence(curves, f"{nb.output}/week6_{cfg.dataset_name}_convergence.png", f"{cfg.dataset_name}: rank {RANK}, reg 0.05")
+conv_fig = convergence_figure(curves, f"{cfg.dataset_name}: rank {RANK}, reg 0.05")
+conv_png = nb.save_figure(conv_fig, f"week6_{cfg.dataset_name}_convergence.png", dpi=100)
 for name, c in curves.items():
     log.info("%s: valid RMSE by epoch %s", name, [round(r["valid_rmse"], 4) for r in c])
 
@@ -142,4 +148,5 @@ if nmf_name:
     tags = stages.read_ingested(spark, cfg, "tags") if "ml-latest" in cfg.dataset_name else None
     interp = factor_terms(models[nmf_name].item_factors, items, tags, top=5, min_items=3).cache()
     show(interp.where("kind = 'genre' and rank <= 3").orderBy("factor", "rank"), 60)
-    plot_factors(interp, f"{nb.output}/week6_{cfg.dataset_name}_nmf_factors.png", f"{nmf_name} factors on {cfg.dataset_name}")
+    factors_fig = factors_figure(interp, f"{nmf_name} factors on {cfg.dataset_name}")
+    nb.save_figure(factors_fig, f"week6_{cfg.dataset_name}_nmf_factors.png", dpi=110)

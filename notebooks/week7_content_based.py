@@ -1,8 +1,13 @@
 # Databricks notebook source
+# MAGIC %pip install /Volumes/main/default/wheels/recsys_spark-0.1.0-py3-none-any.whl
+
+# COMMAND ----------
+
 # MAGIC %md
 # MAGIC # Week 7 — content-based recommendations: TF-IDF features, profiles, cold start, explanations
 # MAGIC
-# MAGIC Runs on Databricks (parameters are widgets) and locally as a plain script:
+# MAGIC Runs on Databricks (parameters are widgets; the first cell installs the wheel
+# MAGIC `make wheel` builds: upload it and change the path) and locally as a plain script:
 # MAGIC
 # MAGIC     RECSYS_DATA_DIR=../shared/datasets .venv/bin/python notebooks/week7_content_based.py
 # MAGIC
@@ -119,7 +124,7 @@ ax.set_xlabel("share of an item's top-10 content neighbours also in its item-kNN
 ax.set_ylabel("items")
 ax.set_title(f"{cfg.dataset_name}: content vs collaborative neighbours")
 fig.tight_layout()
-fig.savefig(f"{nb.output}/week7_{cfg.dataset_name}_neighbour_overlap.png", dpi=120)
+nb.save_figure(fig, f"week7_{cfg.dataset_name}_neighbour_overlap.png", dpi=120)
 plt.close(fig)
 
 # COMMAND ----------
@@ -221,7 +226,7 @@ axes[1].barh(groups, [ablation[g]["rmse"] - ablation["(all)"]["rmse"] for g in g
 axes[1].set_xlabel("RMSE change when dropped")
 fig.suptitle(f"{cfg.dataset_name}: feature-group ablation (validation)")
 fig.tight_layout()
-fig.savefig(f"{nb.output}/week7_{cfg.dataset_name}_ablation.png", dpi=120)
+nb.save_figure(fig, f"week7_{cfg.dataset_name}_ablation.png", dpi=120)
 plt.close(fig)
 terms = term_signal(train, content.vectors, vocab, min_items=3, top=15).cache()
 show(terms.select("group", "term", "items", "ratings", F.round("lift", 3).alias("lift"), F.round("z", 1).alias("z")))
@@ -245,7 +250,7 @@ for ax, kind in zip(axes, ("items", "users"), strict=True):
     ax.set_title(f"new {kind}: NDCG@{K}")
     ax.tick_params(axis="x", rotation=30)
 fig.tight_layout()
-fig.savefig(f"{nb.output}/week7_{cfg.dataset_name}_coldstart.png", dpi=120)
+nb.save_figure(fig, f"week7_{cfg.dataset_name}_coldstart.png", dpi=120)
 plt.close(fig)
 for kind, exp in cold["experiments"].items():
     for name, m in exp["models"].items():

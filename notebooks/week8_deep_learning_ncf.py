@@ -1,8 +1,13 @@
 # Databricks notebook source
+# MAGIC %pip install /Volumes/main/default/wheels/recsys_spark-0.1.0-py3-none-any.whl
+
+# COMMAND ----------
+
 # MAGIC %md
 # MAGIC # Week 8 — deep learning: Parquet features to PyTorch, NCF and autoencoders, scored back in Spark
 # MAGIC
-# MAGIC Runs on Databricks (parameters are widgets) and locally as a plain script:
+# MAGIC Runs on Databricks (parameters are widgets; the first cell installs the wheel
+# MAGIC `make wheel` builds: upload it and change the path) and locally as a plain script:
 # MAGIC
 # MAGIC     RECSYS_DATA_DIR=../shared/datasets .venv/bin/python notebooks/week8_deep_learning_ncf.py
 # MAGIC
@@ -167,8 +172,7 @@ axes[1].set(title="validation (rmse: lower; ndcg10: higher)", xlabel="epoch")
 for ax in axes:
     ax.legend(fontsize=7)
 fig.tight_layout()
-curves_png = f"{nb.output}/week8_{cfg.dataset_name}_training_curves.png"
-fig.savefig(curves_png, dpi=110)
+curves_png = nb.save_figure(fig, f"week8_{cfg.dataset_name}_training_curves.png", dpi=110)
 
 # COMMAND ----------
 
@@ -202,8 +206,7 @@ if emb_model is not None:
     ax.set(title=f"{emb_model.name} item embeddings (PCA), by first genre", xlabel="PC1", ylabel="PC2")
     ax.legend(fontsize=7, markerscale=2)
     fig.tight_layout()
-    embedding_png = f"{nb.output}/week8_{cfg.dataset_name}_item_embeddings.png"
-    fig.savefig(embedding_png, dpi=110)
+    embedding_png = nb.save_figure(fig, f"week8_{cfg.dataset_name}_item_embeddings.png", dpi=110)
     En = E[known] / np.maximum(np.linalg.norm(E[known], axis=1, keepdims=True), 1e-12)
     popular = [r["item_idx"] for r in counts.orderBy(F.desc("count"), "item_idx").limit(4).collect()]
     neighbours = []

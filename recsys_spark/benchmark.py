@@ -82,11 +82,11 @@ def dataset_overrides(name: str) -> list[str]:
     """``--dataset`` name -> config overrides (kind and folder name)."""
     if name == "generated":
         return ["dataset.kind=generated"]
-    if name in ("ml-100k", "ml-1m"):
-        return [f"dataset.kind={name}"]
+    if name in ("ml-100k", "ml-1m", "generic"):
+        return [f"dataset.kind={name}"]  # generic: the table's settings come from the config file
     if name.startswith("ml-latest") or name in ("ml-25m", "ml-32m", "ml-20m"):
         return ["dataset.kind=ml-latest", f"dataset.name={name}"]
-    raise ValueError(f"unknown dataset {name!r}: use ml-100k, ml-1m, ml-latest-small, ml-25m, ml-32m or generated")
+    raise ValueError(f"unknown dataset {name!r}: use ml-100k, ml-1m, ml-latest-small, ml-25m, ml-32m, generated or generic")
 
 
 def parse_folds(text: str) -> list[int]:

@@ -114,6 +114,11 @@ def run_job(stage: str, argv: list[str] | None = None) -> int:
     from recsys_spark.io.datasets import DataFormatError
     from recsys_spark.spark import get_spark
 
+    try:
+        preflight(cfg, stage)
+    except (ConfigError, DataFormatError, FileNotFoundError, ValueError) as exc:
+        log.error("%s failed: %s", stage, exc)
+        return EXIT_BAD_INPUT
     spark = get_spark(cfg.spark, cfg.checkpoint_dir, f"recsys-spark {stage}")
     try:
         if stage == "benchmark":
@@ -130,6 +135,26 @@ def run_job(stage: str, argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     finally:
         spark.stop()
+
+
+RAW_INPUT_STAGES = ("ingest", "pipeline")
+
+
+def preflight(cfg: Config, stage: str) -> None:
+    """What can be checked without Spark, checked before the session starts (a second, not 15).
+
+    The dataset's settings and its local input files (existence, readability,
+    header against the column mapping) for the stages that read raw input, and
+    a working MLflow location for the stages that log to it.
+    """
+    from recsys_spark import tracking
+
+    if stage in RAW_INPUT_STAGES and cfg.dataset.kind != "generated":
+        from recsys_spark.io.datasets import dataset_spec
+        from recsys_spark.io.precheck import check_inputs
+
+        check_inputs(dataset_spec(cfg))
+    tracking.check(cfg, stage)
 
 
 def _log_result(log: logging.Logger, stage: str, result: Any) -> None:

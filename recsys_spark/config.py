@@ -52,9 +52,14 @@ class PathsConfig:
 class GenericConfig:
     """A ratings table of any shape: column mapping and format."""
 
-    ratings: str = ""
+    ratings: str = ""  # a relative path (here and for items/users) is under dataset.path when that is set
     format: Literal["csv", "tsv", "whitespace", "parquet"] = "csv"
     header: bool = True
+    delimiter: str = ""  # csv only: one character other than ',' (e.g. ";"); "" -> the format's own
+    decimal: Literal[".", ","] = "."  # "," reads ratings written as "4,5"
+    # how ids are read, per id column: "integer" (ids beyond int64, fractional or negative
+    # values are quarantined) or "string" (any non-empty text, trimmed)
+    id_types: dict[str, Literal["integer", "string"]] = field(default_factory=lambda: {"user": "integer", "item": "integer"})
     # logical column -> header name (header = true) or 0-based position
     columns: dict[str, str | int] = field(
         default_factory=lambda: {"user": "userId", "item": "movieId", "rating": "rating", "timestamp": "timestamp"}
@@ -398,6 +403,14 @@ def _check_ranges(obj: Any, prefix: str, source: str) -> None:
             fail("candidates", f"must be >= 1 (popularity draws per chosen item), got {obj.candidates}")
         if obj.taste < 0:
             fail("taste", f"must be >= 0, got {obj.taste}")
+    elif isinstance(obj, GenericConfig):
+        unknown = sorted(set(obj.id_types) - {"user", "item"})
+        if unknown:
+            fail("id_types", f"has unknown id column(s) {unknown}; use user and item")
+        if obj.delimiter and (len(obj.delimiter) != 1 or obj.delimiter in ('"', "\n", "\r")):
+            fail("delimiter", f"must be one character (not a quote or a line break), got {obj.delimiter!r}")
+        if obj.delimiter and obj.format != "csv":
+            fail("delimiter", f"applies to format = 'csv' only (format is {obj.format!r})")
     elif isinstance(obj, DatasetConfig):
         if (obj.rating_min or obj.rating_max) and obj.rating_min >= obj.rating_max:
             fail("rating_min", f"must be below rating_max ({obj.rating_min} >= {obj.rating_max})")

@@ -14,6 +14,7 @@ Reasons are ``"category: detail"`` strings; counts are kept per category.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pyspark import StorageLevel
@@ -82,17 +83,31 @@ def _quoted(c: Column) -> Column:
 
 
 def _id_checks(col: str, what: str, numeric: bool) -> list[tuple[Column, Column]]:
+    """Reasons an id is refused: missing; for integer ids also text, a fraction, a sign, or beyond int64."""
     c = F.trim(F.col(col))
     checks = [(c.isNull() | (c == ""), F.lit(f"missing {what} id"))]
     if numeric:
-        checks.append((~c.rlike(r"^-?\d{1,18}$"), F.concat(F.lit(f"non-numeric {what} id: "), _quoted(c))))
+        number = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
+        checks += [
+            (~c.rlike(number), F.concat(F.lit(f"non-numeric {what} id: "), _quoted(c))),
+            (~c.rlike(r"^[+-]?\d+$"), F.concat(F.lit(f"non-integer {what} id: "), _quoted(c))),
+            (c.startswith("-") & (c.try_cast("long") != 0), F.concat(F.lit(f"negative {what} id: "), _quoted(c))),
+            (c.try_cast("long").isNull(), F.concat(F.lit(f"{what} id beyond int64: "), _quoted(c))),
+        ]
     return checks
 
 
 def canonical_id(col: str, numeric: bool) -> Column:
-    """Raw id as the string used in the maps ('007' and '7' are one numeric id)."""
+    """Raw id as the string used in the maps ('007', '+7' and '7' are one integer id)."""
     c = F.trim(F.col(col))
     return c.try_cast("long").cast("string") if numeric else c
+
+
+def id_kinds(numeric_ids: bool | Mapping[str, bool]) -> dict[str, bool]:
+    """``{"user": bool, "item": bool}`` from one flag for both or a per-column mapping (missing: integer)."""
+    if isinstance(numeric_ids, bool):
+        return {"user": numeric_ids, "item": numeric_ids}
+    return {c: bool(numeric_ids.get(c, True)) for c in ("user", "item")}
 
 
 def _int_checks(col: str, what: str, nullable: bool) -> list[tuple[Column, Column]]:
@@ -166,17 +181,28 @@ def _quarantine_duplicate_ids(df: DataFrame, id_col: str, what: str) -> DataFram
     return df.withColumn(_STATUS, F.when(F.col(COL_REASON).isNull(), KEPT).otherwise(QUARANTINED))
 
 
-def validate_events(parsed: DataFrame, numeric: bool, rating_scale: tuple[float, float] | None) -> DataFrame:
-    """Typed rating (or tag) events with the first field-level ``reason``; no references yet."""
-    checks = [*_id_checks("user", "user", numeric), *_id_checks("item", "item", numeric)]
+def validate_events(
+    parsed: DataFrame, numeric: bool | Mapping[str, bool], rating_scale: tuple[float, float] | None, decimal: str = "."
+) -> DataFrame:
+    """Typed rating (or tag) events with the first field-level ``reason``; no references yet.
+
+    ``decimal`` is the ratings' decimal separator: with ``","`` a rating ``4,5`` reads as 4.5.
+    """
+    kinds = id_kinds(numeric)
+    checks = [*_id_checks("user", "user", kinds["user"]), *_id_checks("item", "item", kinds["item"])]
     cols = [COL_SOURCE_FILE, COL_LINE_NO, COL_RAW]
     if rating_scale is not None:
         lo, hi = rating_scale
         r = F.trim(F.col("rating"))
-        value = r.try_cast("double")
+        text = F.regexp_replace(r, r"^([+-]?\d*),(\d+)$", "$1.$2") if decimal == "," else r
+        value = F.when(text.rlike(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"), text.try_cast("double"))
+        comma = F.lit(" (a decimal comma?)") if decimal == "." else F.lit("")
         checks += [
             (r.isNull() | (r == ""), F.lit("missing rating")),
-            (value.isNull() | F.isnan(value), F.concat(F.lit("unparsable rating: "), _quoted(r))),
+            (
+                value.isNull() | F.isnan(value),
+                F.concat(F.lit("unparsable rating: "), _quoted(r), F.when(r.rlike(r"^[+-]?\d+,\d+$"), comma).otherwise(F.lit(""))),
+            ),
             (
                 (value < lo) | (value > hi),
                 F.concat(F.lit("rating outside the declared scale: "), r, F.lit(f" not in [{lo:g}, {hi:g}]")),
@@ -193,8 +219,8 @@ def validate_events(parsed: DataFrame, numeric: bool, rating_scale: tuple[float,
     reason = F.coalesce(F.col(COL_REASON), _first_reason(*checks))
     return parsed.select(
         *cols,
-        canonical_id("user", numeric).alias(COL_USER_ID),
-        canonical_id("item", numeric).alias(COL_ITEM_ID),
+        canonical_id("user", kinds["user"]).alias(COL_USER_ID),
+        canonical_id("item", kinds["item"]).alias(COL_ITEM_ID),
         reason.alias(COL_REASON),
     )
 
@@ -254,7 +280,8 @@ def _count(df: DataFrame, read: int) -> dict:
 def ingest_tables(
     parsed: dict[str, tuple[DataFrame, int]],
     rating_scale: tuple[float, float],
-    numeric_ids: bool = True,
+    numeric_ids: bool | Mapping[str, bool] = True,
+    decimal: str = ".",
 ) -> IngestResult:
     """Validate, map ids and deduplicate the parsed tables of one dataset.
 
@@ -262,8 +289,12 @@ def ingest_tables(
     ``tags`` optional) to ``(parsed DataFrame, rows read)``.  When an items or
     users side table is present it defines the catalogue: ratings and tags that
     refer to an id it lacks are quarantined as unknown.  Without it, the ids
-    seen in valid ratings (and tags) define the map.
+    seen in valid ratings (and tags) define the map.  ``numeric_ids``: one flag
+    for both id columns or ``{"user": bool, "item": bool}`` (integer ids are
+    checked and canonicalised, others kept as trimmed text); ``decimal``: the
+    ratings' decimal separator.
     """
+    kinds = id_kinds(numeric_ids)
     if "ratings" not in parsed:
         raise ValueError("a dataset needs a ratings table")
     classified: dict[str, DataFrame] = {}
@@ -273,14 +304,14 @@ def ingest_tables(
     # side tables first: they define the catalogues
     items = users = None
     if "items" in parsed:
-        items = validate_items(parsed["items"][0], numeric_ids).persist(level)
+        items = validate_items(parsed["items"][0], kinds["item"]).persist(level)
         classified["items"] = items
     if "users" in parsed:
-        users = validate_users(parsed["users"][0], numeric_ids).persist(level)
+        users = validate_users(parsed["users"][0], kinds["user"]).persist(level)
         classified["users"] = users
 
-    ratings = validate_events(parsed["ratings"][0], numeric_ids, rating_scale)
-    tags = validate_events(parsed["tags"][0], numeric_ids, None) if "tags" in parsed else None
+    ratings = validate_events(parsed["ratings"][0], kinds, rating_scale, decimal)
+    tags = validate_events(parsed["tags"][0], kinds, None) if "tags" in parsed else None
 
     def catalogue(side: DataFrame | None, id_col: str, idx_col: str, what: str) -> DataFrame:
         """Map ``id_col`` -> ``idx_col`` from the side table, else from valid events;
@@ -340,8 +371,12 @@ def ingest_tables(
     return IngestResult(tables=tables, quarantine=quarantine, counts=counts)
 
 
-def check_accounting(counts: dict[str, dict], max_quarantine_fraction: float, where: str) -> None:
-    """Raise :class:`IngestError` when rows went missing or too many were quarantined."""
+def check_accounting(counts: dict[str, dict], max_quarantine_fraction: float, where: str, hints: Mapping[str, str] | None = None) -> None:
+    """Raise :class:`IngestError` when rows went missing or too many were quarantined.
+
+    ``hints`` maps a reason category to the setting that may fix it; the
+    message carries the hints of the categories it lists.
+    """
     for name, c in counts.items():
         total = c[KEPT] + c[QUARANTINED] + c[DUPLICATE]
         if total != c["read"]:
@@ -356,5 +391,6 @@ def check_accounting(counts: dict[str, dict], max_quarantine_fraction: float, wh
                 f"{name}: {c[QUARANTINED]} of {c['read']} rows ({frac:.1%}) were quarantined, above the "
                 f"limit ingest.max_quarantine_fraction = {max_quarantine_fraction:g}; most common reasons: "
                 + ", ".join(f"{k} ({v})" for k, v in top)
-                + f". The rejected rows with file, line and reason are in {where}"
+                + "".join(f"; {hints[k]}" for k, _ in top if hints and k in hints)
+                + f". The rejected rows with file, line and reason are in {where} (raise the limit to keep going)"
             )

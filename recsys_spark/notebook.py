@@ -63,6 +63,39 @@ class Setup:
     def __init__(self, cfg: Any, spark: Any, output: str, ingest: dict[str, Any], split: dict[str, Any]) -> None:
         self.cfg, self.spark, self.output, self.ingest, self.split = cfg, spark, output, ingest, split
 
+    def save_figure(self, fig: Any, name: str, dpi: int = 120) -> str:
+        """Write a matplotlib figure as ``<output>/<name>`` and return where it went.
+
+        A plain local output gets the file directly; any other (``dbfs:/``,
+        ``s3a://``, ``abfss://``, ``file:/``) goes through the Hadoop file system
+        the Spark jobs write with, so the plots land beside the tables.  With a
+        tracking location configured the figure is also logged to the active
+        MLflow run, if there is one.
+        """
+        import tempfile
+        from pathlib import Path
+
+        from recsys_spark.io import fs
+
+        dest = f"{self.output.rstrip('/')}/{name}"
+        if ":" not in self.output.split("/", 1)[0]:  # no scheme: a folder on this machine
+            Path(dest).parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(dest, dpi=dpi)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                local = str(Path(tmp, Path(name).name))
+                fig.savefig(local, dpi=dpi)
+                fs.copy_from_local(self.spark, local, dest)
+        try:
+            import mlflow
+
+            if mlflow.active_run() is not None:
+                mlflow.log_figure(fig, name)
+        except ImportError:  # mlflow is a dependency; a trimmed environment may lack it
+            pass
+        log.info("wrote %s", dest)
+        return dest
+
     @cached_property
     def scale(self) -> Any:
         from recsys_spark import stages
@@ -99,16 +132,22 @@ class Setup:
 
 
 def setup(title: str, default_dataset: str = "ml-latest-small") -> Setup:
-    """Widgets ``dataset`` / ``output`` / ``overrides``, the config, the session, generate + ingest + split."""
+    """Widgets ``dataset`` / ``config`` / ``output`` / ``overrides``, the config, the session, generate + ingest + split.
+
+    ``dataset = generic`` reads a table of your own: its ``[dataset.generic]``
+    settings come from the TOML named by the ``config`` widget (or from
+    ``overrides``), as for ``recsys-spark pipeline --config``.
+    """
     from recsys_spark import stages
     from recsys_spark.benchmark import dataset_overrides
     from recsys_spark.config import load_config
     from recsys_spark.spark import get_spark
 
-    dataset = widget("dataset", default_dataset, "dataset (ml-latest-small, ml-100k, generated, ...)")
-    output = widget("output", "output", "output directory")
+    dataset = widget("dataset", default_dataset, "dataset (ml-latest-small, ml-100k, generated, generic, ...)")
+    config = widget("config", "", "config TOML (needed for generic)")
+    output = widget("output", "output", "output directory (a path or dbfs:/, s3a://, abfss:// ...)")
     extra = [s for s in widget("overrides", "").split(";") if s]  # e.g. generate.n_ratings=5000
-    cfg = load_config(None, [f'paths.output="{output}"', *dataset_overrides(dataset), *extra])
+    cfg = load_config(config or None, [f'paths.output="{output}"', *dataset_overrides(dataset), *extra])
     spark = get_spark(cfg.spark, cfg.checkpoint_dir, title)
     if cfg.dataset.kind == "generated":
         stages.run_generate(spark, cfg)

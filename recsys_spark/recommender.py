@@ -30,6 +30,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from recsys_spark.io import fs
+from recsys_spark.io.lines import with_contiguous_index
 from recsys_spark.schemas import (
     COL_ITEM,
     COL_MODEL,
@@ -91,11 +92,10 @@ def topk_from_item_scores(
     with the catalogue.  ``item_scores``: ``(item_idx, score)``;
     ``seen``: ``(user_idx, item_idx)`` rated in training.
     """
-    ranked = item_scores.select(
-        COL_ITEM,
-        COL_SCORE,
-        F.row_number().over(Window.orderBy(F.desc(COL_SCORE), F.asc(COL_ITEM))).alias("_g"),
-    )  # one row per item: a catalogue-sized sort on one partition is fine up to ~10^6 items
+    # the catalogue's rank by a distributed sort and per-partition offsets (no global window on one partition)
+    ranked = with_contiguous_index(item_scores.select(COL_ITEM, COL_SCORE), [F.desc(COL_SCORE), F.asc(COL_ITEM)], "_g").select(
+        COL_ITEM, COL_SCORE, (F.col("_g") + 1).alias("_g")
+    )
     n_seen = seen.groupBy(COL_USER).agg(F.count("*").alias("_n"))
     want = users.select(COL_USER).distinct().join(n_seen, COL_USER, "left").fillna(0, ["_n"])
     total = ranked.agg(F.max("_g").alias("_m"))

@@ -11,24 +11,51 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
-from recsys_spark.config import Config
+from recsys_spark.config import Config, ConfigError
 
 log = logging.getLogger(__name__)
 
 
 def tracking_uri(cfg: Config) -> tuple[str, str | None]:
-    """(tracking URI, artifact location for a new experiment or None)."""
+    """(tracking URI, artifact location for a new experiment or None).
+
+    The SQLite default needs ``paths.output`` on this machine: with an output
+    on another file system (``hdfs://``, ``s3a://``, ``dbfs:/``) and no URI
+    set, :class:`ConfigError` says what to set (on Databricks, where
+    ``DATABRICKS_RUNTIME_VERSION`` is set, the workspace's tracking server is
+    the default).
+    """
     if cfg.tracking.uri:
         return cfg.tracking.uri, None
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env, None
-    out = Path(cfg.paths.output).resolve()
+    if os.environ.get("DATABRICKS_RUNTIME_VERSION"):
+        return "databricks", None
+    from recsys_spark.io.datasets import is_local
+    from recsys_spark.io.precheck import local_path
+
+    if not is_local(cfg.paths.output):
+        raise ConfigError(
+            f"paths.output = {cfg.paths.output!r} is not on this machine, so the default MLflow store "
+            "(sqlite under paths.output) cannot be used: set tracking.uri (an MLflow server such as "
+            "'http://mlflow:5000', 'databricks', or 'sqlite:////local/dir/mlflow.db'), or MLFLOW_TRACKING_URI, "
+            "or tracking.enabled = false"
+        )
+    out = local_path(cfg.paths.output).resolve()
     out.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{out / 'mlflow.db'}", (out / "mlartifacts").as_uri()
+
+
+TRACKING_STAGES = ("pipeline", "evaluate", "train_torch", "tune")
+
+
+def check(cfg: Config, stage: str) -> None:
+    """Fail before Spark starts when ``stage`` would log to MLflow and no tracking location works."""
+    if cfg.tracking.enabled and stage in TRACKING_STAGES:
+        tracking_uri(cfg)
 
 
 def log_run(cfg: Config, run_name: str, params: dict[str, Any], metrics: dict[str, float], artifacts: list[str]) -> str:

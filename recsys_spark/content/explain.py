@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from recsys_spark.baselines import BiasBaseline
@@ -213,10 +213,4 @@ def term_signal(
     out = out.withColumn("z", F.col("lift") / F.col("se")).join(
         vocabulary.select(FEATURE, "group", "term"), FEATURE
     )
-    w = Window.orderBy(F.desc(F.abs("z")), F.asc(FEATURE))
-    return (
-        out.withColumn("_r", F.row_number().over(w))
-        .where(F.col("_r") <= top)
-        .drop("_r")
-        .orderBy(F.desc(F.abs("z")))
-    )
+    return out.orderBy(F.desc(F.abs("z")), F.asc(FEATURE)).limit(top)

@@ -64,10 +64,11 @@ def knowledge_based(
         "n",
         ((F.col("_s") + damping * mu) / (F.col("n") + damping)).alias(COL_SCORE),
     )
-    w = Window.orderBy(F.desc(COL_SCORE), F.asc(COL_ITEM))
+    # the first k by a sort and a limit, then ranked within those k rows (one small partition)
+    top = scored.orderBy(F.desc(COL_SCORE), F.asc(COL_ITEM)).limit(k)
+    w = Window.partitionBy(F.lit(0)).orderBy(F.desc(COL_SCORE), F.asc(COL_ITEM))
     return (
-        scored.withColumn(COL_RANK, F.row_number().over(w))
-        .where(F.col(COL_RANK) <= k)
+        top.withColumn(COL_RANK, F.row_number().over(w))
         .select(COL_RANK, COL_ITEM, COL_SCORE, COL_TITLE, COL_GENRES, "n")
         .orderBy(COL_RANK)
     )

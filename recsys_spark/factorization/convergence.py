@@ -72,6 +72,18 @@ def _rmse(pred: DataFrame) -> float:
 
 
 def plot_convergence(curves: dict[str, list[dict[str, Any]]], path: str, title: str = "") -> str:
+    """A PNG at ``path`` (on this machine) of :func:`convergence_figure`."""
+    import matplotlib.pyplot as plt
+
+    fig = convergence_figure(curves, title)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    log.info("wrote %s", path)
+    return path
+
+
+def convergence_figure(curves: dict[str, list[dict[str, Any]]], title: str = "") -> Any:
+    """Training and validation RMSE by epoch of each optimiser (a matplotlib figure)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -88,7 +100,4 @@ def plot_convergence(curves: dict[str, list[dict[str, Any]]], path: str, title: 
         ax.legend()
     fig.suptitle(title or "GD vs SGD vs ALS, same objective")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    log.info("wrote %s", path)
-    return path
+    return fig

@@ -16,6 +16,7 @@ x kinds x ``top`` rows) is small enough to plot on the driver.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
@@ -69,7 +70,18 @@ def factor_terms(item_factors: DataFrame, items: DataFrame, tags: DataFrame | No
 
 
 def plot_factors(table: DataFrame, path: str, title: str = "NMF factors") -> str:
-    """A PNG: one panel per factor listing its top genres (lift) and titles."""
+    """A PNG at ``path`` (on this machine) of :func:`factors_figure`."""
+    import matplotlib.pyplot as plt
+
+    fig = factors_figure(table, title)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    log.info("wrote %s", path)
+    return path
+
+
+def factors_figure(table: DataFrame, title: str = "NMF factors") -> Any:
+    """One panel per factor listing its top genres (lift) and titles (a matplotlib figure)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -95,7 +107,4 @@ def plot_factors(table: DataFrame, path: str, title: str = "NMF factors") -> str
         ax.text(1.02, 0.5, text, transform=ax.transAxes, fontsize=6, va="center")
     fig.suptitle(title + " (bars: genre lift; text: top titles)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    log.info("wrote %s", path)
-    return path
+    return fig

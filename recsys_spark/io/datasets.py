@@ -79,9 +79,11 @@ class DatasetSpec:
     kind: str
     rating_min: float
     rating_max: float
-    numeric_ids: bool  # MovieLens ids are integers; generic ids may be any string
+    numeric_ids: bool | dict[str, bool]  # MovieLens ids are integers; generic: per id column (dataset.generic.id_types)
     files: dict[str, FileSpec]  # table -> file; ratings is required
     folds: dict[int, tuple[FileSpec, FileSpec]] = field(default_factory=dict)  # ml-100k u1..u5
+    decimal: str = "."  # the ratings' decimal separator
+    hints: dict[str, str] = field(default_factory=dict)  # quarantine reason category -> the setting that may fix it
 
 
 # -- dataset layouts --------------------------------------------------------
@@ -152,33 +154,63 @@ def dataset_spec(cfg: Config) -> DatasetSpec:
     return spec
 
 
+REQUIRED_COLUMNS = {"ratings": ("user", "item", "rating"), "items": ("item",), "users": ("user",)}
+
+
+def is_local(path: str) -> bool:
+    """A path on this machine's file system (no scheme, or ``file:``)."""
+    return "://" not in path and not re.match(r"^[A-Za-z][\w+.-]*:/", path) or path.startswith("file:")
+
+
+def resolve_under(path: str, root: str) -> str:
+    """``path`` itself when absolute or with a scheme, else ``root/path`` (``root`` = dataset.path)."""
+    if not root or not path or path.startswith("/") or not is_local(path) or path.startswith("file:"):
+        return path
+    return f"{root.rstrip('/')}/{path}"
+
+
 def _generic_spec(cfg: Config) -> DatasetSpec:
     g = cfg.dataset.generic
     if not g.ratings:
         raise ValueError("dataset.kind = 'generic' needs dataset.generic.ratings (a path)")
     if not (cfg.dataset.rating_min or cfg.dataset.rating_max):
         raise ValueError("dataset.kind = 'generic' needs the rating scale: set dataset.rating_min and dataset.rating_max")
-    seps = {"csv": (CSV_SEP, "','", True), "tsv": ("\t", "tab", False), "whitespace": (r"\s+", "whitespace", False)}
+    quoted_sep = lambda ch: (f'{re.escape(ch)}(?=(?:[^"]*"[^"]*")*[^"]*$)', repr(ch), True)  # noqa: E731
+    seps = {"csv": quoted_sep(g.delimiter or ","), "tsv": ("\t", "tab", False), "whitespace": (r"\s+", "whitespace", False)}
+    root = cfg.dataset.path
 
-    def one(path: str, mapping: dict, table: str) -> FileSpec:
-        for key in mapping:
-            if key not in TABLE_FIELDS[table]:
-                raise ValueError(f"dataset.generic: unknown column '{key}' for {table} (known: {TABLE_FIELDS[table]})")
+    def one(path: str, mapping: dict, table: str, key: str) -> FileSpec:
+        for col in mapping:
+            if col not in TABLE_FIELDS[table]:
+                raise ValueError(f"dataset.generic.{key}: unknown column '{col}' for {table} (known: {TABLE_FIELDS[table]})")
+        missing = [c for c in REQUIRED_COLUMNS[table] if c not in mapping]
+        if missing:
+            raise ValueError(f"dataset.generic.{key} must map {missing} (it maps {sorted(mapping)})")
+        path = resolve_under(path, root)
+        cols = [f"{k}={v}" for k, v in mapping.items()]
         if g.format == "parquet":
-            return FileSpec(path, sep="", sep_name="", columns=[f"{k}={v}" for k, v in mapping.items()], fmt="parquet")
+            return FileSpec(path, sep="", sep_name="", columns=cols, fmt="parquet")
         sep, sep_name, quoted = seps[g.format]
         # columns resolved against the header at read time (names) or by position (ints)
-        cols = [f"{k}={v}" for k, v in mapping.items()]
         return FileSpec(
             path, sep=sep, sep_name=sep_name, columns=cols, header=[] if g.header else None, quoted=quoted, encoding=cfg.dataset.encoding
         )
 
-    files = {"ratings": one(g.ratings, g.columns, "ratings")}
+    files = {"ratings": one(g.ratings, g.columns, "ratings", "columns")}
     if g.items:
-        files["items"] = one(g.items, g.items_columns, "items")
+        files["items"] = one(g.items, g.items_columns, "items", "items_columns")
     if g.users:
-        files["users"] = one(g.users, g.users_columns, "users")
-    return DatasetSpec(cfg.dataset_name, "generic", cfg.dataset.rating_min, cfg.dataset.rating_max, False, files)
+        files["users"] = one(g.users, g.users_columns, "users", "users_columns")
+    integer = {c: g.id_types.get(c, "integer") == "integer" for c in ("user", "item")}
+    hints = {
+        f"non-numeric {c} id": f'if the {c} ids are text, declare dataset.generic.id_types = {{{c} = "string"}}'
+        for c, is_int in integer.items() if is_int
+    }  # fmt: skip
+    if g.decimal == ".":
+        hints["unparsable rating"] = 'ratings such as "4,5" need dataset.generic.decimal = ","'
+    return DatasetSpec(
+        cfg.dataset_name, "generic", cfg.dataset.rating_min, cfg.dataset.rating_max, integer, files, decimal=g.decimal, hints=hints
+    )
 
 
 # -- parsing ----------------------------------------------------------------
@@ -200,7 +232,7 @@ def parse_file(spark: SparkSession, spec: FileSpec, table: str) -> tuple[DataFra
     lines = read_lines(spark, spec.path, spec.encoding)
     stats = _file_stats(lines, has_header=spec.header is not None)
     n_read = sum(st["n"] - (1 if spec.header is not None else 0) for st in stats)
-    columns = _resolve_columns(spec, stats, table)
+    columns = resolve_columns(spec, stats, table)
     n_fields = len(columns)
 
     data = lines.filter(F.col(COL_LINE_NO) > 1) if spec.header is not None else lines
@@ -245,15 +277,44 @@ def _file_stats(lines: DataFrame, has_header: bool) -> list[dict]:
     return [r.asDict() for r in rows]
 
 
-def _resolve_columns(spec: FileSpec, stats: list[dict], table: str) -> list[str]:
+NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+MISSING_TOKENS = ("", "nan", "na", "n/a", "null", "none", "inf", "-inf", "infinity")
+
+
+def _check_first_line(spec: FileSpec, src: str, first: str | None, columns: list[str] | None = None, generic: bool = False) -> None:
+    """A binary file, or a header in a file read without one (``columns``: its fields by position), stop with a message."""
+    if first is None:
+        return
+    if "\x00" in first:
+        raise DataFormatError(
+            f"{src} line 1: NUL bytes -- a binary file (Parquet, Excel, or compressed with a codec Hadoop does not know)"
+            " read as text; is the format right?"
+        )
+    if spec.header is not None or not columns or "rating" not in columns:
+        return
+    fields = _split_first(first, spec)
+    if len(fields) != len(columns):
+        return
+    value = fields[columns.index("rating")].strip().strip('"')
+    if re.search("[A-Za-z]", value) and value.lower() not in MISSING_TOKENS and not NUMBER.match(value):
+        fix = "set dataset.generic.header = true and map columns by name" if generic else "is it the right file?"
+        raise DataFormatError(
+            f"{src} line 1: {first[:80]!r} looks like a header (rating {value!r}), but the file is read without one; {fix}"
+        )
+
+
+def resolve_columns(spec: FileSpec, stats: list[dict], table: str) -> list[str]:
     """Check headers and the first data line of each file; return field names in file order."""
     if not stats:
-        raise DataFormatError(f"{spec.path}: file is empty (no lines)")
+        raise DataFormatError(
+            f"{spec.path}: is empty (no lines; in a folder, files whose names start with '_' or '.' are skipped)"
+        )
     columns = list(spec.columns)
     generic = any("=" in c for c in columns)
     for st in stats:
         src = st[COL_SOURCE_FILE]
         n_data = st["n"] - (1 if spec.header is not None else 0)
+        _check_first_line(spec, src, st["first"])  # binary content
         if spec.header is not None:
             found = _split_header(st["first"], spec)
             if generic:
@@ -267,6 +328,9 @@ def _resolve_columns(spec: FileSpec, stats: list[dict], table: str) -> list[str]
             raise DataFormatError(f"{src}: has a header but no data rows" if spec.header is not None else f"{src}: file is empty")
     if generic and spec.header is None:
         columns = _generic_columns(spec, None, spec.path)
+    if spec.header is None:
+        for st in stats:
+            _check_first_line(spec, st[COL_SOURCE_FILE], st["first"], columns, generic)
     for st in stats:
         src, first = st[COL_SOURCE_FILE], st["first_data"]
         line = 2 if spec.header is not None else 1
@@ -306,10 +370,16 @@ def _generic_columns(spec: FileSpec, header: list[str] | None, src: str) -> list
         if where.isdigit():
             continue
         if where not in index:
+            data_like = any(NUMBER.match(h) for h in header)
             raise DataFormatError(
                 f"{src} line 1: column {where!r} (for '{logical}') is not in the header {header}"
                 + (" -- is the delimiter right?" if len(header) == 1 else "")
-            )
+                + (
+                    "; line 1 looks like data: if the file has no header, set dataset.generic.header = false"
+                    " and map columns to 0-based positions"
+                    if data_like and len(header) > 1 else ""
+                )
+            )  # fmt: skip
     for i, name in enumerate(header):
         logical = next((k for k, v in mapping.items() if v == name or v == str(i)), "")
         names.append(logical)
@@ -317,7 +387,14 @@ def _generic_columns(spec: FileSpec, header: list[str] | None, src: str) -> list
 
 
 def _parse_parquet(spark: SparkSession, spec: FileSpec, table: str) -> DataFrame:
-    df = spark.read.parquet(spec.path)
+    from pyspark.errors import AnalysisException
+
+    try:
+        df = spark.read.parquet(spec.path)
+        df.schema  # noqa: B018 -- footer errors surface here
+    except AnalysisException as exc:
+        first = str(exc).splitlines()[0][:200]
+        raise DataFormatError(f"{spec.path}: cannot be read as Parquet ({first}); is it a 0-byte or truncated file?") from exc
     mapping = dict(c.split("=", 1) for c in spec.columns)
     missing = [v for v in mapping.values() if v not in df.columns]
     if missing:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from pyspark.sql import SparkSession
@@ -15,6 +16,8 @@ from recsys_spark.stages import layout
 from recsys_spark.stages.manifest import run_stage, write
 from recsys_spark.stages.stage import Stage, once
 
+log = logging.getLogger(__name__)
+
 
 def _inputs(cfg: Config, _model: str | None = None) -> list[str]:
     return [f.path for f in dataset_spec(cfg).files.values()]
@@ -27,14 +30,16 @@ def run_ingest(spark: SparkSession, cfg: Config, force: bool = False) -> dict[st
 
     def body(tmp: str) -> dict[str, Any]:
         parsed = read_dataset(spark, spec)
-        result = ing.ingest_tables(parsed, (spec.rating_min, spec.rating_max), spec.numeric_ids)
+        result = ing.ingest_tables(parsed, (spec.rating_min, spec.rating_max), spec.numeric_ids, spec.decimal)
         rejected = f"{output}.rejected/{QUARANTINE}"
         try:
-            ing.check_accounting(result.counts, cfg.ingest.max_quarantine_fraction, rejected)
+            ing.check_accounting(result.counts, cfg.ingest.max_quarantine_fraction, rejected, spec.hints)
         except ing.IngestError:
             fs.delete(spark, rejected)
             write(result.quarantine, rejected, 1)
+            _log_first_rejected(spark.read.parquet(rejected))
             raise
+        fs.delete(spark, f"{output}.rejected")  # a stale rejection of an earlier run
         for name, df in result.tables.items():
             write(df, f"{tmp}/{name}")
         write(result.quarantine, f"{tmp}/{QUARANTINE}", 1)
@@ -47,6 +52,13 @@ def run_ingest(spark: SparkSession, cfg: Config, force: bool = False) -> dict[st
         }
 
     return run_stage(spark, cfg, "ingest", output, STAGE.sections, _inputs(cfg), body, force)
+
+
+def _log_first_rejected(quarantine: Any, n: int = 5) -> None:
+    """The first rejected rows as ``file:line reason``, so that the log alone shows what went wrong."""
+    first = quarantine.orderBy("source_file", "line_no").limit(n).collect()  # n rows
+    for r in first:
+        log.error("  rejected %s:%s %s", r["source_file"], r["line_no"] if r["line_no"] is not None else "-", r["reason"])
 
 
 STAGE = Stage(

@@ -164,7 +164,7 @@ def _latest(tmp_path, cfg_factory, ratings_text):
 
 def test_empty_file(spark, tmp_path, cfg_factory):
     spec = _latest(tmp_path, cfg_factory, "")
-    with pytest.raises(DataFormatError, match=r"ratings.csv: file is empty"):
+    with pytest.raises(DataFormatError, match=r"ratings.csv: is empty \(no lines"):
         parse_file(spark, spec, "ratings")
 
 
