@@ -201,6 +201,9 @@ class EvaluateConfig:
     # ranking metrics are maximized, rmse/mae minimized
     select_metric: str = "ndcg@10"
     relevance_threshold: float = 0.0  # 0 -> every test item is relevant
+    # the significance tests collect per-user / per-rating values of every model on the
+    # driver; above this many a seeded hash sample of users is tested (said in the report)
+    max_test_rows_for_tests: int = 2_000_000
 
 
 @dataclass

@@ -193,6 +193,15 @@ def diversity(topn: DataFrame, item_features: DataFrame, features_col: str = "ge
     return float(v) if v is not None else 0.0
 
 
+def _resamples(n_boot: int, n: int, seed: int, max_cells: int = 4_000_000):
+    """The ``n_boot`` index resamples of ``n`` units in chunks of at most ``max_cells`` indices
+    (the same draws as one ``(n_boot, n)`` call: the generator fills row after row)."""
+    rng = np.random.default_rng(seed)
+    step = max(1, max_cells // max(n, 1))
+    for start in range(0, n_boot, step):
+        yield rng.integers(0, n, size=(min(step, n_boot - start), n))
+
+
 def paired_rmse_bootstrap(
     users: np.ndarray, err_a: np.ndarray, err_b: np.ndarray, n_boot: int = 2000, seed: int = 42,
 ) -> dict[str, float]:  # fmt: skip
@@ -209,9 +218,11 @@ def paired_rmse_bootstrap(
     _, inv = np.unique(users, return_inverse=True)
     n_u = int(inv.max()) + 1
     sa, sb, n = (np.bincount(inv, w, n_u) for w in (err_a**2, err_b**2, np.ones(len(inv))))
-    idx = np.random.default_rng(seed).integers(0, n_u, size=(n_boot, n_u))
-    ra, rb = np.sqrt(sa[idx].sum(1) / n[idx].sum(1)), np.sqrt(sb[idx].sum(1) / n[idx].sum(1))
-    lo, hi = np.percentile(rb - ra, [2.5, 97.5])
+    diffs = []
+    for idx in _resamples(n_boot, n_u, seed):
+        ra, rb = np.sqrt(sa[idx].sum(1) / n[idx].sum(1)), np.sqrt(sb[idx].sum(1) / n[idx].sum(1))
+        diffs.append(rb - ra)
+    lo, hi = np.percentile(np.concatenate(diffs), [2.5, 97.5])
     diff = float(np.sqrt(sb.sum() / n.sum()) - np.sqrt(sa.sum() / n.sum()))
     return {"diff": diff, "ci95_lo": float(lo), "ci95_hi": float(hi), "users": n_u, "rows": int(len(users))}
 
@@ -227,7 +238,6 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int
     if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
         raise MetricError(f"paired_bootstrap needs two equal-length, non-empty 1-d arrays, got {a.shape} and {b.shape}")
     d = a - b
-    idx = np.random.default_rng(seed).integers(0, len(d), size=(n_boot, len(d)))
-    means = d[idx].mean(axis=1)
+    means = np.concatenate([d[idx].mean(axis=1) for idx in _resamples(n_boot, len(d), seed)])
     lo, hi = np.percentile(means, [2.5, 97.5])
     return {"diff": float(d.mean()), "ci95_lo": float(lo), "ci95_hi": float(hi), "users": int(len(d))}

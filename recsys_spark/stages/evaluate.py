@@ -1,4 +1,10 @@
-"""evaluate: metrics of every model and the blend on the test part (Parquet, JSON, Markdown, MLflow)."""
+"""evaluate: metrics of every model and the blend on the test part (Parquet, JSON, Markdown, MLflow).
+
+Beside the metrics: paired significance tests of the best model and of the
+blend against every other model (NDCG@k per user, RMSE per rating; bootstrap
+intervals, t-test and Wilcoxon p-values, Holm-adjusted: :mod:`recsys_spark.significance`)
+and RMSE / NDCG@k by user and item segment (:mod:`recsys_spark.segments`).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +14,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from recsys_spark import evaluate as ev
+from recsys_spark import segments as seg
+from recsys_spark import significance as sig
 from recsys_spark import split as spl
 from recsys_spark import tracking
 from recsys_spark.config import Config
@@ -82,12 +92,27 @@ def run_evaluate(spark: SparkSession, cfg: Config, force: bool = False) -> dict[
             "best_single": {"metric": metric, "model": best},
             "models": rows,
         }
+        models = [*names, "blend"]
+        errors = _errors(spark, cfg, models, test).persist()
+        ndcg = f"ndcg@{cfg.evaluate.k}"
+        per_user_df = spark.read.parquet(f"{tmp}/per_user").select("user_idx", "model", ndcg)  # written above: not recomputed
+        sig = _significance(cfg, flat, models, errors, per_user_df, ndcg)
+        payload["significance"] = sig
+        seg_table = seg.segment_table(
+            errors, per_user_df,
+            seg.user_segments(train, layout.read_ingested(spark, cfg, "users")), seg.item_segments(train, items), ndcg,
+        )  # fmt: skip
+        seg_table.coalesce(1).write.parquet(f"{tmp}/segments")
+        seg_rows = spark.read.parquet(f"{tmp}/segments").collect()  # kinds x segments x models: a few hundred rows
         md = (
             f"# Results: {cfg.dataset_name}, split {layout.split_name(cfg)}\n\n"
             f"Test rows: {test.count()}; blend = {blend['counts']['chosen']} (chosen on the validation part).\n"
             f"By {metric}: blend {flat['blend'][metric]:.4f}, best single model {best} {flat[best][metric]:.4f}.\n\n"
             + ev.results_markdown(rows, cfg.evaluate.k)
+            + "\n" + significance_markdown(sig)
+            + _segments_markdown(seg_rows, models, ndcg)
         )
+        errors.unpersist()
         fs.write_json(spark, f"{tmp}/results.json", payload)
         fs.write_text(spark, f"{tmp}/results.md", md)
         log.info("results:\n%s", md)
@@ -107,6 +132,96 @@ def run_evaluate(spark: SparkSession, cfg: Config, force: bool = False) -> dict[
 
     inputs = [layout.predictions(cfg, n) for n in names] + [layout.blend(cfg)]
     return run_stage(spark, cfg, "evaluate", output, STAGE.sections, inputs, body, force, {"models": names})
+
+
+def _errors(spark: SparkSession, cfg: Config, models: list[str], test: DataFrame) -> DataFrame:
+    """``(user_idx, item_idx, model, err)``: every model's error on every test rating (the contract: one row per pair)."""
+    preds = None
+    for name in models:
+        root = layout.blend(cfg) if name == "blend" else layout.predictions(cfg, name)
+        p = spark.read.parquet(f"{root}/test/ratings").select("user_idx", "item_idx", F.lit(name).alias("model"), "prediction")
+        preds = p if preds is None else preds.unionByName(p)
+    truth = test.select("user_idx", "item_idx", F.col("rating").alias("_y"))
+    return preds.join(truth, ["user_idx", "item_idx"]).select(
+        "user_idx", "item_idx", "model", (F.col("prediction") - F.col("_y")).alias("err")
+    )  # one join for all the models
+
+
+def _user_sample(df: DataFrame, n_units: int, cap: int) -> tuple[DataFrame, float]:
+    """A seeded hash sample of users whose rows number about ``cap`` (all of them when under it)."""
+    if n_units <= cap:
+        return df, 1.0
+    frac = cap / n_units
+    return df.where((F.abs(F.xxhash64("user_idx", F.lit(42))) % 1_000_000) < int(frac * 1_000_000)), frac
+
+
+def _wide(df: DataFrame, keys: list[str], value: str, models: list[str]) -> Any:
+    """Long ``(keys, model, value)`` rows collected once and pivoted on the driver: a column per model, sorted by ``keys``."""
+    pdf = df.select(*keys, "model", value).toPandas()
+    wide = pdf.pivot_table(index=keys, columns="model", values=value, aggfunc="first").reset_index()
+    missing = [m for m in models if m not in wide.columns]
+    if missing or wide[models].isna().any().any():
+        raise ValueError(f"evaluate: the models' test outputs do not cover the same {keys} (missing or partial: {missing or models})")
+    return wide.sort_values(keys)
+
+
+def _significance(cfg: Config, flat: dict, models: list[str], errors: DataFrame, per_user: DataFrame, ndcg: str) -> dict[str, Any]:
+    """Paired tests of the best model and of the blend (the selected recommender) against every other model."""
+    cap = cfg.evaluate.max_test_rows_for_tests
+    out: dict[str, Any] = {}
+    # NDCG@k: one value per test user per model
+    users, frac_u = _user_sample(per_user, int(flat[models[0]]["users"]), cap)
+    wide = _wide(users, ["user_idx"], ndcg, models)  # at most about `cap` users x models
+    refs = list(dict.fromkeys([max(models, key=lambda m: flat[m][ndcg]), "blend"]))
+    values = {m: wide[m].to_numpy(dtype=np.float64) for m in models}
+    out[ndcg] = {
+        "references": refs, "units": "users", "n": int(len(wide)), "sampled_fraction": frac_u,
+        "rows": sig.compare_all(values, refs),
+    }  # fmt: skip
+    # RMSE: per-rating squared errors, users resampled with their rows for the interval
+    rated, frac_r = _user_sample(errors, int(flat[models[0]]["rows"]), cap)
+    wide = _wide(rated, ["user_idx", "item_idx"], "err", models)  # at most about `cap` ratings x models
+    refs = list(dict.fromkeys([min(models, key=lambda m: flat[m]["rmse"]), "blend"]))
+    values = {m: wide[m].to_numpy(dtype=np.float64) for m in models}
+    out["rmse"] = {
+        "references": refs, "units": "ratings", "n": int(len(wide)), "sampled_fraction": frac_r,
+        "rows": sig.compare_all(values, refs, users=wide["user_idx"].to_numpy()),
+    }  # fmt: skip
+    return out
+
+
+def significance_markdown(sig_all: dict[str, Any]) -> str:
+    """The paired comparisons as tables: difference with its interval, Holm-adjusted p-values."""
+    parts = []
+    for metric, s in sig_all.items():
+        sampled = "" if s["sampled_fraction"] >= 1 else f", a {s['sampled_fraction']:.1%} hash sample of users"
+        parts.append(
+            f"## Paired comparisons, {metric} ({s['n']} {s['units']}{sampled})\n\n"
+            f"Positive differences favour the reference; p-values Holm-adjusted over the {len(s['rows'])} comparisons.\n\n"
+            "| reference | model | difference (95% CI) | t-test p | Wilcoxon p | significant (Holm, 0.05) |\n"
+            "|---|---|---|---:|---:|---|\n"
+            + "".join(
+                f"| {r['reference']} | {r['model']} | {r['diff']:+.4f} [{r['ci95_lo']:+.4f}, {r['ci95_hi']:+.4f}] | "
+                f"{r['t_p_holm']:.3g} | {r['wilcoxon_p_holm']:.3g} | "
+                f"{'yes' if max(r['t_p_holm'], r['wilcoxon_p_holm']) < 0.05 else 'no'} |\n"
+                for r in s["rows"]
+            )
+        )
+    return "\n".join(parts) + "\n"
+
+
+def _segments_markdown(rows: list, models: list[str], ndcg: str) -> str:
+    parts = ["## By segment\n"]
+    for kind in ("user activity", "user rating variance", "user gender", "user age"):
+        for metric in (ndcg, "rmse"):
+            t = seg.markdown(rows, models, kind, metric)
+            if t:
+                parts.append(f"### {metric} by {kind}\n\n{t}")
+    for kind in ("item popularity", "item genre"):
+        t = seg.markdown(rows, models, kind, "rmse")
+        if t:
+            parts.append(f"### rmse by {kind}\n\n{t}")
+    return "\n".join(parts)
 
 
 def _inputs(cfg: Config, _model: str | None = None) -> list[str]:

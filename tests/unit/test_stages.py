@@ -65,6 +65,16 @@ def test_pipeline_reruns_only_affected_stages(spark, cfg_factory):
     train = spark.read.parquet(cfg.stage_path("splits", split_dir, "train")).collect()
     results = json.loads(Path(cfg.stage_path("evaluate", "results.json")).read_text())
     assert set(results["models"]) == {"popularity", "item_mean", "blend"}
+    # paired tests of the best model and of the blend against the others, Holm-adjusted; the segment table
+    for metric, sig in results["significance"].items():
+        pairs = {(r["reference"], r["model"]) for r in sig["rows"]}
+        assert sig["references"][-1] == "blend" and len(pairs) == len(sig["rows"]) >= 2, metric
+        assert all(r["t_p"] <= r["t_p_holm"] <= 1 and r["ci95_lo"] <= r["diff"] <= r["ci95_hi"] for r in sig["rows"]), metric
+    assert results["significance"]["rmse"]["n"] == spark.read.parquet(cfg.stage_path("splits", split_dir, "test")).count()
+    segments = spark.read.parquet(cfg.stage_path("evaluate", "segments"))
+    kinds = {r["kind"] for r in segments.select("kind").distinct().collect()}
+    assert {"user activity", "user rating variance", "item popularity", "user gender"} <= kinds
+    assert "## Paired comparisons, ndcg@10" in Path(cfg.stage_path("evaluate", "results.md")).read_text()
     assert first["evaluate"]["counts"]["mlflow_run_id"]
     per_user = spark.read.parquet(cfg.stage_path("evaluate", "per_user"))
     assert {r["model"] for r in per_user.select("model").distinct().collect()} == {"popularity", "item_mean", "blend"}
