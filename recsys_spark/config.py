@@ -204,6 +204,11 @@ class EvaluateConfig:
     # the significance tests collect per-user / per-rating values of every model on the
     # driver; above this many a seeded hash sample of users is tested (said in the report)
     max_test_rows_for_tests: int = 2_000_000
+    # selection (recsys_spark/selection.py): by select_metric within these constraints; a cheaper
+    # model not significantly worse than the most accurate one (Holm, alpha) is preferred
+    max_cost_s: float = 0.0  # seconds of a model's predict stage (the blend: with its members); 0 -> no budget
+    min_coverage: float = 0.0  # catalogue coverage of the top-N lists
+    alpha: float = 0.05
 
 
 @dataclass

@@ -20,6 +20,7 @@ from pyspark.sql import functions as F
 
 from recsys_spark import evaluate as ev
 from recsys_spark import segments as seg
+from recsys_spark import selection as sel
 from recsys_spark import significance as sig
 from recsys_spark import split as spl
 from recsys_spark import tracking
@@ -96,8 +97,12 @@ def run_evaluate(spark: SparkSession, cfg: Config, force: bool = False) -> dict[
         errors = _errors(spark, cfg, models, test).persist()
         ndcg = f"ndcg@{cfg.evaluate.k}"
         per_user_df = spark.read.parquet(f"{tmp}/per_user").select("user_idx", "model", ndcg)  # written above: not recomputed
-        sig = _significance(cfg, flat, models, errors, per_user_df, ndcg)
-        payload["significance"] = sig
+        sig_all, sampled = _significance(cfg, flat, models, errors, per_user_df, ndcg)
+        payload["significance"] = sig_all
+        sampled["per_user_path"] = f"{tmp}/per_user"
+        choice = _selection(spark, cfg, flat, models, blend, sampled, ndcg)
+        payload["selection"] = choice
+        log.info("selection: %s", choice.get("rationale") or choice.get("skipped"))
         seg_table = seg.segment_table(
             errors, per_user_df,
             seg.user_segments(train, layout.read_ingested(spark, cfg, "users")), seg.item_segments(train, items), ndcg,
@@ -109,7 +114,8 @@ def run_evaluate(spark: SparkSession, cfg: Config, force: bool = False) -> dict[
             f"Test rows: {test.count()}; blend = {blend['counts']['chosen']} (chosen on the validation part).\n"
             f"By {metric}: blend {flat['blend'][metric]:.4f}, best single model {best} {flat[best][metric]:.4f}.\n\n"
             + ev.results_markdown(rows, cfg.evaluate.k)
-            + "\n" + significance_markdown(sig)
+            + "\n## Selection\n\n" + (choice.get("rationale") or choice["skipped"]) + "\n\n"
+            + significance_markdown(sig_all)
             + _segments_markdown(seg_rows, models, ndcg)
         )
         errors.unpersist()
@@ -178,6 +184,7 @@ def _significance(cfg: Config, flat: dict, models: list[str], errors: DataFrame,
         "references": refs, "units": "users", "n": int(len(wide)), "sampled_fraction": frac_u,
         "rows": sig.compare_all(values, refs),
     }  # fmt: skip
+    wide_users = wide
     # RMSE: per-rating squared errors, users resampled with their rows for the interval
     rated, frac_r = _user_sample(errors, int(flat[models[0]]["rows"]), cap)
     wide = _wide(rated, ["user_idx", "item_idx"], "err", models)  # at most about `cap` ratings x models
@@ -187,7 +194,38 @@ def _significance(cfg: Config, flat: dict, models: list[str], errors: DataFrame,
         "references": refs, "units": "ratings", "n": int(len(wide)), "sampled_fraction": frac_r,
         "rows": sig.compare_all(values, refs, users=wide["user_idx"].to_numpy()),
     }  # fmt: skip
-    return out
+    return out, {"users": wide_users, "ratings": wide}
+
+
+def _selection(
+    spark: SparkSession, cfg: Config, flat: dict, models: list[str], blend: dict, sampled: dict, ndcg: str
+) -> dict[str, Any]:  # fmt: skip
+    """The declared selection (evaluate.select_metric, max_cost_s, min_coverage) with its rationale."""
+    e = cfg.evaluate
+    metric = e.select_metric
+    if metric == "rmse":
+        wide = sampled["ratings"]
+        values, users = {m: wide[m].to_numpy(dtype=np.float64) for m in models}, wide["user_idx"].to_numpy()
+    elif metric == ndcg:
+        wide, users = sampled["users"], None
+        values = {m: wide[m].to_numpy(dtype=np.float64) for m in models}
+    else:
+        per_user = spark.read.parquet(f"{sampled['per_user_path']}")
+        if metric not in per_user.columns:
+            why = f"evaluate.select_metric = {metric!r} has no per-user or per-rating values to test (use rmse or a ranking metric)"
+            return {"skipped": why}
+        rows, _ = _user_sample(per_user.select("user_idx", "model", metric), int(flat[models[0]]["users"]), e.max_test_rows_for_tests)
+        wide, users = _wide(rows, ["user_idx"], metric, models), None
+        values = {m: wide[m].to_numpy(dtype=np.float64) for m in models}
+    costs = {m: float((fs.read_manifest(spark, layout.predictions(cfg, m)) or {}).get("wall_s") or 0.0) for m in models if m != "blend"}
+    counts = blend["counts"]
+    members = counts["members"] if metric in ev.LOWER_IS_BETTER else counts["topn"]["chosen"]["members"]
+    costs["blend"] = float(blend.get("wall_s") or 0.0) + sum(costs.get(m, 0.0) for m in members)
+    coverage = {m: float(flat[m].get("coverage", 0.0)) for m in models}
+    return sel.select(
+        metric, {m: float(flat[m][metric]) for m in models}, costs, coverage, values, users,
+        e.max_cost_s, e.min_coverage, e.alpha,
+    )  # fmt: skip
 
 
 def significance_markdown(sig_all: dict[str, Any]) -> str:

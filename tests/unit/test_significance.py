@@ -87,3 +87,33 @@ def test_segment_table_by_hand(spark):
     assert pop[("10-10", "m")] == pytest.approx(np.sqrt((1.0 + 0.25) / 2))
     text = seg.markdown(table, ["m", "n"], "user activity", "rmse")
     assert "| 1-1 | 2 | 1.0000 |  |" in text
+
+
+def test_selection_prefers_the_cheaper_model_when_the_lead_is_not_significant():
+    from recsys_spark import selection
+
+    rng = np.random.default_rng(5)
+    base = rng.random(300)
+    noise = 0.01 * rng.standard_normal(300)
+    values = {"big": base + 0.0005 + noise - noise.mean(), "small": base.copy(), "weak": base - 0.2}  # big leads by 0.0005
+    scores = {m: float(v.mean()) for m, v in values.items()}
+    costs, cov = {"big": 100.0, "small": 10.0, "weak": 1.0}, {"big": 0.5, "small": 0.4, "weak": 0.1}
+    res = selection.select("ndcg@10", scores, costs, cov, values)
+    assert res["leader"] == "big" and res["selected"] == "small" and res["tied_with_leader"] == ["small"]
+    assert "not significant at 0.05" in res["rationale"] and "(10.0x)" in res["rationale"]
+    # a clear lead is kept, and said to be significant
+    values["big"] = base + 0.05
+    scores["big"] = float(values["big"].mean())
+    res = selection.select("ndcg@10", scores, costs, cov, values)
+    assert res["selected"] == "big" and "lead is significant" in res["rationale"]
+    # constraints exclude by name, with the setting in the reason
+    res = selection.select("ndcg@10", scores, costs, cov, values, max_cost_s=50)
+    assert res["selected"] == "small" and "evaluate.max_cost_s = 50" in res["excluded"]["big"]
+
+
+def test_pareto_front_by_hand():
+    from recsys_spark.selection import pareto_front
+
+    pts = {"a": (0.40, 10.0, 0.2), "b": (0.38, 20.0, 0.1), "c": (0.30, 1.0, 0.1), "d": (0.40, 10.0, 0.3)}
+    assert pareto_front(pts, lower_is_better=False) == ["c", "d"]  # b is dominated by a (and d), a by d
+    assert pareto_front({"x": (0.9, 5.0, 0.0), "y": (0.8, 5.0, 0.0)}, lower_is_better=True) == ["y"]

@@ -75,6 +75,10 @@ def test_pipeline_reruns_only_affected_stages(spark, cfg_factory):
     kinds = {r["kind"] for r in segments.select("kind").distinct().collect()}
     assert {"user activity", "user rating variance", "item popularity", "user gender"} <= kinds
     assert "## Paired comparisons, ndcg@10" in Path(cfg.stage_path("evaluate", "results.md")).read_text()
+    choice = results["selection"]
+    assert choice["selected"] in {"popularity", "item_mean", "blend"}
+    assert choice["rationale"].startswith(f"{choice['selected']} is selected")
+    assert set(choice["costs_s"]) == {"popularity", "item_mean", "blend"} and choice["costs_s"]["blend"] >= choice["costs_s"]["popularity"]
     assert first["evaluate"]["counts"]["mlflow_run_id"]
     per_user = spark.read.parquet(cfg.stage_path("evaluate", "per_user"))
     assert {r["model"] for r in per_user.select("model").distinct().collect()} == {"popularity", "item_mean", "blend"}
