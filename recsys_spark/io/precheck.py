@@ -36,15 +36,18 @@ def data_files(folder: Path) -> list[Path]:
 
 def check_inputs(spec: DatasetSpec) -> None:
     """Raise ``FileNotFoundError`` or :class:`DataFormatError` for the first bad local input of ``spec``."""
-    for table, f in spec.files.items():
-        if is_local(f.path):
-            check_file(spec, table, f)
+    local = {table: f for table, f in spec.files.items() if is_local(f.path)}
+    missing = [str(local_path(f.path)) for f in local.values() if not local_path(f.path).exists()]
+    if missing:  # every missing file at once, worded as the Spark-side reader words it
+        raise FileNotFoundError(f"dataset {spec.name!r} ({spec.kind}): input file(s) not found: {', '.join(missing)}")
+    for table, f in local.items():
+        check_file(spec, table, f)
 
 
 def check_file(spec: DatasetSpec, table: str, f: FileSpec) -> None:
     path = local_path(f.path)
     if not path.exists():
-        raise FileNotFoundError(f"dataset {spec.name!r} ({spec.kind}): {table} file not found: {path}")
+        raise FileNotFoundError(f"dataset {spec.name!r} ({spec.kind}): input file(s) not found: {path}")
     files = [path] if path.is_file() else data_files(path)
     if not files:
         raise DataFormatError(f"{path}: the folder has no data files (names starting with '_' or '.' are skipped)")

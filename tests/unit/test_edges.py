@@ -123,7 +123,7 @@ def test_a_job_with_a_bad_input_fails_before_spark_starts_with_one_error(tmp_pat
     ]  # fmt: skip
     other_header = write(tmp_path / "h.csv", "uid,iid,r\n1,2,3\n")
     cases = {
-        "ratings file not found: ": f'dataset.generic.ratings="{tmp_path / "nope.csv"}"',
+        r"input file\(s\) not found: .*nope.csv": f'dataset.generic.ratings="{tmp_path / "nope.csv"}"',
         "column 'userId' .* is not in the header": f'dataset.generic.ratings="{other_header}"',
         "needs dataset.generic.ratings": 'dataset.generic.format="csv"',
     }
