@@ -29,6 +29,8 @@ DESCRIPTIONS = {
     "final": "refit the chosen blend's members on every rating; write the explained top-N of every user (cold start included)",
     "recommend": "print one user's explained list from the final table (--user RAW_ID), or export all of it (--out FILE.csv)",
     "evaluate": "metrics of every model and the blend on the test part: Parquet, JSON, Markdown and an MLflow run",
+    "publish": "register the final lists in MLflow as the champion pyfunc model (alias), with a model card",
+    "report": "rebuild the evaluate stage's HTML dashboard from its outputs (no model is refit); --out FILE.html to write elsewhere",
     "pipeline": "run the stages the config needs, in the order of their inputs, skipping those that are up to date",
     "download": "download a MovieLens archive and verify its SHA-256 (needs a network)",
     "benchmark": "evaluate registered models on a fixed protocol (rating: ML-100K u1..u5; topn; coldstart)",
@@ -70,6 +72,8 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
         who.add_argument("--user", help="the user's raw id, as in the ratings file")
         who.add_argument("--out", help="export every user's list to this CSV file")
         p.add_argument("--k", type=int, default=None, help="show the first K items (default: all of the list)")
+    if stage == "report":
+        p.add_argument("--out", default=None, help="write the page here (default: <evaluate output>/dashboard.html)")
     if stage == "predict":
         p.add_argument("--model", default=None, help="registered model (default: every model of models.names, in turn)")
     if stage == "factorize":
@@ -127,6 +131,8 @@ def run_job(stage: str, argv: list[str] | None = None) -> int:
             return _tune(spark, cfg, args, log)
         if stage == "recommend":
             return _recommend(spark, cfg, args, log)
+        if stage == "report":
+            return _report(spark, cfg, args, log)
         _log_result(log, stage, _run_stage(spark, cfg, stage, args))
         return 0
     except (DataFormatError, IngestError, FileNotFoundError, ValueError) as exc:
@@ -230,6 +236,25 @@ def export_csv(spark: Any, table: Any, out: str, contributors_text: Any) -> int:
         (part,) = Path(tmp, "csv").glob("part-*.csv")
         shutil.move(str(part), dest)
     return spark.read.option("header", True).option("multiLine", True).csv(str(dest)).count()
+
+
+def _report(spark, cfg: Config, args: argparse.Namespace, log: logging.Logger) -> int:
+    import json
+
+    from recsys_spark.io import fs
+    from recsys_spark.stages import layout
+    from recsys_spark.stages.evaluate import DASHBOARD, dashboard_page
+
+    root = layout.evaluate(cfg)
+    if not fs.exists(spark, f"{root}/results.json"):
+        raise FileNotFoundError(f"{root}/results.json not found: run the evaluate stage first (recsys-spark evaluate, or the pipeline)")
+    payload = json.loads(fs.read_text(spark, f"{root}/results.json"))
+    segments = [r.asDict() for r in spark.read.parquet(f"{root}/segments").collect()] if fs.exists(spark, f"{root}/segments") else []
+    page = dashboard_page(spark, cfg, payload, segments)
+    out = args.out or f"{root}/{DASHBOARD}"
+    fs.write_text(spark, out, page)
+    log.info("report: wrote %s (%d models, %d KB)", out, len(payload["models"]), len(page) // 1024)
+    return 0
 
 
 def _tune(spark, cfg: Config, args: argparse.Namespace, log: logging.Logger) -> int:

@@ -237,6 +237,15 @@ class FinalConfig:
 
 
 @dataclass
+class PublishConfig:
+    # the champion: the final job's lists as an MLflow pyfunc model in the registry (recsys_spark/serving);
+    # runs after final and evaluate, when both and tracking are enabled
+    enabled: bool = True
+    model_name: str = ""  # registered model name; "" -> recsys-spark-<dataset name>
+    alias: str = "champion"  # the alias the new version gets (roll back by moving it: docs/deploy.md)
+
+
+@dataclass
 class TrackingConfig:
     enabled: bool = True
     uri: str = ""  # "" -> $MLFLOW_TRACKING_URI, else sqlite:///<paths.output>/mlflow.db
@@ -260,6 +269,7 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     blend: BlendConfig = field(default_factory=BlendConfig)
     final: FinalConfig = field(default_factory=FinalConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     # -- derived values ------------------------------------------------------

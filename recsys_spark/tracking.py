@@ -49,7 +49,7 @@ def tracking_uri(cfg: Config) -> tuple[str, str | None]:
     return f"sqlite:///{out / 'mlflow.db'}", (out / "mlartifacts").as_uri()
 
 
-TRACKING_STAGES = ("pipeline", "evaluate", "train_torch", "tune")
+TRACKING_STAGES = ("pipeline", "evaluate", "publish", "train_torch", "tune")
 
 
 def check(cfg: Config, stage: str) -> None:

@@ -43,6 +43,8 @@ from recsys_spark.stages.neighbors import STAGE as _NEIGHBORS
 from recsys_spark.stages.neighbors import run_neighbors
 from recsys_spark.stages.predict import STAGE as _PREDICT
 from recsys_spark.stages.predict import run_predict
+from recsys_spark.stages.publish import STAGE as _PUBLISH
+from recsys_spark.stages.publish import run_publish
 from recsys_spark.stages.split import STAGE as _SPLIT
 from recsys_spark.stages.split import run_split
 from recsys_spark.stages.stage import Stage
@@ -53,13 +55,13 @@ from recsys_spark.stages.train_torch import run_train_torch
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
-        _GENERATE, _INGEST, _SPLIT, _EXPORT, _CONTENT, _FACTORIZE, _NEIGHBORS, _TRAIN_TORCH, _PREDICT, _BLEND, _FINAL, _EVALUATE,
+        _GENERATE, _INGEST, _SPLIT, _EXPORT, _CONTENT, _FACTORIZE, _NEIGHBORS, _TRAIN_TORCH, _PREDICT, _BLEND, _FINAL, _EVALUATE, _PUBLISH,
     )
 }  # fmt: skip
 
 __all__ = [
     "STAGES", "Stage", "fingerprint", "layout", "models_dir_of", "rating_scale", "read_ingested", "read_predictions",
     "read_split", "read_train_valid", "run_blend", "run_content", "run_evaluate", "run_export", "run_factorize",
-    "run_final", "run_generate", "run_ingest", "run_neighbors", "run_predict", "run_split", "run_stage", "run_train_torch",
+    "run_final", "run_generate", "run_ingest", "run_neighbors", "run_predict", "run_publish", "run_split", "run_stage", "run_train_torch",
     "score_predictions", "side_data", "split_name",
 ]  # fmt: skip

@@ -26,13 +26,14 @@ from recsys_spark.blend import final as fin
 from recsys_spark.config import Config
 from recsys_spark.io import fs
 from recsys_spark.neighbors import KNN
-from recsys_spark.schemas import COL_ITEM, COL_RANK, COL_USER, COL_USER_ID
+from recsys_spark.schemas import COL_ITEM, COL_ITEM_ID, COL_RANK, COL_TITLE, COL_USER, COL_USER_ID
 from recsys_spark.stages import layout
 from recsys_spark.stages.manifest import run_stage
 from recsys_spark.stages.stage import Stage
 
 log = logging.getLogger(__name__)
 TABLE = "recommendations"
+COLD_TABLE = "cold_start"  # the list of a user with no ratings (rank, item, title, score, explanation)
 
 
 def chosen(spark: SparkSession, cfg: Config) -> tuple[str, list[str], str]:
@@ -101,6 +102,10 @@ def run_final(spark: SparkSession, cfg: Config, force: bool = False) -> dict[str
         explained = fin.explain(fused, ratings, items, neighbors, lately.where(F.col("lately_rank") <= fc.popular_top), days)
         cold_users = fin.users_without_ratings(user_map, ratings)
         cold = fin.cold_start_lists(cold_users, lately, k, days)
+        # the list a user unknown to the ratings and the user table gets (the served model answers new users with it)
+        nobody = spark.createDataFrame([(-1,)], f"{COL_USER} int")
+        anyone = fin.cold_start_lists(nobody, lately, k, days).drop(COL_USER)
+        anyone.join(F.broadcast(items.select(COL_ITEM, COL_ITEM_ID, COL_TITLE)), COL_ITEM).coalesce(1).write.parquet(f"{tmp}/{COLD_TABLE}")
         table = fin.final_table(explained, cold, user_map, items).withColumn("bucket", F.col(COL_USER) % fc.buckets)
         table.repartition("bucket").sortWithinPartitions(COL_USER, COL_RANK).write.partitionBy("bucket").parquet(f"{tmp}/{TABLE}")
         fs.delete(spark, f"{tmp}/members")

@@ -9,7 +9,8 @@ Under ``<paths.output>/<dataset>/``::
     neighbors/<model>/table       factors/<model>/...       content/<model>/...
     features/<split>/...          torch/<model>/...
     blend/level1/{valid,test}     blend/test/{ratings,topn}
-    final/recommendations/bucket=<b>/   evaluate/{results,per_user,results.json,results.md}
+    final/{recommendations/bucket=<b>,cold_start}
+    evaluate/{results,per_user,segments,results.json,results.md}   publish/model_card.md
 
 Only this module and the stage modules know these paths; models take
 DataFrames.
@@ -82,6 +83,10 @@ def final(cfg: Config) -> str:
 
 def evaluate(cfg: Config) -> str:
     return cfg.stage_path("evaluate")
+
+
+def publish(cfg: Config) -> str:
+    return cfg.stage_path("publish")
 
 
 # -- readers of other stages' outputs ------------------------------------------------
