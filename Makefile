@@ -13,17 +13,27 @@ export RECSYS_DATA_DIR
 
 PVENV := .venv-petastorm
 
-.PHONY: install install-petastorm blas run test test-main test-main-a test-main-b test-petastorm test-extended test-fast lint bench wheel verify-results clean
+.PHONY: install install-petastorm blas chromium run test test-main test-main-a test-main-b test-petastorm test-extended test-fast lint bench wheel verify-results clean
 
 install: $(VENV)/.installed
 
 # the stamp depends on the files that define the environment
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@$(MAKE) --no-print-directory blas
+	@$(MAKE) --no-print-directory chromium
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt -e ".[deep,dev]"
 	touch $@
+
+# the dashboard test opens the report in headless Chromium (Debian's package).  Best effort,
+# like blas: without root or apt the test skips locally and fails under CI=true.
+chromium:
+	@if command -v chromium >/dev/null; then echo "chromium present"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+	   && echo "installed chromium") || echo "could not install chromium; the dashboard test needs it"; \
+	else echo "no chromium and no root: the dashboard test skips (fails under CI=true)"; fi
 
 # MLlib's ALS uses a native BLAS (libblas.so.3) when it finds one; Debian's
 # OpenBLAS provides it.  Best effort: skipped without root or apt.

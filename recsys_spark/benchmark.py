@@ -285,7 +285,7 @@ def run_topn(
         top.count()
         predict_s = time.perf_counter() - t
         rows: list[DataFrame] = []
-        res = topn_report(top, test, train, items, n_catalog, k, per_user=rows if per_user is not None else None)
+        res = topn_report(top, test, train, items, n_catalog, k, per_user=rows if per_user is not None else None, business=True)
         if per_user is not None:
             per_user[name] = rows[0].drop("model").toPandas().set_index(COL_USER).sort_index()  # one row per test user
         res.update({"fit_s": round(fit_s, 3), "predict_s": round(predict_s, 3)})
@@ -312,7 +312,7 @@ def run_topn(
         fused.count()
         predict_s = time.perf_counter() - t
         rows = []
-        res = topn_report(fused, test, train, items, n_catalog, k, per_user=rows)
+        res = topn_report(fused, test, train, items, n_catalog, k, per_user=rows, business=True)
         name = f"{BLEND}{method}"
         per_user[name] = rows[0].drop("model").toPandas().set_index(COL_USER).sort_index()
         best = max(models, key=lambda m: (out["models"][m][f"ndcg@{k}"], m))

@@ -29,9 +29,15 @@ def rating_report(predictions: DataFrame, truth: DataFrame, primary_is_fallback:
 def topn_report(
     topn: DataFrame, truth: DataFrame, train: DataFrame, items: DataFrame, n_catalog: int, k: int,
     relevance_threshold: float | None = None, per_user: list[DataFrame] | None = None, name: str = "",
+    business: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """Ranking and beyond-accuracy metrics; with ``per_user`` (a list), the per-user
-    metric values, tagged with ``model = name``, are appended to it (lazily)."""
+    metric values, tagged with ``model = name``, are appended to it (lazily).
+
+    With ``business``, also ``gini``, ``avg_popularity`` and ``serendipity@k``,
+    and diversity from co-occurrence where the items have no features
+    (``diversity_basis`` says which); a few more Spark jobs per call.
+    """
     r = M.ranking_metrics(topn, truth, k, relevance_threshold)
     if per_user is not None:
         per_user.append(r.per_user.withColumn("model", F.lit(name)))
@@ -40,7 +46,16 @@ def topn_report(
     out["users"] = r.metrics["users"]
     out["coverage"] = M.coverage(topn, n_catalog)
     out["novelty"] = M.novelty(topn, train)
-    out["diversity"] = M.diversity(topn, items)
+    if not business:
+        out["diversity"] = M.diversity(topn, items)
+        return out
+    if M.has_features(items):
+        out["diversity"], out["diversity_basis"] = M.diversity(topn, items), "genres"
+    else:  # no item features: distances from who rated the items
+        out["diversity"], out["diversity_basis"] = M.cooccurrence_diversity(topn, train), "co-occurrence"
+    out.update(M.popularity_stats(topn, train, n_catalog))
+    rel = truth if relevance_threshold is None else truth.where(F.col(M.COL_RATING) >= relevance_threshold)
+    out[f"serendipity@{k}"] = M.serendipity(topn, rel, train, k, int(r.metrics["users"]))
     return out
 
 
@@ -62,6 +77,9 @@ def results_markdown(rows: dict[str, dict[str, Any]], k: int) -> str:
         "coverage",
         "novelty",
         "diversity",
+        "gini",
+        "avg_popularity",
+        f"serendipity@{k}",
     ]
     lines = ["| model | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for name, m in rows.items():

@@ -34,6 +34,17 @@ Beyond accuracy (over the recommendation lists, all users that got one):
 * diversity = mean over users of the mean pairwise distance ``1 - cos`` of
   the items' feature sets (cosine of binary vectors: |A∩B| / sqrt(|A||B|),
   0 when either set is empty); lists with fewer than 2 items are skipped.
+  Where items have no features (a generic table without an items file),
+  :func:`cooccurrence_diversity` uses the items' sets of training users
+  instead (the same cosine over who rated them), and the report says which.
+* gini      = Gini index of how often each catalogue item is recommended
+  (never-recommended items count as 0): 0 when every item is recommended
+  equally often, towards 1 when a few items fill every list
+* avg_popularity = mean over recommended (user, item) of the item's number
+  of training ratings (average recommendation popularity)
+* serendipity@k = |{i in L : i in R, i not in P}| / k averaged over the
+  evaluated users, with ``P`` the ``k`` most rated training items (what a
+  popularity recommender shows everyone): relevant and unexpected
 
 Comparing two models on the same users (:func:`paired_bootstrap`): the mean
 per-user difference and a seeded percentile bootstrap 95% interval over
@@ -191,6 +202,67 @@ def diversity(topn: DataFrame, item_features: DataFrame, features_col: str = "ge
     per_user = pairs.groupBy(F.col("a." + COL_USER).alias(COL_USER)).agg(F.avg(1 - cos).alias("_d"))
     v = per_user.agg(F.avg("_d")).first()[0]
     return float(v) if v is not None else 0.0
+
+
+def gini_index(counts: np.ndarray, n_catalog: int) -> float:
+    """Gini of ``counts`` padded with zeros to ``n_catalog`` entries (items never recommended)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    if n_catalog < len(counts) or n_catalog <= 0:
+        raise MetricError(f"catalogue size {n_catalog} is smaller than the {len(counts)} recommended items")
+    x = np.sort(np.concatenate([counts, np.zeros(n_catalog - len(counts))]))
+    total = x.sum()
+    if total == 0:
+        return 0.0
+    i = np.arange(1, n_catalog + 1)
+    return float(((2 * i - n_catalog - 1) * x).sum() / (n_catalog * total))
+
+
+def popularity_stats(topn: DataFrame, train: DataFrame, n_catalog: int) -> dict[str, float]:
+    """``gini`` of the recommendation counts and ``avg_popularity`` of the recommended items (one small collect)."""
+    pop = train.groupBy(COL_ITEM).agg(F.count("*").alias("_pop"))
+    per_item = topn.groupBy(COL_ITEM).agg(F.count("*").alias("_n")).join(pop, COL_ITEM, "left").fillna(0, ["_pop"])
+    pdf = per_item.select("_n", "_pop").toPandas()  # one row per recommended item: at most the catalogue
+    if pdf.empty:
+        return {"gini": 0.0, "avg_popularity": 0.0}
+    n = pdf["_n"].to_numpy(dtype=np.float64)
+    return {"gini": gini_index(n, n_catalog), "avg_popularity": float((n * pdf["_pop"].to_numpy()).sum() / n.sum())}
+
+
+def serendipity(topn: DataFrame, relevant: DataFrame, train: DataFrame, k: int, n_users: int) -> float:
+    """Relevant recommendations outside the ``k`` most rated training items, per ``k``, averaged over ``n_users``."""
+    if n_users <= 0:
+        return 0.0
+    popular = train.groupBy(COL_ITEM).agg(F.count("*").alias("_c")).orderBy(F.desc("_c"), COL_ITEM).limit(k).select(COL_ITEM)
+    recs = topn.where(F.col(COL_RANK) <= k).select(COL_USER, COL_ITEM).join(F.broadcast(popular), COL_ITEM, "left_anti")
+    hits = recs.join(relevant.select(COL_USER, COL_ITEM).dropDuplicates(), [COL_USER, COL_ITEM]).count()
+    return hits / (k * n_users)
+
+
+def cooccurrence_diversity(topn: DataFrame, train: DataFrame) -> float:
+    """Intra-list diversity with the cosine of the items' training-user sets as the similarity."""
+    lst = topn.select(COL_USER, COL_RANK, COL_ITEM)
+    a, b = lst.alias("a"), lst.alias("b")
+    pairs = a.join(b, (F.col("a." + COL_USER) == F.col("b." + COL_USER)) & (F.col("a." + COL_RANK) < F.col("b." + COL_RANK))).select(
+        F.col("a." + COL_USER).alias(COL_USER), F.col("a." + COL_ITEM).alias("_ia"), F.col("b." + COL_ITEM).alias("_ib")
+    )
+    listed = lst.select(COL_ITEM).distinct()
+    sets = train.join(listed, COL_ITEM, "left_semi").groupBy(COL_ITEM).agg(F.collect_set(COL_USER).alias("_u"))
+    sa = sets.select(F.col(COL_ITEM).alias("_ia"), F.col("_u").alias("_ua"))
+    sb = sets.select(F.col(COL_ITEM).alias("_ib"), F.col("_u").alias("_ub"))
+    sims = pairs.select("_ia", "_ib").distinct().join(sa, "_ia", "left").join(sb, "_ib", "left")
+    ua, ub = F.coalesce(F.col("_ua"), F.array()), F.coalesce(F.col("_ub"), F.array())
+    denom = F.sqrt(F.size(ua) * F.size(ub))
+    sims = sims.select("_ia", "_ib", F.when(denom > 0, F.size(F.array_intersect(ua, ub)) / denom).otherwise(0.0).alias("_cos"))
+    per_user = pairs.join(sims, ["_ia", "_ib"]).groupBy(COL_USER).agg(F.avg(1 - F.col("_cos")).alias("_d"))
+    v = per_user.agg(F.avg("_d")).first()[0]
+    return float(v) if v is not None else 0.0
+
+
+def has_features(item_features: DataFrame, features_col: str = "genres") -> bool:
+    """Whether any item has a non-empty ``features_col`` (else feature diversity is 1.0 for every list)."""
+    if features_col not in item_features.columns:
+        return False
+    return bool(item_features.where(F.size(F.coalesce(F.col(features_col), F.array())) > 0).limit(1).count())
 
 
 def _resamples(n_boot: int, n: int, seed: int, max_cells: int = 4_000_000):

@@ -76,3 +76,31 @@ def write(path: Path, text: str, encoding: str = "utf-8") -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(text.encode(encoding))
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def shop_pipeline(spark, tmp_path_factory):
+    """The whole pipeline, publish included, once per test process, on a generic table with string ids.
+
+    20 users ``user-a`` .. ``user-t`` rate 10 of 25 items ``sku_000`` .. ``sku_024``
+    (1-5 stars, seed 3); no items or users file, so items have no titles or
+    genres.  Returns ``(cfg, results, lines)``; the tests read, never rerun it.
+    """
+    import random
+
+    from recsys_spark.config import load_config
+    from recsys_spark.pipeline import run_pipeline
+
+    root = tmp_path_factory.mktemp("shop")
+    rng = random.Random(3)
+    users = [f"user-{c}" for c in "abcdefghijklmnopqrst"]
+    items = [f"sku_{i:03d}" for i in range(25)]
+    lines = [f"{u},{i},{rng.choice([1, 2, 3, 4, 5])},{t}" for t, (u, i) in enumerate((u, i) for u in users for i in rng.sample(items, 10))]
+    ratings = write(root / "shop.csv", "uid,sku,stars,ts\n" + "\n".join(lines) + "\n")
+    cfg = load_config(None, [
+        f'paths.output="{root / "output"}"', "dataset.kind=generic", "dataset.name=shop", f'dataset.generic.ratings="{ratings}"',
+        'dataset.generic.columns={user="uid",item="sku",rating="stars",timestamp="ts"}',
+        'dataset.generic.id_types={user="string",item="string"}', "dataset.rating_min=1.0", "dataset.rating_max=5.0",
+        'models.names=["popularity","bias"]', "final.buckets=2",
+    ])  # fmt: skip
+    return cfg, run_pipeline(spark, cfg), lines

@@ -31,6 +31,7 @@ from recsys_spark.stages.manifest import run_stage
 from recsys_spark.stages.stage import Stage, once
 
 log = logging.getLogger(__name__)
+DASHBOARD = "dashboard.html"
 
 
 def score_predictions(
@@ -44,7 +45,7 @@ def score_predictions(
     ratings = spark.read.parquet(f"{root}/{part}/ratings")
     topn = spark.read.parquet(f"{root}/{part}/topn")
     rep = ev.rating_report(ratings, truth, primary_is_fallback=name == "global_mean")
-    rep.update(ev.topn_report(topn, truth, train, items, n_catalog, k, thr, per_user=per_user, name=name))
+    rep.update(ev.topn_report(topn, truth, train, items, n_catalog, k, thr, per_user=per_user, name=name, business=True))
     return rep
 
 
@@ -71,7 +72,7 @@ def run_evaluate(spark: SparkSession, cfg: Config, force: bool = False) -> dict[
             union = union.unionByName(df)
         union.write.partitionBy("model").parquet(f"{tmp}/per_user")
         blend = fs.read_manifest(spark, layout.blend(cfg))
-        flat = {m: {k: v for k, v in r.items() if k != "sources"} for m, r in rows.items()}
+        flat = {m: {k: v for k, v in r.items() if k != "sources" and not isinstance(v, str)} for m, r in rows.items()}
         metric_names = sorted({k for r in flat.values() for k in r})
         table = spark.createDataFrame(
             [(m, *[float(r.get(c, float("nan"))) for c in metric_names]) for m, r in flat.items()],
@@ -92,6 +93,7 @@ def run_evaluate(spark: SparkSession, cfg: Config, force: bool = False) -> dict[
             "blend": blend["counts"],
             "best_single": {"metric": metric, "model": best},
             "models": rows,
+            "model_order": [*names, "blend"],  # results.json sorts its keys; the report keeps the config's order
         }
         models = [*names, "blend"]
         errors = _errors(spark, cfg, models, test).persist()
@@ -99,6 +101,7 @@ def run_evaluate(spark: SparkSession, cfg: Config, force: bool = False) -> dict[
         per_user_df = spark.read.parquet(f"{tmp}/per_user").select("user_idx", "model", ndcg)  # written above: not recomputed
         sig_all, sampled = _significance(cfg, flat, models, errors, per_user_df, ndcg)
         payload["significance"] = sig_all
+        payload["intervals"] = _intervals(sampled, models, ndcg)
         sampled["per_user_path"] = f"{tmp}/per_user"
         choice = _selection(spark, cfg, flat, models, blend, sampled, ndcg)
         payload["selection"] = choice
@@ -114,6 +117,9 @@ def run_evaluate(spark: SparkSession, cfg: Config, force: bool = False) -> dict[
             f"Test rows: {test.count()}; blend = {blend['counts']['chosen']} (chosen on the validation part).\n"
             f"By {metric}: blend {flat['blend'][metric]:.4f}, best single model {best} {flat[best][metric]:.4f}.\n\n"
             + ev.results_markdown(rows, cfg.evaluate.k)
+            + f"\nIntra-list diversity from {rows['blend'].get('diversity_basis', 'genres')} "
+            f"({'the items have no features' if rows['blend'].get('diversity_basis') == 'co-occurrence' else 'item genres'}); "
+            f"serendipity@{cfg.evaluate.k}: relevant and not among the {cfg.evaluate.k} most rated training items.\n"
             + "\n## Selection\n\n" + (choice.get("rationale") or choice["skipped"]) + "\n\n"
             + significance_markdown(sig_all)
             + _segments_markdown(seg_rows, models, ndcg)
@@ -121,16 +127,19 @@ def run_evaluate(spark: SparkSession, cfg: Config, force: bool = False) -> dict[
         errors.unpersist()
         fs.write_json(spark, f"{tmp}/results.json", payload)
         fs.write_text(spark, f"{tmp}/results.md", md)
+        page = dashboard_page(spark, cfg, payload, [r.asDict() for r in seg_rows])
+        fs.write_text(spark, f"{tmp}/{DASHBOARD}", page)
         log.info("results:\n%s", md)
         run_id = None
         if cfg.tracking.enabled:
             with tempfile.TemporaryDirectory() as local:
-                for fname, text in (("results.md", md), ("results.json", json.dumps(payload, indent=2, default=str))):
+                texts = (("results.md", md), ("results.json", json.dumps(payload, indent=2, default=str)), (DASHBOARD, page))
+                for fname, text in texts:
                     Path(local, fname).write_text(text)
                 params = {**tracking.flatten("", {s: cfg.to_dict()[s] for s in ("dataset", "split", "models", "evaluate")})}
                 metrics = tracking.flatten("", flat)
                 run_id = tracking.log_run(
-                    cfg, f"evaluate {cfg.dataset_name}", params, metrics, [str(Path(local, "results.md")), str(Path(local, "results.json"))]
+                    cfg, f"evaluate {cfg.dataset_name}", params, metrics, [str(Path(local, f)) for f, _ in texts]
                 )
         for df in (test, train, items):
             df.unpersist()
@@ -138,6 +147,27 @@ def run_evaluate(spark: SparkSession, cfg: Config, force: bool = False) -> dict[
 
     inputs = [layout.predictions(cfg, n) for n in names] + [layout.blend(cfg)]
     return run_stage(spark, cfg, "evaluate", output, STAGE.sections, inputs, body, force, {"models": names})
+
+
+def dashboard_page(spark: SparkSession, cfg: Config, payload: dict[str, Any], seg_rows: list[dict]) -> str:
+    """The HTML dashboard (:mod:`recsys_spark.report`) with the costs, learning curves and factors the outputs hold."""
+    from recsys_spark import report
+
+    choice = payload.get("selection", {})
+    curves = {}
+    for name in cfg.models.names:
+        hist = ((fs.read_manifest(spark, layout.predictions(cfg, name)) or {}).get("counts") or {}).get("history")
+        if hist:
+            curves[name] = hist
+    projection = None
+    fz = cfg.factorize.model
+    if fz and fs.exists(spark, f"{layout.factors(cfg, fz)}/item_factors"):
+        pdf = spark.read.parquet(f"{layout.factors(cfg, fz)}/item_factors").toPandas()  # one row per item
+        if "factors" in pdf.columns and len(pdf):
+            factors = np.stack(pdf["factors"].to_numpy())
+            pop = layout.read_ingested(spark, cfg).groupBy("item_idx").count().toPandas().set_index("item_idx")["count"]
+            projection = (fz, np.asarray(factors, dtype=np.float64), pdf["item_idx"].map(pop).fillna(0).to_numpy(dtype=np.float64))
+    return report.dashboard(payload, seg_rows, choice.get("costs_s"), curves, projection)
 
 
 def _errors(spark: SparkSession, cfg: Config, models: list[str], test: DataFrame) -> DataFrame:
@@ -195,6 +225,21 @@ def _significance(cfg: Config, flat: dict, models: list[str], errors: DataFrame,
         "rows": sig.compare_all(values, refs, users=wide["user_idx"].to_numpy()),
     }  # fmt: skip
     return out, {"users": wide_users, "ratings": wide}
+
+
+def _intervals(sampled: dict[str, Any], models: list[str], ndcg: str) -> dict[str, dict[str, list[float]]]:
+    """Each model's NDCG@k and RMSE with a bootstrap 95% interval (users resampled, with their ratings for RMSE)."""
+    from recsys_spark import metrics as M
+
+    users, ratings = sampled["users"], sampled["ratings"]
+    out: dict[str, dict[str, list[float]]] = {}
+    for m in models:
+        v = users[m].to_numpy(dtype=np.float64)
+        b = M.paired_bootstrap(v, np.zeros_like(v))
+        e = ratings[m].to_numpy(dtype=np.float64)
+        r = M.paired_rmse_bootstrap(ratings["user_idx"].to_numpy(), np.zeros_like(e), e)
+        out[m] = {ndcg: [b["diff"], b["ci95_lo"], b["ci95_hi"]], "rmse": [r["diff"], r["ci95_lo"], r["ci95_hi"]]}
+    return out
 
 
 def _selection(

@@ -66,6 +66,9 @@ def run_predict(spark: SparkSession, cfg: Config, name: str, force: bool = False
                 "users_with_lists": topn.select(COL_USER).distinct().count(),
             }  # fmt: skip
             log.info("%s %s: %d rows predicted, top-%d for %d users", name, part, predicted, k, counts[part]["users_with_lists"])
+        history = (getattr(model, "info", None) or {}).get("history") if model is not None else None
+        if history and isinstance(history, list) and isinstance(history[0], dict):  # per-epoch losses: the report's learning curves
+            counts["history"] = [{key: v for key, v in row.items() if isinstance(v, (int, float)) and v == v} for row in history[:500]]
         return counts
 
     extra = {"model": name, "params": params, "k": k, "refit_for_test": cfg.models.refit_for_test}

@@ -170,7 +170,7 @@ def piped(spark, tmp_path_factory):
     out = tmp_path_factory.mktemp("blend") / "output"
 
     def make(*overrides):
-        return load_config(None, [f'paths.output="{out}"', *SMALL, *overrides])
+        return load_config(None, [f'paths.output="{out}"', *SMALL, "publish.enabled=false", *overrides])
 
     return make, run_pipeline(spark, make(MODELS))
 

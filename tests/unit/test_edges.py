@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import logging
-import random
 import re
 from pathlib import Path
 
@@ -210,21 +209,10 @@ def test_a_zero_byte_parquet_is_a_format_error_on_the_spark_side_too(spark, tmp_
         read_dataset(spark, dataset_spec(cfg))
 
 
-def test_string_ids_end_to_end_through_ingest_a_model_and_the_final_lists(spark, tmp_path, cfg_factory):
-    from recsys_spark.pipeline import run_pipeline
+def test_string_ids_end_to_end_through_ingest_a_model_and_the_final_lists(spark, shop_pipeline):
     from recsys_spark.stages.final import user_rows
 
-    rng = random.Random(3)
-    users = [f"user-{c}" for c in "abcdefghijklmnopqrst"]
-    items = [f"sku_{i:03d}" for i in range(25)]
-    lines = [f"{u},{i},{rng.choice([1, 2, 3, 4, 5])},{t}" for t, (u, i) in enumerate((u, i) for u in users for i in rng.sample(items, 10))]
-    p = write(tmp_path / "shop.csv", "uid,sku,stars,ts\n" + "\n".join(lines) + "\n")
-    cfg = generic(
-        cfg_factory, p, 'dataset.generic.columns={user="uid",item="sku",rating="stars",timestamp="ts"}',
-        'dataset.generic.id_types={user="string",item="string"}', "dataset.rating_min=1.0",
-        'models.names=["popularity","bias"]', "final.buckets=2",
-    )  # fmt: skip
-    res = run_pipeline(spark, cfg)
+    cfg, res, lines = shop_pipeline  # the generic table with string ids (tests/conftest.py)
     assert res["ingest"]["counts"]["tables"]["ratings"]["kept"] == 200
     rows = user_rows(spark, cfg, "user-c").orderBy("rank").collect()
     assert rows and all(r["item_id"].startswith("sku_") for r in rows)

@@ -260,6 +260,7 @@ def test_gd_objective_decreases_every_epoch(rank1):
     assert all(b < a for a, b in zip(obj, obj[1:], strict=False)), obj
 
 
+@pytest.mark.extended  # an internal property; no README claim rests on it (make test-extended)
 def test_gd_bold_driver_recovers_from_a_step_that_diverges_without_it(rank1):
     df, R = rank1
     kw = dict(rank=2, n_epochs=12, lr=8.0, reg=0.01, optimizer="gd", momentum=0.9, init_std=0.3, scale=Scale(0.5, 5))
@@ -305,6 +306,7 @@ def test_exact_optimizers_do_not_depend_on_the_partitioning(spark):
         np.testing.assert_allclose(a, b, atol=1e-10)
 
 
+@pytest.mark.extended  # an internal property; no README claim rests on it (make test-extended)
 def test_sgd_float32_fit_matches_float64_and_other_optimizers_refuse_it(spark):
     df = spark.createDataFrame(TRAIN * 3, RATINGS_SCHEMA)
     a = _dense(SVD(rank=2, n_epochs=5, lr=0.02, seed=3).fit(df), 4, 5)
@@ -386,6 +388,7 @@ def test_factor_topk_matches_brute_force(spark):
         np.testing.assert_allclose([r["score"] for r in mine], [S[u, i] for i in cand])
 
 
+@pytest.mark.extended  # an internal property; no README claim rests on it (make test-extended)
 def test_als_mllib_paths_agree_with_the_factor_tables_and_never_nan(spark):
     df = spark.createDataFrame(TRAIN, RATINGS_SCHEMA)
     m = ALS(rank=3, max_iter=5, reg_param=0.1, scale=Scale(0.5, 5)).fit(df)

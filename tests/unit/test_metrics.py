@@ -136,6 +136,30 @@ def test_beyond_accuracy(spark):
     assert M.diversity(topn, feats) == pytest.approx(((1 - 1 / math.sqrt(2)) + 1.0) / 2)
 
 
+def test_business_metrics_by_hand(spark):
+    lists = {0: [1, 2], 1: [2, 3]}
+    topn = topn_df(spark, lists)
+    ratings = "user_idx int, item_idx int, rating double, timestamp long"
+    # item 1 rated by users 0, 1, 5; item 2 by 5; item 3 by 1, 5; item 4 (never recommended) by 0
+    train = spark.createDataFrame([(0, 1, 4.0, 0), (1, 1, 4.0, 0), (5, 1, 3.0, 0), (5, 2, 3.0, 0), (1, 3, 5.0, 0), (5, 3, 2.0, 0),
+                                   (0, 4, 1.0, 0)], ratings)  # fmt: skip
+    # recommendation counts over a catalogue of 5: [1, 2, 1, 0, 0] -> sorted [0, 0, 1, 1, 2], sum 4
+    # gini = sum((2i - n - 1) x_i) / (n sum x) = ((-4)0 + (-2)0 + 0*1 + 2*1 + 4*2) / (5*4) = 10/20
+    stats = M.popularity_stats(topn, train, 5)
+    assert stats["gini"] == pytest.approx(0.5)
+    assert stats["avg_popularity"] == pytest.approx((3 + 1 + 1 + 2) / 4)  # popularity of 1, 2, 2, 3
+    assert M.gini_index(np.array([3.0, 3.0, 3.0]), 3) == 0.0
+    # co-occurrence: cos(1, 2) = |{5}| / sqrt(3 * 1); cos(2, 3) = |{5}| / sqrt(1 * 2)
+    expected = ((1 - 1 / math.sqrt(3)) + (1 - 1 / math.sqrt(2))) / 2
+    assert M.cooccurrence_diversity(topn, train) == pytest.approx(expected)
+    # the k=2 most rated training items: 1 (3 ratings), 3 (2); user 0's relevant {1, 2}: 2 is unexpected and a hit;
+    # user 1's relevant {3}: 3 is popular; user 7 has relevant items and no list
+    rel = spark.createDataFrame([(0, 1, 4.0, 0), (0, 2, 5.0, 0), (1, 3, 4.0, 0), (7, 1, 4.0, 0)], ratings)
+    assert M.serendipity(topn, rel, train, 2, 3) == pytest.approx(1 / (2 * 3))
+    items = spark.createDataFrame([(1, []), (2, [])], "item_idx int, genres array<string>")
+    assert not M.has_features(items) and M.has_features(spark.createDataFrame([(1, ["a"])], "item_idx int, genres array<string>"))
+
+
 def test_paired_bootstrap_by_hand():
     a = np.array([1.0, 0.5, 0.0, 1.0])
     b = np.array([0.0, 0.5, 0.5, 0.0])

@@ -55,8 +55,10 @@ def test_stage_skips_when_up_to_date_and_reruns_on_change(spark, cfg_factory, tm
 
 
 def test_pipeline_reruns_only_affected_stages(spark, cfg_factory):
+    # publish (the MLflow registry) has its own tests (test_serving.py): left out of these reruns
+    small = (*SMALL, "publish.enabled=false")
     models = 'models.names=["popularity", "item_mean"]'
-    cfg = cfg_factory(*SMALL, models)
+    cfg = cfg_factory(*small, models)
     first = run_pipeline(spark, cfg)
     names = ["generate", "ingest", "split", "predict:popularity", "predict:item_mean", "blend", "final", "evaluate"]
     assert list(first) == names
@@ -103,12 +105,12 @@ def test_pipeline_reruns_only_affected_stages(spark, cfg_factory):
     def ran(res):
         return [k for k, m in res.items() if not m["skipped"]]
 
-    assert ran(run_pipeline(spark, cfg_factory(*SMALL, models, "blend.folds=3"))) == ["blend", "final", "evaluate"]
+    assert ran(run_pipeline(spark, cfg_factory(*small, models, "blend.folds=3"))) == ["blend", "final", "evaluate"]
     added = 'models.names=["popularity", "item_mean", "global_mean"]'
-    assert ran(run_pipeline(spark, cfg_factory(*SMALL, added, "blend.folds=3"))) == [
+    assert ran(run_pipeline(spark, cfg_factory(*small, added, "blend.folds=3"))) == [
         "predict:global_mean", "blend", "final", "evaluate",
     ]  # fmt: skip
-    reseeded = run_pipeline(spark, cfg_factory(*SMALL, models, "split.seed=7"))
+    reseeded = run_pipeline(spark, cfg_factory(*small, models, "split.seed=7"))
     assert ran(reseeded) == names[2:]
     counts = reseeded["ingest"]["counts"]["tables"]["ratings"]
     assert counts["read"] == counts["kept"] + counts["quarantined"] + counts["deduplicated"]
@@ -209,13 +211,16 @@ def test_pipeline_orders_the_stages_a_config_needs_from_their_declarations(cfg_f
         "generate", "ingest", "split",
         "content", "export_features",  # the export adds the content model's terms: it reads the content output
         "factorize", "neighbors",
-        "predict:bias", "predict:item_knn", "predict:content", "predict:als", "predict:gmf", "blend", "final", "evaluate",
+        "predict:bias", "predict:item_knn", "predict:content", "predict:als", "predict:gmf", "blend", "final", "evaluate", "publish",
     ]  # fmt: skip
     # only what models.names needs: no export stage without its model, no generate for a real dataset
     assert pipeline.pipeline_stages(cfg_factory('models.names=["popularity"]')) == [
-        "generate", "ingest", "split", "predict:popularity", "blend", "final", "evaluate",
+        "generate", "ingest", "split", "predict:popularity", "blend", "final", "evaluate", "publish",
     ]  # fmt: skip
-    assert "final" not in pipeline.pipeline_stages(cfg_factory('models.names=["popularity"]', "final.enabled=false"))
+    # publish needs the final lists and a tracking location
+    without_final = pipeline.pipeline_stages(cfg_factory('models.names=["popularity"]', "final.enabled=false"))
+    assert "final" not in without_final and "publish" not in without_final
+    assert "publish" not in pipeline.pipeline_stages(cfg_factory('models.names=["popularity"]', "tracking.enabled=false"))
     assert pipeline.pipeline_stages(cfg_factory("dataset.kind=ml-100k", 'models.names=["bias"]'))[0] == "ingest"
     # a stage reading its own downstream output cannot be ordered
     bad = stages.Stage(
