@@ -48,6 +48,7 @@ def write_artifacts(table: DataFrame, cold: DataFrame, meta: dict[str, Any], des
     few hundred MB, for 138K users with k = 10) and are written there, so a
     cluster run and a local run write the same local files for MLflow to log.
     """
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     title = F.coalesce(F.col(COL_TITLE), F.col(COL_ITEM_ID)).alias(COL_TITLE)
@@ -68,7 +69,7 @@ def write_artifacts(table: DataFrame, cold: DataFrame, meta: dict[str, Any], des
         raise ValueError("publish: the final job's cold-start list is empty (no ratings to rank items by?)")
     pq.write_table(cold_arrow, dest / "cold_start.parquet")
     (dest / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
-    users = len(set(arrow.column("user_id").to_pylist()))
+    users = pc.count_distinct(arrow.column("user_id")).as_py()
     return {"rows": arrow.num_rows, "users": users, "cold_start_rows": cold_arrow.num_rows}
 
 

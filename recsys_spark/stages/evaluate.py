@@ -19,6 +19,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recsys_spark import evaluate as ev
+from recsys_spark import metrics as M
 from recsys_spark import segments as seg
 from recsys_spark import selection as sel
 from recsys_spark import significance as sig
@@ -229,8 +230,6 @@ def _significance(cfg: Config, flat: dict, models: list[str], errors: DataFrame,
 
 def _intervals(sampled: dict[str, Any], models: list[str], ndcg: str) -> dict[str, dict[str, list[float]]]:
     """Each model's NDCG@k and RMSE with a bootstrap 95% interval (users resampled, with their ratings for RMSE)."""
-    from recsys_spark import metrics as M
-
     users, ratings = sampled["users"], sampled["ratings"]
     out: dict[str, dict[str, list[float]]] = {}
     for m in models:
