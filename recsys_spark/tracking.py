@@ -58,15 +58,30 @@ def check(cfg: Config, stage: str) -> None:
         tracking_uri(cfg)
 
 
+def use(cfg: Config) -> tuple[str, Any]:
+    """Point MLflow's tracking and registry at the config's location; return ``(uri, MlflowClient)``."""
+    import mlflow
+
+    uri, _ = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri, mlflow.MlflowClient(uri, registry_uri=uri)
+
+
+def experiment_id(cfg: Config, client: Any) -> str:
+    """``tracking.experiment``'s id, created (with the default artifact location) when missing."""
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    if exp:
+        return exp.experiment_id
+    return client.create_experiment(cfg.tracking.experiment, artifact_location=tracking_uri(cfg)[1])
+
+
 def log_run(cfg: Config, run_name: str, params: dict[str, Any], metrics: dict[str, float], artifacts: list[str]) -> str:
     """Log one run; return its id."""
     import mlflow
 
-    uri, artifact_location = tracking_uri(cfg)
-    mlflow.set_tracking_uri(uri)
-    client = mlflow.MlflowClient(uri)
-    exp = client.get_experiment_by_name(cfg.tracking.experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(cfg.tracking.experiment, artifact_location=artifact_location)
+    uri, client = use(cfg)
+    exp_id = experiment_id(cfg, client)
     with mlflow.start_run(experiment_id=exp_id, run_name=run_name) as run:
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
         mlflow.log_metrics({_clean(k): float(v) for k, v in metrics.items() if isinstance(v, (int, float))})

@@ -107,12 +107,8 @@ def register(
 
     from recsys_spark import tracking
 
-    uri, artifact_location = tracking.tracking_uri(cfg)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    client = mlflow.MlflowClient(uri, registry_uri=uri)
-    exp = client.get_experiment_by_name(cfg.tracking.experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(cfg.tracking.experiment, artifact_location=artifact_location)
+    uri, client = tracking.use(cfg)
+    exp_id = tracking.experiment_id(cfg, client)
     name, alias = model_name(cfg), cfg.publish.alias
     # the loader's source beside the data (inspect reads it from a zip too, as under spark-submit --py-files)
     from recsys_spark.serving import recsys_spark_champion
@@ -146,9 +142,7 @@ def load(cfg: Config, alias: str | None = None) -> Any:
 
     from recsys_spark import tracking
 
-    uri, _ = tracking.tracking_uri(cfg)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    tracking.use(cfg)
     return mlflow.pyfunc.load_model(f"models:/{model_name(cfg)}@{alias or cfg.publish.alias}")
 
 
@@ -158,9 +152,7 @@ def batch_udf(spark: SparkSession, cfg: Config, alias: str | None = None) -> Any
 
     from recsys_spark import tracking
 
-    uri, _ = tracking.tracking_uri(cfg)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    tracking.use(cfg)
     return mlflow.pyfunc.spark_udf(
         spark, f"models:/{model_name(cfg)}@{alias or cfg.publish.alias}", result_type=RESULT_TYPE, env_manager="local"
     )
