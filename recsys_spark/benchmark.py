@@ -4,9 +4,10 @@
     recsys-spark benchmark topn --dataset ml-100k --models popularity --k 10 --out t.json
     recsys-spark benchmark coldstart --dataset ml-latest-small --models content,bias,popularity
 
-* **rating**: MovieLens 100K canonical folds ``u1..u5``; every test row is
-  scored (fallbacks counted by ``source``, never dropped); RMSE and MAE per
-  fold and their mean.
+* **rating**: MovieLens 100K canonical folds ``u1..u5`` (another dataset:
+  one per-user stratified 75/25 split with seed 42, the top-N protocol's);
+  every test row is scored (fallbacks counted by ``source``, never dropped);
+  RMSE and MAE per fold and their mean.
 * **topn**: per-user stratified 75/25 split with seed 42; candidates are all
   training items the user has not rated; every test item of the user is
   relevant; Precision/Recall/NDCG/MAP/HR/MRR@k, catalogue coverage, novelty
@@ -30,6 +31,8 @@ Datasets resolve under ``RECSYS_DATA_DIR``; ingest and split outputs are
 cached under ``paths.output`` like the pipeline's (a second run skips them).
 Times: ``fit_s`` fits and materializes the learned state, ``predict_s``
 computes and materializes the predictions (or top-N lists); both in seconds.
+With them, throughput and the peak memory sampled while the model fitted and
+predicted (:class:`recsys_spark.costs.CostMeter`).
 """
 
 from __future__ import annotations
@@ -44,7 +47,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -53,8 +55,10 @@ from recsys_spark import metrics as M
 from recsys_spark import registry, stages
 from recsys_spark.config import Config, SplitConfig, load_config
 from recsys_spark.content import SideData
+from recsys_spark.costs import MB, CostMeter, dir_bytes, throughput
 from recsys_spark.evaluate import rating_report, topn_report
-from recsys_spark.recommender import RecommenderModel, Scale
+from recsys_spark.io import fs
+from recsys_spark.recommender import RecommenderModel, Scale, materialize, release
 from recsys_spark.schemas import COL_ITEM, COL_PREDICTION, COL_RATING, COL_SOURCE, COL_USER
 from recsys_spark.split import TEST, stratified_split
 
@@ -102,12 +106,6 @@ def parse_folds(text: str) -> list[int]:
     return folds
 
 
-def materialize(model: RecommenderModel) -> RecommenderModel:
-    for df in model._state().values():
-        df.persist(StorageLevel.MEMORY_AND_DISK).count()
-    return model
-
-
 def _timed_fit(
     name: str, cfg_scale: Scale, train: DataFrame, side: SideData | None = None, models_dir: str | None = None,
 ) -> tuple[RecommenderModel, float]:  # fmt: skip
@@ -126,44 +124,78 @@ def _mean(values: list[float]) -> float:
     return statistics.fmean(values)
 
 
-def run_rating(spark: SparkSession, cfg: Config, models: list[str], folds: list[int]) -> dict[str, Any]:
+RATING_SPLIT = {"split": "stratified", "ratio": 0.75, "seed": 42}  # a dataset without canonical folds: the top-N protocol's split
+
+
+def _part(spark: SparkSession, cfg: Config, part: str, fold: int) -> DataFrame:
+    """A fold's part (``fold`` 0: the one split of a dataset without canonical folds)."""
+    return stages.read_split(spark, cfg, part, fold=fold or None)
+
+
+def _fold_label(fold: int) -> str:
+    return f"u{fold}" if fold else "s42"
+
+
+def run_rating(
+    spark: SparkSession, cfg: Config, models: list[str], folds: list[int], errors: dict[str, pd.DataFrame] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The rating protocol: ML-100K's canonical folds; another dataset, one per-user stratified
+    75/25 split with seed 42 (:data:`RATING_SPLIT`).  With ``errors`` (a dict), each model's
+    per-rating errors go into it: a pandas frame ``(fold, user_idx, item_idx, err)`` of every test
+    rating, sorted (for paired tests; bounded by the test part)."""
     models, blends = split_models(models, "rating")
-    if cfg.dataset.kind != "ml-100k":
-        raise ValueError("the rating protocol uses the canonical ML-100K folds: --dataset ml-100k")
-    # the split always holds all five folds (so a one-fold run does not invalidate it)
-    cfg = _with_split(cfg, SplitConfig(protocol="ml100k_folds"))
+    if cfg.dataset.kind == "ml-100k":
+        # the split always holds all five folds (so a one-fold run does not invalidate it)
+        cfg = _with_split(cfg, SplitConfig(protocol="ml100k_folds"))
+    else:
+        if folds != [1, 2, 3, 4, 5]:
+            raise ValueError(f"--folds names ML-100K's canonical folds; {cfg.dataset_name} has one split (stratified 75/25, seed 42)")
+        cfg = _with_split(cfg, SplitConfig(protocol="stratified", ratio=0.75, seed=42, valid_ratio=0.0, n_negatives=0))
+        folds = [0]
     stages.run_ingest(spark, cfg)
     stages.run_split(spark, cfg)
     scale = stages.rating_scale(spark, cfg)
     side = stages.side_data(spark, cfg)
     out: dict[str, Any] = {
-        "protocol": {"name": "rating", "dataset": cfg.dataset_name, "folds": [f"u{k}" for k in folds], "scale": [scale.lo, scale.hi]},
+        "protocol": {"name": "rating", "dataset": cfg.dataset_name, "folds": [_fold_label(k) for k in folds], "scale": [scale.lo, scale.hi],
+                     **({} if cfg.dataset.kind == "ml-100k" else RATING_SPLIT)},
         "models": {},
-    }
+    }  # fmt: skip
     kept: dict[int, dict[str, pd.DataFrame]] = {k: {} for k in folds}  # the members' test predictions, for the blends
     for name in models:
         per_fold = []
+        errs = []
         for k in folds:
-            train = stages.read_split(spark, cfg, "train", fold=k).persist()
-            test = stages.read_split(spark, cfg, "test", fold=k).persist()
-            model, fit_s = _timed_fit(name, scale, train, side, stages.models_dir_of(cfg))
-            t = time.perf_counter()
-            # the timestamp travels with the pairs: time-aware models use it, the others ignore it
-            pred = model.predict(test.select(*[c for c in ("user_idx", "item_idx", "timestamp") if c in test.columns])).persist()
-            pred.count()
-            predict_s = time.perf_counter() - t
+            train = _part(spark, cfg, "train", k).persist()
+            test = _part(spark, cfg, "test", k).persist()
+            with CostMeter(spark) as meter:
+                with meter.phase("fit"):
+                    model = materialize(registry.build(name, scale, models_dir=stages.models_dir_of(cfg)).fit_with(train, side))
+                with meter.phase("predict"):
+                    # the timestamp travels with the pairs: time-aware models use it, the others ignore it
+                    pred = model.predict(test.select(*[c for c in ("user_idx", "item_idx", "timestamp") if c in test.columns])).persist()
+                    pred.count()
+            cost = meter.result()
             m = rating_report(pred, test, primary_is_fallback=name == "global_mean")
             if blends:  # bounded: one fold's test rows
                 kept[k][name] = pred.select(COL_USER, COL_ITEM, COL_PREDICTION, COL_SOURCE).toPandas()
-            per_fold.append({"fold": f"u{k}", **m, "fit_s": round(fit_s, 3), "predict_s": round(predict_s, 3)})
-            log.info("%s u%d: rmse %.4f mae %.4f (fit %.1fs, predict %.1fs)", name, k, m["rmse"], m["mae"], fit_s, predict_s)
+            if errors is not None:  # bounded: one fold's test rows
+                e = pred.join(test.select(COL_USER, COL_ITEM, COL_RATING), [COL_USER, COL_ITEM])
+                e = e.select(F.lit(k).alias("fold"), COL_USER, COL_ITEM, (F.col(COL_PREDICTION) - F.col(COL_RATING)).alias("err"))
+                errs.append(e.toPandas())
+            per_fold.append({"fold": _fold_label(k), **m, **cost, **throughput(cost, int(m["rows"]), 0)})
+            log.info("%s %s: rmse %.4f mae %.4f (fit %.1fs, predict %.1fs)", name, _fold_label(k), m["rmse"], m["mae"],
+                     cost["fit_s"], cost["predict_s"])  # fmt: skip
+            release(model)
             for df in (pred, train, test):
                 df.unpersist()
+        if errors is not None:
+            errors[name] = pd.concat(errs).sort_values(["fold", COL_USER, COL_ITEM]).reset_index(drop=True)
         out["models"][name] = {
             "rmse": _mean([f["rmse"] for f in per_fold]),
             "mae": _mean([f["mae"] for f in per_fold]),
-            "fit_s": round(_mean([f["fit_s"] for f in per_fold]), 3),
-            "predict_s": round(_mean([f["predict_s"] for f in per_fold]), 3),
+            **{key: round(_mean([f[key] for f in per_fold]), 3) for key in ("fit_s", "predict_s", "predict_rows_per_s")},
+            **{key: max(f[key] for f in per_fold) for key in per_fold[0] if key.startswith("peak_")},
             "fallback_rows": sum(f["fallback_rows"] for f in per_fold),
             "rows": sum(f["rows"] for f in per_fold),
             "folds": per_fold,
@@ -183,8 +215,8 @@ def _rating_blends(
     per: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     pooled: dict[str, list[np.ndarray]] = {m: [] for m in methods}
     for k in folds:
-        train = stages.read_split(spark, cfg, "train", fold=k)
-        test = stages.read_split(spark, cfg, "test", fold=k)
+        train = _part(spark, cfg, "train", k)
+        test = _part(spark, cfg, "test", k)
         parts = stratified_split(train, 1 - BLEND_VALID["share"], BLEND_VALID["seed"]).persist()
         fit_part = parts.where(F.col("part") != TEST).drop("part").persist()
         valid = parts.where(F.col("part") == TEST).drop("part").persist()
@@ -216,7 +248,7 @@ def _rating_blends(
             predict_s = time.perf_counter() - t
             paired = M.paired_rmse_bootstrap(frame_t[COL_USER].to_numpy(), err, err_best)
             row = {
-                "fold": f"u{k}", "rmse": float(np.sqrt(np.mean(err**2))), "mae": float(np.mean(np.abs(err))),
+                "fold": _fold_label(k), "rmse": float(np.sqrt(np.mean(err**2))), "mae": float(np.mean(np.abs(err))),
                 "method": chosen, "fit_s": round(fit_s, 3), "predict_s": round(predict_s, 3),
                 "members_fit_s": round(member_s, 3), "valid_rows": len(frame_v), "rows": len(frame_t),
                 "missing": {"valid": miss_v["missing"], "test": miss_t["missing"]},
@@ -250,9 +282,11 @@ def _avg(df: DataFrame) -> float:
 
 def run_topn(
     spark: SparkSession, cfg: Config, models: list[str], k: int, per_user: dict[str, Any] | None = None,
+    save_dir: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """The top-N protocol; with ``per_user`` (a dict), each model's per-user metrics go into it as
-    a pandas frame indexed by user (for paired comparisons)."""
+    a pandas frame indexed by user (for paired comparisons).  With ``save_dir``, each fitted model
+    is saved there (then deleted) for its size on disk (``model_mb``)."""
     models, blends = split_models(models, "topn")
     if blends and per_user is None:
         per_user = {}
@@ -278,17 +312,28 @@ def run_topn(
         "models": {},
     }
     tops: dict[str, DataFrame] = {}
+    n_users = out["protocol"]["test_users"]
     for name in models:
-        model, fit_s = _timed_fit(name, scale, train, side, stages.models_dir_of(cfg))
-        t = time.perf_counter()
-        top = model.recommend(users, k).persist()
-        top.count()
-        predict_s = time.perf_counter() - t
+        with CostMeter(spark) as meter:
+            with meter.phase("fit"):
+                model = materialize(registry.build(name, scale, models_dir=stages.models_dir_of(cfg)).fit_with(train, side))
+            with meter.phase("recommend"):
+                top = model.recommend(users, k).persist()
+                top.count()
+        cost = {**meter.result(), **throughput(meter.result(), 0, n_users)}
+        fit_s, predict_s = cost["fit_s"], cost["recommend_s"]
+        if save_dir:  # the fitted model on disk: its size
+            path = f"{save_dir}/{name}"
+            fs.delete(spark, path)
+            model.save(path)
+            cost["model_mb"] = round(dir_bytes(spark, path) / MB, 3)
+            fs.delete(spark, path)
         rows: list[DataFrame] = []
         res = topn_report(top, test, train, items, n_catalog, k, per_user=rows if per_user is not None else None, business=True)
         if per_user is not None:
             per_user[name] = rows[0].drop("model").toPandas().set_index(COL_USER).sort_index()  # one row per test user
         res.update({"fit_s": round(fit_s, 3), "predict_s": round(predict_s, 3)})
+        res.update({c: v for c, v in cost.items() if c not in ("fit_s", "recommend_s")})
         log.info(
             "%s: ndcg@%d %.4f precision@%d %.4f (fit %.1fs, recommend %.1fs)",
             name,
@@ -300,8 +345,7 @@ def run_topn(
             predict_s,
         )
         out["models"][name] = res
-        for df in model._state().values():  # materialize() cached them; the next model needs the memory
-            df.unpersist()
+        release(model)  # materialize() cached its tables; the next model needs the memory
         if blends:
             tops[name] = top
         else:

@@ -30,10 +30,11 @@ DESCRIPTIONS = {
     "recommend": "print one user's explained list from the final table (--user RAW_ID), or export all of it (--out FILE.csv)",
     "evaluate": "metrics of every model and the blend on the test part: Parquet, JSON, Markdown and an MLflow run",
     "publish": "register the final lists in MLflow as the champion pyfunc model (alias), with a model card",
-    "report": "rebuild the evaluate stage's HTML dashboard from its outputs (no model is refit); --out FILE.html to write elsewhere",
+    "report": "rebuild the evaluate stage's HTML dashboard from its outputs (no model is refit); --out FILE.html to write elsewhere; "
+    "--suite: every registered model on the rating, top-N and cold-start protocols of each dataset, with intervals and Holm-adjusted tests",
     "pipeline": "run the stages the config needs, in the order of their inputs, skipping those that are up to date",
     "download": "download a MovieLens archive and verify its SHA-256 (needs a network)",
-    "benchmark": "evaluate registered models on a fixed protocol (rating: ML-100K u1..u5; topn; coldstart)",
+    "benchmark": "evaluate registered models on a fixed protocol (rating: ML-100K u1..u5, elsewhere one stratified split; topn; coldstart)",
     "tune": "Optuna search of a model's parameters (recsys_spark/conf/tuning/<model>.toml) on a validation part of ML-100K u1.base",
     "factorize": "fit a factorization model on the pipeline's split; write its factors (and NMF factor interpretation)",
     "export_features": "write the Parquet feature tables PyTorch jobs train on (interactions, negatives, item/user features, histories)",
@@ -73,7 +74,16 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
         who.add_argument("--out", help="export every user's list to this CSV file")
         p.add_argument("--k", type=int, default=None, help="show the first K items (default: all of the list)")
     if stage == "report":
-        p.add_argument("--out", default=None, help="write the page here (default: <evaluate output>/dashboard.html)")
+        p.add_argument(
+            "--out", default=None,
+            help="write the page here (default: <evaluate output>/dashboard.html); with --suite, the folder (default: <output>/suite)",
+        )  # fmt: skip
+        p.add_argument("--suite", action="store_true", help="run every model on every protocol it serves and report them all")
+        p.add_argument("--datasets", default="ml-100k,ml-latest-small", help="--suite: comma-separated datasets")
+        p.add_argument("--protocols", default="rating,topn,coldstart", help="--suite: comma-separated protocols")
+        p.add_argument("--models", default="all", help="--suite: all (every registered model), pipeline (models.names) or a list")
+        p.add_argument("--folds", default="1-5", help="--suite: ML-100K rating folds")
+        p.add_argument("--k", type=int, default=10, help="--suite: list length")
     if stage == "predict":
         p.add_argument("--model", default=None, help="registered model (default: every model of models.names, in turn)")
     if stage == "factorize":
@@ -241,6 +251,15 @@ def export_csv(spark: Any, table: Any, out: str, contributors_text: Any) -> int:
 def _report(spark, cfg: Config, args: argparse.Namespace, log: logging.Logger) -> int:
     import json
 
+    if getattr(args, "suite", False):
+        from recsys_spark.suite import run_suite
+
+        payload = run_suite(
+            spark, args.config, args.overrides, _csv(args.datasets), _csv(args.protocols), args.models,
+            k=args.k, folds=args.folds, out=args.out, force=args.force,
+        )  # fmt: skip
+        return 1 if payload["failed"] else 0
+
     from recsys_spark.io import fs
     from recsys_spark.stages import layout
     from recsys_spark.stages.evaluate import DASHBOARD, dashboard_page
@@ -255,6 +274,10 @@ def _report(spark, cfg: Config, args: argparse.Namespace, log: logging.Logger) -
     fs.write_text(spark, out, page)
     log.info("report: wrote %s (%d models, %d KB)", out, len(payload["models"]), len(page) // 1024)
     return 0
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def _tune(spark, cfg: Config, args: argparse.Namespace, log: logging.Logger) -> int:

@@ -227,8 +227,11 @@ def paired_differences(per_user: dict[str, Any], k: int, n_boot: int = 2000, see
 
 
 def run_coldstart(
-    spark: SparkSession, cfg: Config, models: list[str], k: int = 10, protocol: dict[str, Any] | None = None
-) -> dict[str, Any]:
+    spark: SparkSession, cfg: Config, models: list[str], k: int = 10, protocol: dict[str, Any] | None = None,
+    keep_per_user: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    """Both experiments; with ``keep_per_user``, each keeps ``per_user`` (model -> pandas frame of
+    per-user ranking metrics, by user) for paired tests across runs."""
     p = {**PROTOCOL, **(protocol or {})}
     if int(p["slices"]) < 1 or int(p["slices"]) * p["fraction"] > 1 + 1e-9:
         raise ValueError(f"coldstart: {p['slices']} slices of fraction {p['fraction']} need slices >= 1 and slices * fraction <= 1")
@@ -253,8 +256,9 @@ def run_coldstart(
     result["experiments"]["users"] = runs[0] if len(runs) == 1 else pool_slices(runs, k)
     for df in (ratings, items):
         df.unpersist()
-    for exp in result["experiments"].values():
-        exp.pop("per_user", None)
+    if not keep_per_user:
+        for exp in result["experiments"].values():
+            exp.pop("per_user", None)
     return result
 
 

@@ -145,6 +145,7 @@ class ModelsConfig:
     # that also predicted valid (false: one fit per model, and the blender's weights apply to the very
     # models they were learned on)
     refit_for_test: bool = True
+    save: bool = True  # write each model's test-part fit beside its predictions (RecommenderModel.load reads it back)
 
 
 @dataclass
@@ -207,6 +208,7 @@ class EvaluateConfig:
     # selection (recsys_spark/selection.py): by select_metric within these constraints; a cheaper
     # model not significantly worse than the most accurate one (Holm, alpha) is preferred
     max_cost_s: float = 0.0  # seconds of a model's predict stage (the blend: with its members); 0 -> no budget
+    max_recommend_s_per_1k_users: float = 0.0  # seconds to recommend for 1,000 users (predict stage); 0 -> no budget
     min_coverage: float = 0.0  # catalogue coverage of the top-N lists
     alpha: float = 0.05
 

@@ -176,6 +176,48 @@ class RecommenderModel(ABC):
     ranks_new_items: ClassVar[bool] = False
 
 
+def load_model(path: str) -> RecommenderModel:
+    """A model saved with :meth:`RecommenderModel.save` (the predict stage's ``model/``), whatever its class."""
+    from recsys_spark import registry  # noqa: F401 -- imports every family's model class
+
+    spark = SparkSession.getActiveSession()
+    name = json.loads(fs.read_text(spark, f"{path}/{PARAMS_FILE}")).get("class")
+    found: dict[str, type] = {}
+    todo = list(RecommenderModel.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        found.setdefault(cls.__name__, cls)
+        todo.extend(cls.__subclasses__())
+    if name not in found:
+        if name == "DeepModel":  # its module imports torch: only loaded when asked for
+            from recsys_spark.torch.recommender import DeepModel
+
+            return DeepModel.load(path)
+        raise ValueError(f"{path}: saved model class {name!r} is not a known RecommenderModel (known: {', '.join(sorted(found))})")
+    return found[name].load(path)
+
+
+def materialize(model: RecommenderModel) -> RecommenderModel:
+    """Cache and compute ``model``'s learned tables (so a fit's time is the fit's, and predictions do not redo it)."""
+    from pyspark import StorageLevel
+
+    frames = []  # a model may build some of them per call: keep the ones cached here (those the model cached are its own)
+    for df in model._state().values():
+        if df.storageLevel == StorageLevel.NONE:
+            df.persist(StorageLevel.MEMORY_AND_DISK)
+            frames.append(df)
+        df.count()
+    model._cached = frames  # type: ignore[attr-defined]
+    return model
+
+
+def release(model: RecommenderModel) -> None:
+    """Drop what :func:`materialize` cached (the next model needs the memory)."""
+    for df in getattr(model, "_cached", ()):
+        df.unpersist()
+    model._cached = []  # type: ignore[attr-defined]
+
+
 class Recommender(ABC):
     """An estimator: configuration only; ``fit`` returns a :class:`RecommenderModel`."""
 
@@ -196,5 +238,5 @@ class Recommender(ABC):
 
 __all__ = [
     "COL_PREDICTION", "Recommender", "RecommenderModel", "Scale", "as_predictions", "as_topn",
-    "clip", "rank_candidates", "top_k_mask", "topk_from_item_scores",
+    "clip", "load_model", "materialize", "rank_candidates", "release", "top_k_mask", "topk_from_item_scores",
 ]  # fmt: skip

@@ -135,6 +135,27 @@ def _cost_figure(flat: dict[str, dict], costs: dict[str, float], front: list[str
     return _svg(fig)
 
 
+COST_COLUMNS = (
+    ("stage_s", "stage s"), ("fit_s", "fit s"), ("predict_rows_per_s", "predict rows/s"),
+    ("recommend_users_per_s", "recommend users/s"), ("recommend_s_per_1k_users", "s per 1K users"),
+    ("peak_driver_python_mb", "driver Python MB"), ("peak_jvm_heap_mb", "JVM heap MB"),
+    ("peak_python_workers_mb", "Python workers MB"), ("model_mb", "model MB"),
+)  # fmt: skip
+
+
+def _cost_table(costs: dict[str, dict[str, Any]], models: list[str]) -> str:
+    """Seconds, throughput, peak memory and model size per model (the evaluate stage's ``costs``)."""
+    have = [m for m in models if m in costs]
+    if not have:
+        return ""
+    cols = [(k, h) for k, h in COST_COLUMNS if any(costs[m].get(k) is not None for m in have)]
+    rows = [[m, *[costs[m].get(k) for k, _ in cols]] for m in have]
+    return _table(["model", *[h for _, h in cols]], rows) + (
+        "<p class='note'>Peak memory sampled while the fit that predicted test fitted, predicted and recommended; "
+        "the blend: its members' seconds and sizes summed, their largest peaks.</p>"
+    )
+
+
 def _curves_figure(curves: dict[str, list[dict]]) -> str:
     fig = _figure(9, 3.2)
     ax = fig.add_subplot(1, 2, 1)
@@ -226,6 +247,7 @@ def dashboard(
     parts.append(
         "<section id='cost'><h2>Accuracy against cost</h2>"
         + (f"<div class='fig'>{_cost_figure(flat, costs, front, metric)}</div>" if costs else "<p class='note'>No cost figures.</p>")
+        + _cost_table(payload.get("costs") or {}, models)
         + "</section>"
     )
     parts.append(
@@ -244,3 +266,57 @@ def dashboard(
     return f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{title}</title><style>{_CSS}</style></head><body>" + "".join(
         parts
     ) + "</body></html>\n"
+
+
+def _interval_panel(intervals: dict[str, list[float]], order: list[str], metric: str) -> str:
+    fig = _figure(7, max(2.2, 0.28 * len(order) + 1))
+    ax = fig.add_subplot(1, 1, 1)
+    y = np.arange(len(order))
+    v = np.array([intervals[m] for m in order])
+    ax.errorbar(v[:, 0], y, xerr=[v[:, 0] - v[:, 1], v[:, 2] - v[:, 0]], fmt="o", capsize=3, color="#1f77b4")
+    ax.set_yticks(y, order, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_title(f"{metric} (95% bootstrap interval)", fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    return _svg(fig)
+
+
+def suite_page(payload: dict[str, Any]) -> str:
+    """The HTML page of ``recsys-spark report --suite`` (:mod:`recsys_spark.suite`): one section per table."""
+    from recsys_spark.suite import columns
+
+    k = payload["k"]
+    parts = [
+        "<h1>recsys-spark: every model on every protocol</h1>",
+        f"<p class='note'>k = {k}. Intervals: bootstrap 95% over users. p-values: paired t-test and Wilcoxon, "
+        "Holm-adjusted over each table's comparisons with the best model and the selected one.</p>",
+    ]
+    for i, t in enumerate(payload["tables"]):
+        metric = t["metric"]
+        order = sorted(t["models"], key=lambda m: t["models"][m][metric], reverse=metric != "rmse")
+        cols = [c for c in columns(t, k) if c != metric]
+        vs = {r["model"]: r for r in t["comparisons"] if r["reference"] == t["best"]}
+        rows = []
+        for m in order:
+            v, lo, hi = t["intervals"][m]
+            r = vs.get(m)
+            rows.append([
+                m, f"{v:.4f} [{lo:.4f}, {hi:.4f}]", *[t["models"][m].get(c) for c in cols],
+                f"{r['diff']:+.4f} [{r['ci95_lo']:+.4f}, {r['ci95_hi']:+.4f}]" if r else "",
+                f"{r['t_p_holm']:.2g} / {r['wilcoxon_p_holm']:.2g}" if r else "",
+            ])  # fmt: skip
+        header = ["model", f"{metric} (95% CI)", *cols, f"vs {t['best']}", "Holm p (t / W)"]
+        parts.append(
+            f"<section id='t{i}'><h2>{html.escape(t['dataset'])}, {html.escape(t['protocol'])}</h2>"
+            f"<p>{len(order)} models, {t['n']} {html.escape(t['units'])}. {html.escape(t['rationale'])}</p>"
+            f"<div class='fig'>{_interval_panel(t['intervals'], order, metric)}</div>"
+            + _table(header, rows) + "</section>"
+        )
+    if payload.get("not_run"):
+        parts.append(f"<section id='not-run'><h2>Not run</h2><p>{html.escape(', '.join(payload['not_run']))}</p></section>")
+    if payload.get("failed"):
+        items = "".join(f"<li>{html.escape(c)}: {html.escape(w)}</li>" for c, w in payload["failed"].items())
+        parts.append(f"<section id='failed'><h2>Failed</h2><ul>{items}</ul></section>")
+    return "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>recsys-spark suite</title>" + (
+        f"<style>{_CSS}</style></head><body>" + "".join(parts) + "</body></html>\n"
+    )

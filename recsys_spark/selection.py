@@ -3,8 +3,10 @@
 The criteria are config keys (``[evaluate]``): the metric (``select_metric``;
 ranking metrics are maximised, RMSE/MAE minimised), a cost budget
 (``max_cost_s``: seconds of the model's predict stage, fit and predictions;
-for the blend, its members' stages plus its own) and a minimum catalogue
-coverage (``min_coverage``). Among the models within the constraints the most
+for the blend, its members' stages plus its own), a latency budget
+(``max_recommend_s_per_1k_users``: seconds to recommend for 1,000 users,
+measured in the predict stage; the blend's is its members' sum plus its own)
+and a minimum catalogue coverage (``min_coverage``). Among the models within the constraints the most
 accurate one is the *leader*; a cheaper model whose paired difference to the
 leader is not significant (either Holm-adjusted p-value, t-test or Wilcoxon, at
 least ``alpha``) is preferred to it, the cheapest such one is selected, and
@@ -45,18 +47,25 @@ def pareto_front(points: dict[str, tuple[float, float, float]], lower_is_better:
 def select(
     metric: str, scores: dict[str, float], costs: dict[str, float], coverage: dict[str, float],
     values: dict[str, np.ndarray], users: np.ndarray | None = None, max_cost_s: float = 0.0,
-    min_coverage: float = 0.0, alpha: float = 0.05,
+    min_coverage: float = 0.0, alpha: float = 0.05, latency: dict[str, float] | None = None,
+    max_latency: float = 0.0,
 ) -> dict[str, Any]:  # fmt: skip
     """The selected model, the leader, the models tied with it, the Pareto front and the rationale.
 
     ``values[model]``: per-user values of ``metric`` (or per-rating errors, with
-    ``users`` the rating's user, for RMSE), all in the same order.
+    ``users`` the rating's user, for RMSE), all in the same order.  ``latency``:
+    seconds to recommend for 1,000 users, per model; ``max_latency`` its budget (0: none).
     """
     lower = metric in LOWER_IS_BETTER
+    latency = latency or {}
     excluded = {}
     for m in scores:
         if max_cost_s and costs[m] > max_cost_s:
             excluded[m] = f"cost {costs[m]:.0f} s over the budget evaluate.max_cost_s = {max_cost_s:g} s"
+        elif max_latency and m in latency and latency[m] > max_latency:
+            excluded[m] = (
+                f"{latency[m]:.2f} s to recommend for 1,000 users, over evaluate.max_recommend_s_per_1k_users = {max_latency:g} s"
+            )
         elif min_coverage and coverage.get(m, 0.0) < min_coverage:
             excluded[m] = f"coverage {coverage.get(m, 0.0):.3f} under evaluate.min_coverage = {min_coverage:g}"
     eligible = [m for m in scores if m not in excluded]
@@ -71,13 +80,15 @@ def select(
     return {
         "metric": metric, "selected": selected, "leader": leader, "tied_with_leader": sorted(tied),
         "excluded": excluded, "pareto_front": front, "costs_s": costs, "tests_against_leader": tests,
-        "rationale": rationale(metric, selected, leader, scores, costs, coverage, tests, excluded, front, alpha),
+        "latency_s_per_1k_users": latency,
+        "rationale": rationale(metric, selected, leader, scores, costs, coverage, tests, excluded, front, alpha, latency, max_latency),
     }  # fmt: skip
 
 
 def rationale(
     metric: str, selected: str, leader: str, scores: dict[str, float], costs: dict[str, float], coverage: dict[str, float],
     tests: list[dict[str, Any]], excluded: dict[str, str], front: list[str], alpha: float,
+    latency: dict[str, float] | None = None, max_latency: float = 0.0,
 ) -> str:  # fmt: skip
     """The choice in sentences, every claim with its number."""
     by = {r["model"]: r for r in tests}
@@ -89,8 +100,12 @@ def rationale(
 
     s = scores
     lines = [
-        f"{selected} is selected by {metric}: {s[selected]:.4f}, coverage {coverage.get(selected, 0.0):.3f}, "
-        f"{costs[selected]:.0f} s to fit and predict."
+        f"{selected} is selected by {metric}: {s[selected]:.4f}, "
+        + (f"coverage {coverage[selected]:.3f}, " if selected in coverage else "")
+        + f"{costs[selected]:.0f} s to fit and predict"
+        + (f", {latency[selected]:.2f} s to recommend for 1,000 users" if latency and selected in latency else "")
+        + (f" (within the budget of {max_latency:g} s)" if max_latency else "")
+        + "."
     ]
     if selected != leader:
         ratio = costs[leader] / max(costs[selected], 1e-9)

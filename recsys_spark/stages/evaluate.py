@@ -104,7 +104,9 @@ def run_evaluate(spark: SparkSession, cfg: Config, force: bool = False) -> dict[
         payload["significance"] = sig_all
         payload["intervals"] = _intervals(sampled, models, ndcg)
         sampled["per_user_path"] = f"{tmp}/per_user"
-        choice = _selection(spark, cfg, flat, models, blend, sampled, ndcg)
+        costs = model_costs(spark, cfg, models, blend, metric)
+        payload["costs"] = costs
+        choice = _selection(spark, cfg, flat, models, costs, sampled, ndcg)
         payload["selection"] = choice
         log.info("selection: %s", choice.get("rationale") or choice.get("skipped"))
         seg_table = seg.segment_table(
@@ -123,6 +125,7 @@ def run_evaluate(spark: SparkSession, cfg: Config, force: bool = False) -> dict[
             f"serendipity@{cfg.evaluate.k}: relevant and not among the {cfg.evaluate.k} most rated training items.\n"
             + "\n## Selection\n\n" + (choice.get("rationale") or choice["skipped"]) + "\n\n"
             + significance_markdown(sig_all)
+            + costs_markdown(costs)
             + _segments_markdown(seg_rows, models, ndcg)
         )
         errors.unpersist()
@@ -242,9 +245,9 @@ def _intervals(sampled: dict[str, Any], models: list[str], ndcg: str) -> dict[st
 
 
 def _selection(
-    spark: SparkSession, cfg: Config, flat: dict, models: list[str], blend: dict, sampled: dict, ndcg: str
+    spark: SparkSession, cfg: Config, flat: dict, models: list[str], cost_rows: dict[str, dict[str, Any]], sampled: dict, ndcg: str
 ) -> dict[str, Any]:  # fmt: skip
-    """The declared selection (evaluate.select_metric, max_cost_s, min_coverage) with its rationale."""
+    """The declared selection (evaluate.select_metric, max_cost_s, max_recommend_s_per_1k_users, min_coverage) with its rationale."""
     e = cfg.evaluate
     metric = e.select_metric
     if metric == "rmse":
@@ -261,15 +264,62 @@ def _selection(
         rows, _ = _user_sample(per_user.select("user_idx", "model", metric), int(flat[models[0]]["users"]), e.max_test_rows_for_tests)
         wide, users = _wide(rows, ["user_idx"], metric, models), None
         values = {m: wide[m].to_numpy(dtype=np.float64) for m in models}
-    costs = {m: float((fs.read_manifest(spark, layout.predictions(cfg, m)) or {}).get("wall_s") or 0.0) for m in models if m != "blend"}
-    counts = blend["counts"]
-    members = counts["members"] if metric in ev.LOWER_IS_BETTER else counts["topn"]["chosen"]["members"]
-    costs["blend"] = float(blend.get("wall_s") or 0.0) + sum(costs.get(m, 0.0) for m in members)
+    costs = {m: float(cost_rows[m].get("stage_s") or 0.0) for m in models}
+    latency = {m: float(cost_rows[m]["recommend_s_per_1k_users"]) for m in models if cost_rows[m].get("recommend_s_per_1k_users")}
     coverage = {m: float(flat[m].get("coverage", 0.0)) for m in models}
     return sel.select(
         metric, {m: float(flat[m][metric]) for m in models}, costs, coverage, values, users,
-        e.max_cost_s, e.min_coverage, e.alpha,
+        e.max_cost_s, e.min_coverage, e.alpha, latency, e.max_recommend_s_per_1k_users,
     )  # fmt: skip
+
+
+def model_costs(spark: SparkSession, cfg: Config, models: list[str], blend: dict, metric: str) -> dict[str, dict[str, Any]]:
+    """Per model, the predict stage's costs of the fit that predicted test (``cost`` in its manifest,
+    see :mod:`recsys_spark.stages.predict`) and ``stage_s``, the stage's seconds.
+
+    The blend's: its stage's seconds plus its members' (those it fused for
+    ``metric``); to recommend, its members' seconds per 1,000 users summed plus
+    its own stage's over the test users; peak memory the largest of its members'.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for m in models:
+        if m == "blend":
+            continue
+        man = fs.read_manifest(spark, layout.predictions(cfg, m)) or {}
+        out[m] = {"stage_s": float(man.get("wall_s") or 0.0), **((man.get("counts") or {}).get("cost") or {})}
+    counts = blend["counts"]
+    members = counts["members"] if metric in ev.LOWER_IS_BETTER else counts["topn"]["chosen"]["members"]
+    own = float(blend.get("wall_s") or 0.0)
+    row: dict[str, Any] = {"stage_s": own + sum(out.get(m, {}).get("stage_s", 0.0) for m in members), "members": list(members)}
+    have = [out[m] for m in members if m in out]
+    if have and all(c.get("recommend_s_per_1k_users") for c in have):
+        first = (fs.read_manifest(spark, layout.predictions(cfg, members[0])) or {}).get("counts", {})
+        users = max(int(first.get("test", {}).get("users") or 0), 1)
+        row["recommend_s_per_1k_users"] = round(sum(c["recommend_s_per_1k_users"] for c in have) + 1000 * own / users, 3)
+    for key in ("peak_driver_python_mb", "peak_jvm_heap_mb", "peak_python_workers_mb"):
+        if have and all(key in c for c in have):
+            row[key] = max(c[key] for c in have)
+    if have and all("model_mb" in c for c in have):
+        row["model_mb"] = round(sum(c["model_mb"] for c in have), 3)
+    out["blend"] = row
+    return out
+
+
+def costs_markdown(costs: dict[str, dict[str, Any]]) -> str:
+    """The cost table: seconds, throughput, peak memory (sampled, MB) and the saved model's size."""
+    from recsys_spark.report import COST_COLUMNS
+
+    head = "| model | " + " | ".join(h for _, h in COST_COLUMNS) + " |\n|---|" + "---:|" * len(COST_COLUMNS) + "\n"
+    body = "".join(
+        f"| {m} | " + " | ".join("" if c.get(key) is None else f"{c[key]:g}" for key, _ in COST_COLUMNS) + " |\n"
+        for m, c in costs.items()
+    )
+    return (
+        "## Cost\n\nThe fit that predicted test: seconds, throughput, peak memory sampled every 0.2 s while it fitted, "
+        "predicted and recommended (the JVM heap in use, garbage included; the Python workers summed), "
+        "and the saved model's size. The blend: its members' seconds and sizes summed, their largest peaks.\n\n"
+        + head + body + "\n"
+    )
 
 
 def significance_markdown(sig_all: dict[str, Any]) -> str:

@@ -11,12 +11,16 @@ from pyspark.sql import functions as F
 from recsys_spark import registry
 from recsys_spark import split as spl
 from recsys_spark.config import Config
+from recsys_spark.costs import MB, CostMeter, dir_bytes, throughput
+from recsys_spark.recommender import materialize, release
 from recsys_spark.schemas import COL_ITEM, COL_RANK, COL_TIMESTAMP, COL_USER
 from recsys_spark.stages import layout
 from recsys_spark.stages.manifest import run_stage
 from recsys_spark.stages.stage import Stage
 
 log = logging.getLogger(__name__)
+
+MODEL = "model"  # the saved fit beside the predictions (models.save)
 
 
 def run_predict(spark: SparkSession, cfg: Config, name: str, force: bool = False) -> dict[str, Any]:
@@ -27,6 +31,9 @@ def run_predict(spark: SparkSession, cfg: Config, name: str, force: bool = False
     on train + valid (``models.refit_for_test``, the default; else the same fit
     on train), rating predictions for every test row and top-N for every test
     user, unseen items only (unrated in train + valid either way).  Row accounting: rows asked = rows predicted.
+    ``model/`` (``models.save``): the fit that predicted test, saved.  The manifest's ``cost``:
+    that fit's seconds to fit, predict and recommend, throughput, peak memory
+    (:class:`~recsys_spark.costs.CostMeter`) and the saved model's size.
     """
     layout.check_model(name, "models.names")
     models_dir = layout.models_dir_of(cfg)
@@ -42,30 +49,57 @@ def run_predict(spark: SparkSession, cfg: Config, name: str, force: bool = False
         refit = cfg.models.refit_for_test
         counts: dict[str, Any] = {"test_fit": "train + valid" if refit else "train (the fit that predicted valid)"}
         model = None
+        cost: dict[str, Any] = {}
         for part, fit_on, target in (("valid", train, valid), ("test", train.unionByName(valid) if refit else train, test)):
             n_rows = target.count()
             if n_rows == 0:
                 counts[part] = {"rows": 0, "predicted": 0, "users": 0, "users_with_lists": 0}
                 continue
-            if model is None or refit:
-                model = registry.build(name, scale, params, models_dir).fit_with(fit_on, side)
-            pair_cols = [c for c in (COL_USER, COL_ITEM, COL_TIMESTAMP) if c in target.columns]  # time-aware models use the timestamp
-            model.predict(target.select(*pair_cols)).write.parquet(f"{tmp}/{part}/ratings")
-            users = target.select(COL_USER).distinct()
-            if part == "test" and not refit:  # the model never saw valid: keep the user's valid items off the list
-                top = _without(model, users, valid, k)
-            else:
-                top = model.recommend(users, k)
-            top.write.parquet(f"{tmp}/{part}/topn")
+            with CostMeter(spark) as meter:  # the test part's costs are the served fit's: fit, predict, recommend
+                if model is None or refit:
+                    with meter.phase("fit"):  # its tables cached: the predictions and the lists do not refit
+                        fitted = materialize(registry.build(name, scale, params, models_dir).fit_with(fit_on, side))
+                    if model is not None:
+                        release(model)
+                    model = fitted
+                pair_cols = [c for c in (COL_USER, COL_ITEM, COL_TIMESTAMP) if c in target.columns]  # time-aware models use the timestamp
+                with meter.phase("predict"):
+                    model.predict(target.select(*pair_cols)).write.parquet(f"{tmp}/{part}/ratings")
+                users = target.select(COL_USER).distinct().persist()
+                n_users = users.count()
+                with meter.phase("recommend"):
+                    if part == "test" and not refit:  # the model never saw valid: keep the user's valid items off the list
+                        top = _without(model, users, valid, k)
+                    else:
+                        top = model.recommend(users, k)
+                    top.write.parquet(f"{tmp}/{part}/topn")
+            res = meter.result()
+            if "fit_s" not in res:  # the test part reuses the valid part's fit: its time and peaks count
+                res["fit_s"] = cost.get("fit_s")
+                res.update({key: max(v, res.get(key, 0.0)) for key, v in cost.items() if key.startswith("peak_")})
+            cost = res
             predicted = spark.read.parquet(f"{tmp}/{part}/ratings").count()
             if predicted != n_rows:
                 raise RuntimeError(f"{name}: {n_rows} {part} rows asked, {predicted} predicted")
             topn = spark.read.parquet(f"{tmp}/{part}/topn")
             counts[part] = {
-                "rows": n_rows, "predicted": predicted, "users": users.count(),
+                "rows": n_rows, "predicted": predicted, "users": n_users,
                 "users_with_lists": topn.select(COL_USER).distinct().count(),
             }  # fmt: skip
+            cost.update(throughput(cost, n_rows, n_users))
+            users.unpersist()
             log.info("%s %s: %d rows predicted, top-%d for %d users", name, part, predicted, k, counts[part]["users_with_lists"])
+        if model is not None:
+            if cfg.models.save:  # the fit that predicted test, reloadable with RecommenderModel.load: its size is a cost
+                model.save(f"{tmp}/{MODEL}")
+                cost["model_mb"] = round(dir_bytes(spark, f"{tmp}/{MODEL}") / MB, 3)
+            release(model)
+            counts["cost"] = cost
+            log.info(
+                "%s: fit %.1fs, predict %s rows/s, recommend %s users/s, peak driver python %s MB, JVM heap %s MB, workers %s MB",
+                name, cost.get("fit_s") or 0.0, cost.get("predict_rows_per_s"), cost.get("recommend_users_per_s"),
+                cost.get("peak_driver_python_mb"), cost.get("peak_jvm_heap_mb"), cost.get("peak_python_workers_mb"),
+            )  # fmt: skip
         history = (getattr(model, "info", None) or {}).get("history") if model is not None else None
         if history and isinstance(history, list) and isinstance(history[0], dict):  # per-epoch losses: the report's learning curves
             counts["history"] = [{key: v for key, v in row.items() if isinstance(v, (int, float)) and v == v} for row in history[:500]]

@@ -78,9 +78,15 @@ def test_topn_protocol_on_generated_data(spark, tmp_path):
         )
 
 
-def test_rating_protocol_needs_ml100k(spark, tmp_path):
-    with pytest.raises(ValueError, match="ML-100K"):
-        run_benchmark(spark, "rating", "generated", ["bias"], overrides=[f'paths.output="{tmp_path}"', *SMALL])
+def test_rating_protocol_off_ml100k_is_one_stratified_split_and_scores_every_test_rating(spark, tmp_path):
+    over = [f'paths.output="{tmp_path}"', *SMALL]
+    res = run_benchmark(spark, "rating", "generated", ["bias"], overrides=over)
+    assert res["protocol"]["folds"] == ["s42"] and res["protocol"]["split"] == "stratified" and res["protocol"]["seed"] == 42
+    (test_dir,) = [p for p in tmp_path.glob("generated/splits/stratified-*/test")]
+    assert res["models"]["bias"]["rows"] == spark.read.parquet(str(test_dir)).count()
+    assert res["models"]["bias"]["predict_rows_per_s"] > 0 and res["models"]["bias"]["peak_jvm_heap_mb"] > 0
+    with pytest.raises(ValueError, match="canonical"):
+        run_benchmark(spark, "rating", "generated", ["bias"], folds="1", overrides=over)
 
 
 def test_coldstart_pools_new_user_slices(spark, tmp_path):

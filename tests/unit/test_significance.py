@@ -109,6 +109,10 @@ def test_selection_prefers_the_cheaper_model_when_the_lead_is_not_significant():
     # constraints exclude by name, with the setting in the reason
     res = selection.select("ndcg@10", scores, costs, cov, values, max_cost_s=50)
     assert res["selected"] == "small" and "evaluate.max_cost_s = 50" in res["excluded"]["big"]
+    latency = {"big": 4.0, "small": 0.5, "weak": 0.1}  # seconds per 1,000 users
+    res = selection.select("ndcg@10", scores, costs, cov, values, latency=latency, max_latency=1.0)
+    assert res["selected"] == "small" and "max_recommend_s_per_1k_users = 1" in res["excluded"]["big"]
+    assert "0.50 s to recommend for 1,000 users (within the budget of 1 s)" in res["rationale"]
 
 
 def test_pareto_front_by_hand():
