@@ -15,7 +15,8 @@ protocol functions (:mod:`recsys_spark.benchmark`, :mod:`recsys_spark.coldstart`
 
 Each cell writes ``result.json`` (the protocol's figures and costs: fit and
 predict/recommend seconds, throughput, peak memory, model size for top-N) and
-``values.parquet`` (per-rating errors or per-user metrics) under
+``values.parquet`` (per-user metrics, or per-rating errors as ``fold, user_idx,
+err`` with a digest of the rated pairs in ``result.json``: see :func:`keys_digest`) under
 ``<out>/cells/<dataset>/<protocol>/<model>/``; a rerun reuses finished cells
 (``--force`` reruns them), so a long suite can be stopped and resumed.
 
@@ -31,6 +32,7 @@ asked for and not run.  Written as ``suite.json``, ``suite.md`` and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -94,7 +96,8 @@ def run_cell(spark: SparkSession, cfg: Any, dataset: str, protocol: str, model: 
     if protocol == "rating":
         errors: dict[str, pd.DataFrame] = {}
         result = bm.run_rating(spark, cfg, [model], folds, errors=errors)
-        values = errors[model]
+        result["keys_sha256"] = keys_digest(errors[model])  # which test ratings, without listing them
+        values = errors[model][["fold", COL_USER, "err"]]
     elif protocol == "topn":
         per_user: dict[str, pd.DataFrame] = {}
         result = bm.run_topn(spark, cfg, [model], k, per_user=per_user, save_dir=f"{cfg.paths.output}/suite-models")
@@ -198,14 +201,29 @@ def _aligned_topn(frames: dict[str, pd.DataFrame], metric: str) -> dict[str, np.
     return {m: wide[m].to_numpy(dtype=np.float64) for m in frames}
 
 
-def _aligned_errors(frames: dict[str, pd.DataFrame]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+KEYS = ("fold", COL_USER, COL_ITEM)  # a rating cell's rows, sorted by these
+
+
+def keys_digest(frame: pd.DataFrame) -> str:
+    """SHA-256 of a rating cell's (fold, user, item) keys in row order: the cell stores the digest, not the pairs.
+
+    The per-rating values keep ``fold``, ``user_idx`` and ``err`` only, so a committed cell does not
+    list which user rated which item (MovieLens may not be redistributed); two cells pair up when
+    their digests agree.
+    """
+    text = "\n".join(f"{f},{u},{i}" for f, u, i in frame[list(KEYS)].itertuples(index=False, name=None))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _aligned_errors(cells: dict[str, tuple[dict[str, Any], pd.DataFrame]]) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Per-rating errors on the same ratings in the same order; every model predicts every test rating."""
-    keys = ["fold", COL_USER, COL_ITEM]
-    first = next(iter(frames.values()))[keys].reset_index(drop=True)
-    for m, f in frames.items():
-        if len(f) != len(first) or not f[keys].reset_index(drop=True).equals(first):
-            raise ValueError(f"suite: {m}'s rating cell covers other test ratings than the first model's: rerun it with --force")
-    return {m: f["err"].to_numpy(dtype=np.float64) for m, f in frames.items()}, first[COL_USER].to_numpy()
+    digests = {m: r.get("keys_sha256") or keys_digest(f) for m, (r, f) in cells.items()}
+    first_model = next(iter(cells))
+    first = cells[first_model][1]
+    for m, (_, f) in cells.items():
+        if len(f) != len(first) or digests[m] != digests[first_model]:
+            raise ValueError(f"suite: {m}'s rating cell covers other test ratings than {first_model}'s: rerun it with --force")
+    return {m: f["err"].to_numpy(dtype=np.float64) for m, (_, f) in cells.items()}, first[COL_USER].to_numpy()
 
 
 def build_report(out: str, datasets: list[str], protocols: list[str], names: list[str], k: int, failed: dict[str, str]) -> dict[str, Any]:
@@ -222,7 +240,7 @@ def build_report(out: str, datasets: list[str], protocols: list[str], names: lis
             cells = {m: _load(out, d, p, m) for m in have}
             if p == "rating":
                 rows = {m: _flat(r["models"][m]) for m, (r, _) in cells.items()}
-                values, users = _aligned_errors({m: v for m, (_, v) in cells.items()})
+                values, users = _aligned_errors(cells)
                 t = table(p, "rmse", rows, values, users)
                 t["protocol_spec"] = next(iter(cells.values()))[0]["protocol"]
                 tables.append({"dataset": d, "protocol": p, **t})

@@ -20,8 +20,11 @@ def spark(tmp_path_factory):
     session = (
         SparkSession.builder.master("local[2]")
         .appName("recsys-spark-tests")
-        .config("spark.sql.shuffle.partitions", "2")
-        .config("spark.default.parallelism", "2")
+        # One partition: `make test` runs two shards side by side on two cores, so a second task per
+        # stage buys no parallelism, only scheduling.  tests/unit/test_factorization.py alone:
+        # 334 s with two partitions, 246 s with one.  A test about partitioning repartitions itself.
+        .config("spark.sql.shuffle.partitions", os.environ.get("RECSYS_TEST_PARTITIONS", "1"))
+        .config("spark.default.parallelism", os.environ.get("RECSYS_TEST_PARTITIONS", "1"))
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.local.dir", str(local_dir))

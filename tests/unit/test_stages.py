@@ -105,7 +105,7 @@ def test_pipeline_reruns_only_affected_stages(spark, cfg_factory):
     def ran(res):
         return [k for k, m in res.items() if not m["skipped"]]
 
-    assert ran(run_pipeline(spark, cfg_factory(*small, models, "blend.folds=3"))) == ["blend", "final", "evaluate"]
+    # a model added and a blend setting changed: the new model's predict, then what reads the predictions
     added = 'models.names=["popularity", "item_mean", "global_mean"]'
     assert ran(run_pipeline(spark, cfg_factory(*small, added, "blend.folds=3"))) == [
         "predict:global_mean", "blend", "final", "evaluate",

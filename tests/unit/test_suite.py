@@ -59,6 +59,10 @@ def test_rating_table_pairs_the_same_ratings_and_refuses_others(tmp_path):
     for m, e in errs.items():
         res = {"protocol": {"name": "rating"}, "models": {m: {"rmse": float(np.sqrt(np.mean(e**2))), "fit_s": 1.0, "predict_s": 0.1}}}
         _cell(tmp_path, "d", "rating", m, res, keys.assign(err=e))
+    stored = suite.cell_dir(str(tmp_path), "d", "rating", "bias")  # a cell that keeps only the digest of its pairs
+    res = json.loads((stored / "result.json").read_text())
+    (stored / "result.json").write_text(json.dumps({**res, "keys_sha256": suite.keys_digest(keys)}))
+    keys.assign(err=errs["bias"]).drop(columns="item_idx").to_parquet(stored / "values.parquet", index=False)
     payload = suite.build_report(str(tmp_path), ["d"], ["rating"], ["bias", "svd", "ease"], 10, {})
     (t,) = payload["tables"]
     assert t["best"] == "svd" and t["units"] == "ratings" and t["n"] == 6
@@ -91,6 +95,9 @@ def test_a_small_suite_runs_end_to_end_and_a_rerun_reuses_its_cells(spark, tmp_p
         assert v == pytest.approx(row["ndcg@10"]) and lo <= v <= hi
     rating = payload["tables"][0]
     assert rating["protocol_spec"]["split"] == "stratified" and rating["protocol_spec"]["folds"] == ["s42"]
+    cell = suite.cell_dir(out, "generated", "rating", "bias")  # the rated pairs are a digest, not a list
+    assert list(pd.read_parquet(cell / "values.parquet").columns) == ["fold", "user_idx", "err"]
+    assert len(json.loads((cell / "result.json").read_text())["keys_sha256"]) == 64
     for name in ("suite.json", "suite.md", "suite.html"):
         assert (tmp_path / "suite" / name).stat().st_size > 0
     assert "<svg" in (tmp_path / "suite" / "suite.html").read_text()
