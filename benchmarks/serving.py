@@ -12,7 +12,9 @@ them ids the data has never seen, which get the cold-start list), each timed
 from send to parsed answer, and reports p50/p90/p99/max in milliseconds per
 kind.  Then it scores every user of the user table with
 ``mlflow.pyfunc.spark_udf`` (``local[2]``) and reports users per second, and
-checks that the batch lists equal the final table's.
+checks that the batch lists equal the final table's.  The figures also go
+beside the evaluate stage's results (``serving.json``), where ``recsys-spark
+report`` adds them to the dashboard's Serving section.
 """
 
 from __future__ import annotations
@@ -49,9 +51,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from recsys_spark import serving
     from recsys_spark.config import load_config
+    from recsys_spark.io import fs
     from recsys_spark.logs import setup_logging
     from recsys_spark.spark import get_spark
     from recsys_spark.stages import layout
+    from recsys_spark.stages.evaluate import SERVING
     from recsys_spark.stages.final import read_final
 
     log = setup_logging("benchmark-serving")
@@ -102,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    # beside the evaluate stage's results: `recsys-spark report` puts these figures in the dashboard
+    # (a rerun of evaluate replaces the folder, so the page never shows another model's latency)
+    fs.write_text(spark, f"{layout.evaluate(cfg)}/{SERVING}", json.dumps(result, indent=2) + "\n")
+    log.info("serving: figures written beside the evaluate results; `recsys-spark report` adds them to the dashboard")
     spark.stop()
     return 0 if wrong == 0 and same == len(expected) else 1
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-SECTIONS = ("summary", "metrics", "table", "significance", "segments", "cost", "curves", "projection")
+SECTIONS = ("summary", "metrics", "table", "significance", "segments", "cost", "curves", "projection", "serving")
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222;line-height:1.45}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
@@ -192,8 +192,10 @@ def _projection_figure(factors: np.ndarray, popularity: np.ndarray, name: str) -
 def dashboard(
     payload: dict[str, Any], seg_rows: list[dict], costs: dict[str, float] | None = None,
     curves: dict[str, list[dict]] | None = None, projection: tuple[str, np.ndarray, np.ndarray] | None = None,
+    serving: dict[str, Any] | None = None,
 ) -> str:  # fmt: skip
-    """The HTML page of one evaluate run (``payload``: its ``results.json``; ``seg_rows``: its ``segments`` rows)."""
+    """The HTML page of one evaluate run (``payload``: its ``results.json``; ``seg_rows``: its ``segments`` rows;
+    ``serving``: what ``benchmarks/serving.py`` measured on the published model, when it has been run)."""
     k = payload["k"]
     ndcg = f"ndcg@{k}"
     flat = {m: {c: v for c, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -262,10 +264,36 @@ def dashboard(
     else:
         proj = "<p class='note'>No factorize stage in this run (set factorize.model to project a model's item factors).</p>"
     parts.append(f"<section id='projection'><h2>Item factors</h2>{proj}</section>")
+    parts.append(f"<section id='serving'><h2>Serving</h2>{_serving_section(serving)}</section>")
     title = f"recsys-spark: {html.escape(str(payload['dataset']))}"
     return f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{title}</title><style>{_CSS}</style></head><body>" + "".join(
         parts
     ) + "</body></html>\n"
+
+
+def _serving_section(serving: dict[str, Any] | None) -> str:
+    """Single-request latency over HTTP and the Spark UDF's batch throughput (``benchmarks/serving.py``'s JSON)."""
+    if not serving:
+        return ("<p class='note'>No serving measurement for this run: publish the model, run "
+                "<code>benchmarks/serving.py</code>, then <code>recsys-spark report</code>.</p>")  # fmt: skip
+    h = serving.get("http", {})
+    kinds = (("known user", h.get("known_ms") or {}), ("unknown user (cold start)", h.get("unknown_ms") or {}))
+    rows = [[kind, *[_plain(p.get(c)) for c in ("n", "p50", "p90", "p99", "max")]] for kind, p in kinds if p]
+    b = serving.get("batch_udf") or {}
+    batch = ""
+    if b:
+        batch = (f"<p>Batch scoring with <code>mlflow.pyfunc.spark_udf</code> on {_plain(b.get('master'))}: "
+                 f"{_plain(b.get('users'))} users in {_plain(b.get('wall_s'))} s ({_plain(b.get('users_per_s'))} users/s); "
+                 f"{_plain(b.get('lists_equal_to_final'))} of {_plain(b.get('final_users'))} lists equal to the final table's.</p>")
+    return (
+        f"<p>{html.escape(str(serving.get('model_uri', '')))}, {html.escape(str(h.get('server', '')))}: "
+        f"single-user requests one after another; {_plain(h.get('wrong_answers'))} wrong answers.</p>"
+        + _table(["request", "n", "p50 ms", "p90 ms", "p99 ms", "max ms"], rows) + batch
+    )
+
+
+def _plain(v: Any) -> str:
+    return "" if v is None else html.escape(str(v))
 
 
 def _interval_panel(intervals: dict[str, list[float]], order: list[str], metric: str) -> str:

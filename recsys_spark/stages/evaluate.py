@@ -33,6 +33,7 @@ from recsys_spark.stages.stage import Stage, once
 
 log = logging.getLogger(__name__)
 DASHBOARD = "dashboard.html"
+SERVING = "serving.json"  # benchmarks/serving.py's figures on the published model; the dashboard shows them
 
 
 def score_predictions(
@@ -171,7 +172,10 @@ def dashboard_page(spark: SparkSession, cfg: Config, payload: dict[str, Any], se
             factors = np.stack(pdf["factors"].to_numpy())
             pop = layout.read_ingested(spark, cfg).groupBy("item_idx").count().toPandas().set_index("item_idx")["count"]
             projection = (fz, np.asarray(factors, dtype=np.float64), pdf["item_idx"].map(pop).fillna(0).to_numpy(dtype=np.float64))
-    return report.dashboard(payload, seg_rows, choice.get("costs_s"), curves, projection)
+    serving = None  # written by benchmarks/serving.py beside results.json; a rerun of evaluate drops it with the rest
+    if fs.exists(spark, f"{layout.evaluate(cfg)}/{SERVING}"):
+        serving = json.loads(fs.read_text(spark, f"{layout.evaluate(cfg)}/{SERVING}"))
+    return report.dashboard(payload, seg_rows, choice.get("costs_s"), curves, projection, serving)
 
 
 def _errors(spark: SparkSession, cfg: Config, models: list[str], test: DataFrame) -> DataFrame:

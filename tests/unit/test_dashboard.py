@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -59,6 +60,25 @@ def test_the_page_has_every_section_its_figures_and_escapes_text():
     assert "<script" not in page and not re.search(r"(src|href)=[\"']?(https?:|//)", page)  # self-contained: nothing fetched
     bare = report.dashboard({**_payload(), "intervals": {}}, [], None, None, None)
     assert all(f"<section id='{sid}'>" in bare for sid in report.SECTIONS) and "No factorize stage" in bare
+    assert "No serving measurement" in bare
+
+
+SERVED = {
+    "model_uri": "models:/toy@champion", "http": {
+        "known_ms": {"n": 90, "p50": 2.15, "p90": 2.74, "p99": 3.58, "max": 5.14},
+        "unknown_ms": {"n": 10, "p50": 2.11, "p90": 2.63, "p99": 3.5, "max": 3.51}, "wrong_answers": 0, "server": "mlflow models serve"},
+    "batch_udf": {"users": 512, "wall_s": 2.88, "users_per_s": 178.1, "lists_equal_to_final": 512, "final_users": 512,
+                  "master": "local[2]"},
+}  # fmt: skip
+
+
+def test_the_serving_section_shows_the_measured_latency_and_batch_throughput():
+    page = report.dashboard(_payload(), _segments(), None, None, None, SERVED)
+    section = page[page.index("<section id='serving'>"):]
+    section = section[: section.index("</section>")]
+    cells = re.findall(r"<td>([^<]*)</td>", section)
+    assert cells == ["known user", "90", "2.15", "2.74", "3.58", "5.14", "unknown user (cold start)", "10", "2.11", "2.63", "3.5", "3.51"]
+    assert "512 users in 2.88 s (178.1 users/s); 512 of 512 lists equal" in section and "models:/toy@champion" in section
 
 
 def _chromium() -> str | None:
@@ -84,6 +104,14 @@ def test_the_evaluate_stage_dashboard_renders_in_headless_chromium(spark, shop_p
     page = tmp_path / "rebuilt.html"  # recsys-spark report --out: the same page from the stage's outputs
     assert cli._report(spark, cfg, argparse.Namespace(out=str(page)), logging.getLogger("test")) == 0
     assert page.read_text() == written.read_text()
+    served = Path(layout.evaluate(cfg), "serving.json")  # what benchmarks/serving.py leaves beside results.json
+    served.write_text(json.dumps(SERVED))
+    try:
+        with_serving = tmp_path / "served.html"
+        assert cli._report(spark, cfg, argparse.Namespace(out=str(with_serving)), logging.getLogger("test")) == 0
+        assert "<td>3.58</td>" in with_serving.read_text()
+    finally:
+        served.unlink()
     browser = _chromium()
     if browser is None:
         msg = "Chromium not found (make install installs Debian's chromium package where it can)"
