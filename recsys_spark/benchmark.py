@@ -227,6 +227,7 @@ def _rating_blends(
             cols = [c for c in ("user_idx", "item_idx", "timestamp") if c in valid.columns]
             vpreds[name] = model.predict(valid.select(*cols)).persist()
             vpreds[name].count()
+            release(model)  # its predictions are cached: the next member needs the memory
             member_s += fit_s
         l1v, miss_v = bl.fill_missing(bl.level1(vpreds, valid, fit_part), members, "valid", _avg(fit_part))
         frame_v = l1v.toPandas()  # bounded: a tenth of a fold's training rows
@@ -320,7 +321,8 @@ def run_topn(
             with meter.phase("recommend"):
                 top = model.recommend(users, k).persist()
                 top.count()
-        cost = {**meter.result(), **throughput(meter.result(), 0, n_users)}
+        cost = meter.result()
+        cost.update(throughput(cost, 0, n_users))
         fit_s, predict_s = cost["fit_s"], cost["recommend_s"]
         if save_dir:  # the fitted model on disk: its size
             path = f"{save_dir}/{name}"
@@ -392,7 +394,11 @@ def run_benchmark(
         from recsys_spark.coldstart import run_coldstart
 
         return run_coldstart(spark, cfg, models, k, {"slices": slices})
-    raise ValueError(f"unknown protocol {protocol!r}: rating, topn or coldstart")
+    if protocol == "nextitem":
+        from recsys_spark.nextitem import run_nextitem
+
+        return run_nextitem(spark, cfg, models, k)
+    raise ValueError(f"unknown protocol {protocol!r}: rating, topn, coldstart or nextitem")
 
 
 def write_result(result: dict[str, Any], out: str | None) -> None:
@@ -408,6 +414,10 @@ def summary_table(result: dict[str, Any]) -> str:
         from recsys_spark.coldstart import summary_table as coldstart_table
 
         return coldstart_table(result)
+    if proto["name"] == "nextitem":
+        from recsys_spark.nextitem import summary_table as nextitem_table
+
+        return nextitem_table(result)
     if proto["name"] == "rating":
         lines = ["| model | RMSE | MAE | fit s | predict s | fallback rows |", "|---|---:|---:|---:|---:|---:|"]
         for name, m in result["models"].items():

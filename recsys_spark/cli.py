@@ -34,7 +34,8 @@ DESCRIPTIONS = {
     "--suite: every registered model on the rating, top-N and cold-start protocols of each dataset, with intervals and Holm-adjusted tests",
     "pipeline": "run the stages the config needs, in the order of their inputs, skipping those that are up to date",
     "download": "download a MovieLens archive and verify its SHA-256 (needs a network)",
-    "benchmark": "evaluate registered models on a fixed protocol (rating: ML-100K u1..u5, elsewhere one stratified split; topn; coldstart)",
+    "benchmark": "evaluate registered models on a fixed protocol (rating: ML-100K u1..u5, elsewhere one stratified split; topn; coldstart; "
+    "nextitem: each user's latest rating, full ranking)",
     "tune": "Optuna search of a model's parameters (recsys_spark/conf/tuning/<model>.toml) on a validation part of ML-100K u1.base",
     "factorize": "fit a factorization model on the pipeline's split; write its factors (and NMF factor interpretation)",
     "export_features": "write the Parquet feature tables PyTorch jobs train on (interactions, negatives, item/user features, histories)",
@@ -54,11 +55,11 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rerun even when the output is up to date")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging (with tracebacks of input errors)")
     if stage == "benchmark":
-        p.add_argument("protocol", choices=["rating", "topn", "coldstart"])
+        p.add_argument("protocol", choices=["rating", "topn", "coldstart", "nextitem"])
         p.add_argument("--dataset", default="ml-100k", help="ml-100k, ml-latest-small, ml-1m, ml-25m, generated")
         p.add_argument("--models", default="bias", help="comma-separated registered model names")
         p.add_argument("--folds", default="1-5", help="rating protocol: folds, e.g. 1-5 or 1,3")
-        p.add_argument("--k", type=int, default=10, help="topn protocol: list length")
+        p.add_argument("--k", type=int, default=10, help="topn, coldstart and nextitem protocols: list length")
         p.add_argument(
             "--slices", type=int, default=1, help="coldstart protocol: pool the new-user experiment over this many disjoint user slices"
         )
@@ -80,7 +81,7 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
         )  # fmt: skip
         p.add_argument("--suite", action="store_true", help="run every model on every protocol it serves and report them all")
         p.add_argument("--datasets", default="ml-100k,ml-latest-small", help="--suite: comma-separated datasets")
-        p.add_argument("--protocols", default="rating,topn,coldstart", help="--suite: comma-separated protocols")
+        p.add_argument("--protocols", default="rating,topn,coldstart", help="--suite: rating, topn, coldstart, nextitem")
         p.add_argument("--models", default="all", help="--suite: all (every registered model), pipeline (models.names) or a list")
         p.add_argument("--folds", default="1-5", help="--suite: ML-100K rating folds")
         p.add_argument("--k", type=int, default=10, help="--suite: list length")

@@ -25,6 +25,7 @@ from recsys_spark.factorization.impute import SVDImpute
 from recsys_spark.factorization.svd import NMFMU, SVD, SVDpp
 from recsys_spark.itemitem import EASE, SLIM, RP3beta
 from recsys_spark.neighbors import KNN
+from recsys_spark.nextitem import LastItem
 from recsys_spark.recommender import Recommender, Scale
 
 # the tuned defaults: a folder of the package, or inside the zip spark-submit.sh ships
@@ -54,6 +55,7 @@ REGISTRY: dict[str, tuple[Callable[..., Recommender], str]] = {
     "ease": (lambda scale, **p: EASE(scale=scale, **p), "topn"),
     "rp3beta": (lambda scale, **p: RP3beta(scale=scale, **p), "topn"),
     "slim": (lambda scale, **p: SLIM(scale=scale, **p), "topn"),
+    "last_item": (lambda scale, **p: LastItem(scale=scale, **p), "topn"),
 }
 
 

@@ -12,6 +12,9 @@ protocol functions (:mod:`recsys_spark.benchmark`, :mod:`recsys_spark.coldstart`
   training item ranked.  Primary metric NDCG@k; units: test users.
 * **coldstart** (every model): the new-user (three ratings kept) and new-item
   experiments, each a table of its own.  Primary metric NDCG@k.
+* **nextitem** (every model; not in the default ``--protocols``): each user's
+  latest rating the target, full ranking (:mod:`recsys_spark.nextitem`).
+  Primary metric NDCG@k; units: users with a target.
 
 Each cell writes ``result.json`` (the protocol's figures and costs: fit and
 predict/recommend seconds, throughput, peak memory, model size for top-N) and
@@ -54,7 +57,7 @@ from recsys_spark.schemas import COL_ITEM, COL_USER
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS = ("rating", "topn", "coldstart")
+PROTOCOLS = ("rating", "topn", "coldstart", "nextitem")
 EXPERIMENTS = ("users", "items")  # the cold-start experiments
 
 
@@ -101,6 +104,12 @@ def run_cell(spark: SparkSession, cfg: Any, dataset: str, protocol: str, model: 
     elif protocol == "topn":
         per_user: dict[str, pd.DataFrame] = {}
         result = bm.run_topn(spark, cfg, [model], k, per_user=per_user, save_dir=f"{cfg.paths.output}/suite-models")
+        values = per_user[model].reset_index()
+    elif protocol == "nextitem":
+        from recsys_spark.nextitem import run_nextitem
+
+        per_user = {}
+        result = run_nextitem(spark, cfg, [model], k, per_user=per_user)
         values = per_user[model].reset_index()
     else:
         result = run_coldstart(spark, cfg, [model], k, keep_per_user=True)
@@ -159,7 +168,7 @@ def _load(out: str, dataset: str, protocol: str, model: str) -> tuple[dict[str, 
 
 
 def _cost(m: dict[str, Any]) -> float:
-    return float(m.get("fit_s") or 0.0) + float(m.get("predict_s") or m.get("total_s") or 0.0)
+    return float(m.get("fit_s") or 0.0) + float(m.get("predict_s") or m.get("recommend_s") or m.get("total_s") or 0.0)
 
 
 def table(
@@ -244,7 +253,7 @@ def build_report(out: str, datasets: list[str], protocols: list[str], names: lis
                 t = table(p, "rmse", rows, values, users)
                 t["protocol_spec"] = next(iter(cells.values()))[0]["protocol"]
                 tables.append({"dataset": d, "protocol": p, **t})
-            elif p == "topn":
+            elif p in ("topn", "nextitem"):
                 rows = {m: _flat(r["models"][m]) for m, (r, _) in cells.items()}
                 t = table(p, ndcg, rows, _aligned_topn({m: v for m, (_, v) in cells.items()}, ndcg), None)
                 t["protocol_spec"] = next(iter(cells.values()))[0]["protocol"]
@@ -274,6 +283,7 @@ COLUMNS = {
     "topn": ("ndcg@{k}", "precision@{k}", "recall@{k}", "mrr@{k}", "coverage", "gini", "novelty", "diversity", "serendipity@{k}",
              "fit_s", "predict_s", "recommend_s_per_1k_users", "peak_driver_python_mb", "peak_jvm_heap_mb", "peak_python_workers_mb",
              "model_mb"),
+    "nextitem": ("ndcg@{k}", "hr@{k}", "mrr@{k}", "ndcg@{k}_valid", "fit_s", "recommend_s"),
     "coldstart": ("ndcg@{k}", "precision@{k}", "recall@{k}", "hr@{k}", "rmse", "coverage", "fit_s", "total_s"),
 }  # fmt: skip
 

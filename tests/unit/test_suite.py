@@ -19,12 +19,12 @@ def _cell(out, dataset, protocol, model, result, values):
     values.to_parquet(d / "values.parquet", index=False)
 
 
-def _topn(out, model, ndcg_by_user):
+def _topn(out, model, ndcg_by_user, protocol="topn"):
     users = list(ndcg_by_user)
     frame = pd.DataFrame({"user_idx": users, "ndcg@10": list(ndcg_by_user.values())})
-    res = {"protocol": {"name": "topn"}, "models": {model: {"ndcg@10": float(np.mean(frame["ndcg@10"])), "coverage": 0.5,
-                                                            "fit_s": 1.0, "predict_s": 1.0}}}  # fmt: skip
-    _cell(out, "d", "topn", model, res, frame)
+    res = {"protocol": {"name": protocol}, "models": {model: {"ndcg@10": float(np.mean(frame["ndcg@10"])), "coverage": 0.5,
+                                                              "fit_s": 1.0, "predict_s": 1.0}}}  # fmt: skip
+    _cell(out, "d", protocol, model, res, frame)
 
 
 def test_topn_table_by_hand_with_holm_over_the_comparisons(tmp_path):
@@ -51,6 +51,16 @@ def test_topn_table_by_hand_with_holm_over_the_comparisons(tmp_path):
     assert payload["not_run"] == ["d/topn/item_knn"]
     md = suite.markdown(payload)
     assert "## d, topn" in md and "| ease | " in md and "d/topn/item_knn" in md
+
+
+def test_a_nextitem_table_compares_per_user_values_like_topn(tmp_path):
+    a = np.linspace(0, 1, 30)
+    _topn(tmp_path, "last_item", dict(enumerate(a)), "nextitem")
+    _topn(tmp_path, "popularity", dict(enumerate(a[::-1] * 0.5)), "nextitem")
+    (t,) = suite.build_report(str(tmp_path), ["d"], ["nextitem"], ["last_item", "popularity"], 10, {})["tables"]
+    assert t["protocol"] == "nextitem" and t["best"] == "last_item" and t["units"] == "users"
+    (row,) = [r for r in t["comparisons"] if r["reference"] == "last_item"]
+    assert row["t_p"] == pytest.approx(stats.ttest_rel(a, a[::-1] * 0.5).pvalue)
 
 
 def test_rating_table_pairs_the_same_ratings_and_refuses_others(tmp_path):

@@ -1,0 +1,216 @@
+"""The next-item protocol and its first baseline, the last-item co-occurrence model.
+
+    recsys-spark benchmark nextitem --dataset ml-100k --models last_item,popularity,ease
+
+**Protocol** (:func:`run_nextitem`): each user's ratings in time order (ties
+by the larger ``item_idx`` last, as :func:`recsys_spark.split.leave_last_out`
+orders them); the latest is the test target, the one before it the
+validation target, everything earlier training.  Users with fewer than three
+ratings have no validation target; with fewer than two, no test target (they
+stay in training).  Every model is fitted twice: on training, ranked against
+the validation targets (what a default is chosen on), and on training plus
+validation, ranked against the test targets.  The ranking is *full*: every
+item the user has not rated in what the model was fitted on is a candidate
+(no sampled negatives).  Metrics per user, one relevant item: HR@k (the
+target is in the list), NDCG@k (``1 / log2(1 + rank)``), MRR@k (``1 / rank``);
+the table reports their means over users with a target.
+
+**LastItem** (``last_item``): the items that followed the user's latest
+training item in other users' histories, by how often.  Fitting counts the
+ordered pairs ``(a, b)`` where ``b`` came within ``window`` ratings after
+``a`` in one user's history (the user's own pairs count too: a history is
+evidence of what follows what), keeping each ``a``'s ``max_next`` most
+frequent successors.  A list is the successors of the user's latest item
+minus the items the user rated, then the popularity list (by rating count)
+to fill it to ``k``; the scores tell the two apart: a successor scores its
+count (>= 1), the popularity fill scores in (0, 1).  A user with no training
+rating gets the popularity list.  Rating predictions are the popularity model's damped item
+means (``source="popularity"``): this is a top-N model.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from recsys_spark.baselines import BiasTableModel, Popularity
+from recsys_spark.recommender import Recommender, RecommenderModel, Scale, as_predictions, as_topn, materialize, release
+from recsys_spark.schemas import COL_ITEM, COL_RANK, COL_RATING, COL_SCORE, COL_TIMESTAMP, COL_USER, require_columns
+from recsys_spark.split import COL_PART, TEST, TRAIN, VALID, leave_last_out
+
+log = logging.getLogger(__name__)
+
+NEXTITEM_PROTOCOL = {"split": "leave-last-out", "targets": "latest rating (test), the one before (validation)",
+                     "candidates": "every item the user has not rated (full ranking)"}  # fmt: skip
+COL_A, COL_B, COL_N = "a", "b", "n"
+
+
+def _history_order() -> list:
+    return [F.col(COL_TIMESTAMP).asc(), F.col(COL_ITEM).asc()]  # the reverse of leave_last_out's "latest first"
+
+
+class LastItemModel(RecommenderModel):
+    """Successor counts of each item and every training user's latest item (see the module docstring)."""
+
+    STATE_KEYS: ClassVar[tuple[str, ...]] = ("next", "last", "user_bias", "item_bias", "item_score", "seen")
+
+    def __init__(self, name: str, info: dict[str, Any], nxt: DataFrame, last: DataFrame, fallback: BiasTableModel) -> None:
+        self.name = name
+        self.info = info
+        self.next = nxt  # (a, b, n): b followed a n times, each a's max_next most frequent
+        self.last = last  # (user_idx, item_idx): the user's latest training item
+        self.fallback = fallback  # popularity by count: the fill, cold users and the rating predictions
+
+    @property
+    def scale(self) -> Scale:
+        return self.fallback.scale
+
+    def predict(self, pairs: DataFrame) -> DataFrame:
+        return as_predictions(self.fallback.with_prediction(pairs.select(COL_USER, COL_ITEM)), self.name)
+
+    def recommend(self, users: DataFrame, k: int = 10) -> DataFrame:
+        want = users.select(COL_USER).distinct()
+        follow = (
+            want.join(self.last, COL_USER)
+            .join(self.next, F.col(COL_ITEM) == F.col(COL_A))
+            .select(COL_USER, F.col(COL_B).alias(COL_ITEM), F.col(COL_N).cast("double").alias(COL_SCORE))
+            .join(self.fallback.seen, [COL_USER, COL_ITEM], "left_anti")
+        )
+        fill = self.fallback.recommend(want, k).select(COL_USER, COL_ITEM, (1.0 - F.col(COL_RANK) / (k + 1.0)).alias(COL_SCORE))
+        cand = follow.unionByName(fill).groupBy(COL_USER, COL_ITEM).agg(F.max(COL_SCORE).alias(COL_SCORE))
+        w = Window.partitionBy(COL_USER).orderBy(F.desc(COL_SCORE), F.asc(COL_ITEM))
+        return as_topn(cand.withColumn(COL_RANK, F.row_number().over(w)).where(F.col(COL_RANK) <= k), self.name)
+
+    def _state(self) -> dict[str, DataFrame]:
+        return {"next": self.next, "last": self.last, **self.fallback._state()}
+
+    def _params(self) -> dict[str, Any]:
+        return {"name": self.name, "info": self.info, "fallback": self.fallback._params()}
+
+    @classmethod
+    def _from_state(cls, params: dict[str, Any], state: dict[str, DataFrame]) -> LastItemModel:
+        fallback = BiasTableModel._from_state(params["fallback"], state)
+        return cls(params["name"], params["info"], state["next"], state["last"], fallback)
+
+
+@dataclass
+class LastItem(Recommender):
+    """What followed the user's latest item in the training histories (see the module docstring)."""
+
+    window: int = 1  # b counts as following a when it came at most this many ratings later
+    max_next: int = 200  # successors kept per item
+    scale: Scale = None  # type: ignore[assignment]
+    name: str = "last_item"
+
+    def fit(self, train: DataFrame) -> LastItemModel:
+        self._check_train(train)
+        require_columns(train, [COL_TIMESTAMP], "last_item training data (histories need their order)")
+        if self.window < 1 or self.max_next < 1:
+            raise ValueError(f"{self.name}: window and max_next must be >= 1, got {self.window}, {self.max_next}")
+        if train.limit(1).count() == 0:
+            raise ValueError(f"{self.name}: the training data is empty")
+        t0 = time.perf_counter()
+        w = Window.partitionBy(COL_USER).orderBy(*_history_order())
+        hist = train.select(COL_USER, COL_ITEM, COL_TIMESTAMP).withColumn("_pos", F.row_number().over(w))
+        nxt = hist.select(COL_USER, "_pos", F.col(COL_ITEM).alias(COL_B))
+        pairs = (
+            hist.select(COL_USER, F.col("_pos").alias("_pa"), F.col(COL_ITEM).alias(COL_A))
+            .join(nxt, COL_USER)
+            .where((F.col("_pos") > F.col("_pa")) & (F.col("_pos") <= F.col("_pa") + self.window))
+        )
+        counts = pairs.groupBy(COL_A, COL_B).agg(F.count(F.lit(1)).alias(COL_N))
+        top = Window.partitionBy(COL_A).orderBy(F.desc(COL_N), F.asc(COL_B))
+        kept = counts.withColumn("_r", F.row_number().over(top)).where(F.col("_r") <= self.max_next).drop("_r")
+        latest = Window.partitionBy(COL_USER).orderBy(F.col(COL_TIMESTAMP).desc(), F.col(COL_ITEM).desc())
+        last = train.select(COL_USER, COL_ITEM, COL_TIMESTAMP).withColumn("_r", F.row_number().over(latest)).where("_r = 1")
+        fallback = Popularity(kind="count", scale=self.scale or Scale(), name=self.name).fit(train)
+        info = {"window": self.window, "max_next": self.max_next, "fit_s": round(time.perf_counter() - t0, 3)}
+        return LastItemModel(self.name, info, kept, last.select(COL_USER, COL_ITEM), fallback)
+
+
+# -- the protocol --------------------------------------------------------------------------------
+def nextitem_parts(ratings: DataFrame) -> dict[str, DataFrame]:
+    """``train`` / ``valid`` / ``test`` of the protocol: latest rating test, the one before valid."""
+    labelled = leave_last_out(ratings, with_valid=True).persist()
+    return {p: labelled.where(F.col(COL_PART) == p).drop(COL_PART) for p in (TRAIN, VALID, TEST)}
+
+
+def target_metrics(top: DataFrame, targets: DataFrame, k: int) -> DataFrame:
+    """Per target user: ``hr@k``, ``ndcg@k``, ``mrr@k`` of its one target item (0 when it is not in the list)."""
+    hit = targets.select(COL_USER, COL_ITEM).join(top.select(COL_USER, COL_ITEM, COL_RANK).where(F.col(COL_RANK) <= k),
+                                                  [COL_USER, COL_ITEM], "left")  # fmt: skip
+    r = F.col(COL_RANK)
+    return hit.select(
+        COL_USER,
+        F.when(r.isNotNull(), 1.0).otherwise(0.0).alias(f"hr@{k}"),
+        F.when(r.isNotNull(), 1.0 / F.log2(r + 1.0)).otherwise(0.0).alias(f"ndcg@{k}"),
+        F.when(r.isNotNull(), 1.0 / r).otherwise(0.0).alias(f"mrr@{k}"),
+    )
+
+
+def run_nextitem(
+    spark: SparkSession, cfg: Any, models: list[str], k: int = 10, per_user: dict[str, pd.DataFrame] | None = None,
+    parts: tuple[str, ...] = ("valid", "test"),
+) -> dict[str, Any]:  # fmt: skip
+    """Every model of ``models`` on the next-item protocol of ``cfg``'s dataset (see the module docstring).
+
+    ``per_user`` (a dict) receives each model's per-user test values (a pandas frame by user).
+    """
+    from recsys_spark import registry, stages
+
+    stages.run_ingest(spark, cfg)
+    ratings = stages.read_ingested(spark, cfg)
+    require_columns(ratings, [COL_TIMESTAMP], f"{cfg.dataset_name}: the next-item protocol needs timestamps")
+    p = nextitem_parts(ratings.select(COL_USER, COL_ITEM, COL_RATING, COL_TIMESTAMP))
+    train, valid, test = p[TRAIN].persist(), p[VALID].persist(), p[TEST].persist()
+    fits = {"valid": (train, valid), "test": (train.unionByName(valid).persist(), test)}
+    scale = stages.rating_scale(spark, cfg)
+    side = stages.side_data(spark, cfg)
+    out: dict[str, Any] = {
+        "protocol": {"name": "nextitem", "dataset": cfg.dataset_name, "k": k, **NEXTITEM_PROTOCOL,
+                     "train_rows": train.count(), "valid_users": valid.count(), "test_users": test.count(),
+                     "items": ratings.select(COL_ITEM).distinct().count()},
+        "models": {},
+    }  # fmt: skip
+    for name in models:
+        if name not in registry.REGISTRY:
+            raise ValueError(f"unknown model {name!r}; registered: {', '.join(registry.REGISTRY)}")
+        row: dict[str, Any] = {}
+        for part in parts:
+            fit_on, targets = fits[part]
+            t = time.perf_counter()
+            model = materialize(registry.build(name, scale, models_dir=stages.models_dir_of(cfg)).fit_with(fit_on, side))
+            fit_s = time.perf_counter() - t
+            t = time.perf_counter()
+            top = model.recommend(targets.select(COL_USER), k).persist()
+            top.count()
+            rec_s = time.perf_counter() - t
+            pu = target_metrics(top, targets, k).toPandas().set_index(COL_USER).sort_index()  # one row per target user
+            top.unpersist()
+            release(model)
+            suffix = "" if part == "test" else "_valid"
+            row.update({f"{m}{suffix}": float(pu[m].mean()) if len(pu) else 0.0 for m in pu.columns})
+            row.update({f"fit_s{suffix}": round(fit_s, 3), f"recommend_s{suffix}": round(rec_s, 3)})
+            if part == "test" and per_user is not None:
+                per_user[name] = pu
+        out["models"][name] = row
+        log.info("nextitem %s: %s", name, {m: round(v, 4) for m, v in row.items() if "@" in m})
+    for df in (train, valid, test, fits["test"][0]):
+        df.unpersist()
+    return out
+
+
+def summary_table(result: dict[str, Any]) -> str:
+    k = result["protocol"]["k"]
+    cols = [f"hr@{k}", f"ndcg@{k}", f"mrr@{k}", f"ndcg@{k}_valid"]
+    lines = ["| model | " + " | ".join(cols) + " | fit s | recommend s |", "|---|" + "---:|" * (len(cols) + 2)]
+    for name, m in result["models"].items():
+        vals = [f"{m[c]:.4f}" if c in m else "" for c in cols]
+        lines.append(f"| {name} | " + " | ".join(vals) + f" | {m.get('fit_s', 0):.1f} | {m.get('recommend_s', 0):.1f} |")
+    return "\n".join(lines)
