@@ -18,7 +18,9 @@ FOLDERS = {
     "rating": "rating protocol: ML-100K canonical folds u1..u5, RMSE / MAE (`recsys-spark benchmark rating`)",
     "topn": "top-N protocol: per-user stratified 75/25, seed 42, k = 10 (`recsys-spark benchmark topn`)",
     "coldstart": "cold-start protocols: new users (3 ratings), new items (`recsys-spark benchmark coldstart`)",
+    "nextitem": "next-item protocol: each user's latest rating, full ranking, k = 10 (`recsys-spark benchmark nextitem`)",
     "lastout": "leave-last-out with 99 sampled negatives (`benchmarks/deep.py lastout`)",
+    "suite": "every model on every protocol, one cell per (dataset, protocol, model) (`recsys-spark report --suite`)",
     "studies": "validation sweeps behind a default (train part only; `docs/studies/`)",
     "performance": "wall time, memory, scaling (`docs/performance.md`)",
     "tuning": "Optuna studies (`recsys-spark tune`)",
@@ -54,7 +56,11 @@ def main() -> None:
         if not files:
             continue
         lines += [f"## {folder}/", "", what, ""]
-        lines += [f"- `{p.relative_to(RESULTS)}`: {describe(p)}" for p in files]
+        cells = [p for p in files if "cells" in p.relative_to(RESULTS).parts]  # the suite's cells: counted, not listed
+        lines += [f"- `{p.relative_to(RESULTS)}`: {describe(p)}" for p in files if p not in cells]
+        if cells:
+            n = len({p.parent for p in cells})
+            lines.append(f"- `{folder}/cells/<dataset>/<protocol>/<model>/`: {n} cells (`result.json`, `values.parquet`)")
         lines.append("")
     (RESULTS / "README.md").write_text("\n".join(lines))
 

@@ -20,8 +20,12 @@ training item in other users' histories, by how often.  Fitting counts the
 ordered pairs ``(a, b)`` where ``b`` came within ``window`` ratings after
 ``a`` in one user's history (the user's own pairs count too: a history is
 evidence of what follows what), keeping each ``a``'s ``max_next`` most
-frequent successors.  A list is the successors of the user's latest item
-minus the items the user rated, then the popularity list (by rating count)
+frequent successors.  Ratings with the same timestamp have no order between
+them: such a pair counts both ways, and every item of the user's latest
+second is a "latest item".  (Half the consecutive ratings of ML-100K share
+their second; with the protocol's tie rule, by item index, a model that
+read the tie order would learn the rule, not the users.)  A list is the
+successors of the user's latest items minus the items the user rated, then the popularity list (by rating count)
 to fill it to ``k``; the scores tell the two apart: a successor scores its
 count (>= 1), the popularity fill scores in (0, 1).  A user with no training
 rating gets the popularity list.  Rating predictions are the popularity model's damped item
@@ -118,17 +122,19 @@ class LastItem(Recommender):
         t0 = time.perf_counter()
         w = Window.partitionBy(COL_USER).orderBy(*_history_order())
         hist = train.select(COL_USER, COL_ITEM, COL_TIMESTAMP).withColumn("_pos", F.row_number().over(w))
-        nxt = hist.select(COL_USER, "_pos", F.col(COL_ITEM).alias(COL_B))
+        nxt = hist.select(COL_USER, "_pos", F.col(COL_ITEM).alias(COL_B), F.col(COL_TIMESTAMP).alias("_tb"))
+        gap = F.col("_pos") - F.col("_pa")
         pairs = (
-            hist.select(COL_USER, F.col("_pos").alias("_pa"), F.col(COL_ITEM).alias(COL_A))
+            hist.select(COL_USER, F.col("_pos").alias("_pa"), F.col(COL_ITEM).alias(COL_A), F.col(COL_TIMESTAMP).alias("_ta"))
             .join(nxt, COL_USER)
-            .where((F.col("_pos") > F.col("_pa")) & (F.col("_pos") <= F.col("_pa") + self.window))
+            # b after a, or rated in the same second as a (no order between them: both ways)
+            .where(((gap > 0) & (gap <= self.window)) | ((F.col("_tb") == F.col("_ta")) & (gap < 0) & (gap >= -self.window)))
         )
         counts = pairs.groupBy(COL_A, COL_B).agg(F.count(F.lit(1)).alias(COL_N))
         top = Window.partitionBy(COL_A).orderBy(F.desc(COL_N), F.asc(COL_B))
         kept = counts.withColumn("_r", F.row_number().over(top)).where(F.col("_r") <= self.max_next).drop("_r")
-        latest = Window.partitionBy(COL_USER).orderBy(F.col(COL_TIMESTAMP).desc(), F.col(COL_ITEM).desc())
-        last = train.select(COL_USER, COL_ITEM, COL_TIMESTAMP).withColumn("_r", F.row_number().over(latest)).where("_r = 1")
+        latest = F.max(COL_TIMESTAMP).over(Window.partitionBy(COL_USER))  # every item of the user's latest second
+        last = train.select(COL_USER, COL_ITEM, COL_TIMESTAMP).withColumn("_latest", latest).where(F.col(COL_TIMESTAMP) == F.col("_latest"))
         fallback = Popularity(kind="count", scale=self.scale or Scale(), name=self.name).fit(train)
         info = {"window": self.window, "max_next": self.max_next, "fit_s": round(time.perf_counter() - t0, 3)}
         return LastItemModel(self.name, info, kept, last.select(COL_USER, COL_ITEM), fallback)

@@ -47,6 +47,11 @@ def test_successors_of_the_latest_item_by_hand_then_the_popularity_fill(spark):
     assert [i for i, _ in pruned] == [2, 3, 5] and pruned[0][1] == 2.0 and all(0 < s < 1 for _, s in pruned[1:])
     # a user with no rating: the popularity list (item 1 rated 5 times, 3 three times, 2 twice)
     assert [i for i, _ in _lists(one, spark, [99], 3)[99]] == [1, 3, 2]
+    # ratings in the same second have no order: user 5 rated 6 and 7 together, so each counts as following the other
+    tied = ratings.unionByName(spark.createDataFrame([(5, 6, 4.0, 9), (5, 7, 4.0, 9), (6, 6, 4.0, 1)], RATINGS_SCHEMA))
+    both = LastItem(window=1, max_next=200, scale=Scale()).fit(tied)
+    assert _lists(both, spark, [6], 1) == {6: [(7, 1.0)]}  # user 6's latest item is 6: 7 followed it (in the same second)
+    assert sorted(r["item_idx"] for r in both.last.where("user_idx = 5").collect()) == [6, 7]  # both are user 5's latest
     with pytest.raises(ValueError, match="window and max_next"):
         LastItem(window=0).fit(ratings)
 
