@@ -143,7 +143,7 @@ class LastItem(Recommender):
 # -- the protocol --------------------------------------------------------------------------------
 def nextitem_parts(ratings: DataFrame) -> dict[str, DataFrame]:
     """``train`` / ``valid`` / ``test`` of the protocol: latest rating test, the one before valid."""
-    labelled = leave_last_out(ratings, with_valid=True).persist()
+    labelled = leave_last_out(ratings, with_valid=True)  # the caller caches the parts it reads more than once
     return {p: labelled.where(F.col(COL_PART) == p).drop(COL_PART) for p in (TRAIN, VALID, TEST)}
 
 
