@@ -221,6 +221,20 @@ class Popularity(Recommender):
         return BiasTableModel(self.name, mu, self.scale or Scale(), None, ib, score, _seen(train), "popularity")
 
 
+class PopularityRatings:
+    """For top-N models whose rating predictions are their popularity ``fallback``'s damped item means."""
+
+    name: str
+    fallback: BiasTableModel
+
+    @property
+    def scale(self) -> Scale:
+        return self.fallback.scale
+
+    def predict(self, pairs: DataFrame) -> DataFrame:
+        return as_predictions(self.fallback.with_prediction(pairs.select(COL_USER, COL_ITEM)), self.name)
+
+
 CHECKPOINT_EVERY = 5  # BiasBaseline sweeps between lineage cuts
 
 

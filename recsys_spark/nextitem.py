@@ -43,8 +43,8 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from recsys_spark.baselines import BiasTableModel, Popularity
-from recsys_spark.recommender import Recommender, RecommenderModel, Scale, as_predictions, as_topn, materialize, release
+from recsys_spark.baselines import BiasTableModel, Popularity, PopularityRatings
+from recsys_spark.recommender import Recommender, RecommenderModel, Scale, as_topn, materialize, release
 from recsys_spark.schemas import COL_ITEM, COL_RANK, COL_RATING, COL_SCORE, COL_TIMESTAMP, COL_USER, require_columns
 from recsys_spark.split import COL_PART, TEST, TRAIN, VALID, leave_last_out
 
@@ -59,7 +59,7 @@ def _history_order() -> list:
     return [F.col(COL_TIMESTAMP).asc(), F.col(COL_ITEM).asc()]  # the reverse of leave_last_out's "latest first"
 
 
-class LastItemModel(RecommenderModel):
+class LastItemModel(PopularityRatings, RecommenderModel):
     """Successor counts of each item and every training user's latest item (see the module docstring)."""
 
     STATE_KEYS: ClassVar[tuple[str, ...]] = ("next", "last", "user_bias", "item_bias", "item_score", "seen")
@@ -70,13 +70,6 @@ class LastItemModel(RecommenderModel):
         self.next = nxt  # (a, b, n): b followed a n times, each a's max_next most frequent
         self.last = last  # (user_idx, item_idx): the user's latest training item
         self.fallback = fallback  # popularity by count: the fill, cold users and the rating predictions
-
-    @property
-    def scale(self) -> Scale:
-        return self.fallback.scale
-
-    def predict(self, pairs: DataFrame) -> DataFrame:
-        return as_predictions(self.fallback.with_prediction(pairs.select(COL_USER, COL_ITEM)), self.name)
 
     def recommend(self, users: DataFrame, k: int = 10) -> DataFrame:
         want = users.select(COL_USER).distinct()

@@ -36,10 +36,10 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from recsys_spark.baselines import BiasTableModel, Popularity
+from recsys_spark.baselines import BiasTableModel, Popularity, PopularityRatings
 from recsys_spark.itemitem import solvers
 from recsys_spark.itemitem.gram import COL_POS, COL_X, KeptItems, check_weighting, gram, interactions, kept_items, with_positions
-from recsys_spark.recommender import Recommender, RecommenderModel, Scale, as_predictions, as_topn, top_k_mask
+from recsys_spark.recommender import Recommender, RecommenderModel, Scale, as_topn, top_k_mask
 from recsys_spark.schemas import COL_ITEM, COL_RANK, COL_SCORE, COL_USER
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def slabs_frame(spark: Any, w: np.ndarray, width: int) -> DataFrame:
     return slabs
 
 
-class ItemItemModel(RecommenderModel):
+class ItemItemModel(PopularityRatings, RecommenderModel):
     """Dense item-item weights over the kept items (see the module docstring)."""
 
     STATE_KEYS: ClassVar[tuple[str, ...]] = ("positions", "slabs", "interactions", "user_bias", "item_bias", "item_score", "seen")
@@ -95,13 +95,6 @@ class ItemItemModel(RecommenderModel):
         self.slabs = slabs  # (cb, data)
         self.x = x  # training (user_idx, item_idx, x)
         self.fallback = fallback  # popularity: cold users' lists and the rating predictions
-
-    @property
-    def scale(self) -> Scale:
-        return self.fallback.scale
-
-    def predict(self, pairs: DataFrame) -> DataFrame:
-        return as_predictions(self.fallback.with_prediction(pairs.select(COL_USER, COL_ITEM)), self.name)
 
     def recommend(self, users: DataFrame, k: int = 10) -> DataFrame:
         want = users.select(COL_USER).distinct()
