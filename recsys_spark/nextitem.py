@@ -155,13 +155,18 @@ def target_metrics(top: DataFrame, targets: DataFrame, k: int) -> DataFrame:
 
 def run_nextitem(
     spark: SparkSession, cfg: Any, models: list[str], k: int = 10, per_user: dict[str, pd.DataFrame] | None = None,
-    parts: tuple[str, ...] = ("valid", "test"),
+    parts: tuple[str, ...] = ("valid", "test"), reference: str = "last_item",
 ) -> dict[str, Any]:  # fmt: skip
     """Every model of ``models`` on the next-item protocol of ``cfg``'s dataset (see the module docstring).
 
-    ``per_user`` (a dict) receives each model's per-user test values (a pandas frame by user).
+    ``per_user`` (a dict) receives each model's per-user test values (a pandas frame by user).  With
+    the test part run and ``reference`` among ``models``, ``paired`` compares every other model with
+    it on the per-user NDCG@k (:func:`recsys_spark.significance.compare_all`: bootstrap 95% interval
+    of ``reference - model``, paired t and Wilcoxon p-values, Holm-adjusted).
     """
-    from recsys_spark import registry, stages
+    from recsys_spark import registry, significance, stages
+
+    per_user = per_user if per_user is not None else {}
 
     stages.run_ingest(spark, cfg)
     ratings = stages.read_ingested(spark, cfg)
@@ -196,12 +201,17 @@ def run_nextitem(
             suffix = "" if part == "test" else "_valid"
             row.update({f"{m}{suffix}": float(pu[m].mean()) if len(pu) else 0.0 for m in pu.columns})
             row.update({f"fit_s{suffix}": round(fit_s, 3), f"recommend_s{suffix}": round(rec_s, 3)})
-            if part == "test" and per_user is not None:
+            if part == "test":
                 per_user[name] = pu
         out["models"][name] = row
         log.info("nextitem %s: %s", name, {m: round(v, 4) for m, v in row.items() if "@" in m})
     for df in (train, valid, test, fits["test"][0]):
         df.unpersist()
+    if reference in per_user and len(per_user) > 1:
+        users = per_user[reference].index
+        values = {m: pu.reindex(users)[f"ndcg@{k}"].fillna(0.0).to_numpy() for m, pu in per_user.items()}
+        out["paired"] = {"metric": f"ndcg@{k}", "diff": f"{reference} - model",
+                         "rows": significance.compare_all(values, [reference])}  # fmt: skip
     return out
 
 
@@ -212,4 +222,11 @@ def summary_table(result: dict[str, Any]) -> str:
     for name, m in result["models"].items():
         vals = [f"{m[c]:.4f}" if c in m else "" for c in cols]
         lines.append(f"| {name} | " + " | ".join(vals) + f" | {m.get('fit_s', 0):.1f} | {m.get('recommend_s', 0):.1f} |")
+    paired = result.get("paired")
+    if paired:
+        lines += ["", f"Paired {paired['metric']} ({paired['diff']}; bootstrap 95% interval over users, Holm-adjusted p):", "",
+                  "| model | diff | 95% interval | t p (Holm) | Wilcoxon p (Holm) |", "|---|---:|---:|---:|---:|"]  # fmt: skip
+        for r in paired["rows"]:
+            lines.append(f"| {r['model']} | {r['diff']:+.4f} | [{r['ci95_lo']:+.4f}, {r['ci95_hi']:+.4f}] | {r['t_p_holm']:.2g} | "
+                         f"{r['wilcoxon_p_holm']:.2g} |")  # fmt: skip
     return "\n".join(lines)

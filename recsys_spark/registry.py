@@ -88,6 +88,20 @@ REGISTRY.update({
 })  # fmt: skip
 
 
+def _sequence(name: str) -> Callable[..., Recommender]:
+    """Sequence models (torch, trained on the driver from the users' histories; not an exported-features model)."""
+
+    def factory(scale: Scale, **p: Any) -> Recommender:
+        from recsys_spark.torch.seqrec import SequenceRecommender
+
+        return SequenceRecommender(scale=scale, name=name, kind=name, **p)
+
+    return factory
+
+
+REGISTRY.update({"sasrec": (_sequence("sasrec"), "topn"), "seq_gru": (_sequence("seq_gru"), "topn")})
+
+
 # defaults of models registered at run time with ``register(..., defaults={...})``
 _DEFAULTS: dict[str, dict[str, Any]] = {}
 

@@ -100,3 +100,8 @@ def test_the_protocol_on_generated_data_matches_popularity_by_hand(spark, cfg_fa
     assert len(per_user["last_item"]) == res["protocol"]["test_users"]
     for m in res["models"].values():
         assert 0 <= m["ndcg@5"] <= m["hr@5"] <= 1 and 0 <= m["mrr@5"] <= m["hr@5"] and "ndcg@5_valid" in m
+    # the paired comparison with the last-item model: the mean per-user difference, by hand from the per-user values
+    (row,) = res["paired"]["rows"]
+    assert row["reference"] == "last_item" and row["model"] == "popularity"
+    by_hand = (per_user["last_item"]["ndcg@5"] - per_user["popularity"]["ndcg@5"].reindex(per_user["last_item"].index)).mean()
+    assert row["diff"] == pytest.approx(by_hand) and row["ci95_lo"] <= row["diff"] <= row["ci95_hi"]
