@@ -68,6 +68,17 @@ WEIGHTS_SCHEMA = T.StructType(
 )
 
 
+def weights_frame(spark, weights: dict[str, np.ndarray]) -> DataFrame:
+    """A network's state dict as a :data:`WEIGHTS_SCHEMA` table (one row per tensor)."""
+    rows = [(k, [int(x) for x in np.shape(v)], np.asarray(v, dtype=np.float32).ravel().tolist()) for k, v in weights.items()]
+    return spark.createDataFrame(rows, WEIGHTS_SCHEMA)
+
+
+def weights_from_frame(df: DataFrame) -> dict[str, np.ndarray]:
+    """The state dict back from :func:`weights_frame`'s table (collected: the model's size)."""
+    return {r["name"]: np.asarray(r["values"], dtype=np.float32).reshape(r["shape"]) for r in df.collect()}
+
+
 def make_scorer(kind: str, params: dict[str, Any], n_users: int, n_items: int, weights: Any, threads: int = 1):
     """``make_predict_fn`` for ``predict_batch_udf``: ``(users, items) -> scores`` (float64 numpy).
 
@@ -168,9 +179,7 @@ class DeepModel(RecommenderModel):
 
     # -- persistence -------------------------------------------------------
     def _state(self) -> dict[str, DataFrame]:
-        spark = self.base.seen.sparkSession
-        rows = [(k, [int(x) for x in np.shape(v)], np.asarray(v, dtype=np.float32).ravel().tolist()) for k, v in self.weights.items()]
-        return {"weights": spark.createDataFrame(rows, WEIGHTS_SCHEMA), **self.base._state()}
+        return {"weights": weights_frame(self.base.seen.sparkSession, self.weights), **self.base._state()}
 
     def _params(self) -> dict[str, Any]:
         return {
@@ -181,9 +190,7 @@ class DeepModel(RecommenderModel):
     @classmethod
     def _from_state(cls, params: dict[str, Any], state: dict[str, DataFrame]) -> DeepModel:
         base = BiasTableModel._from_state(params["base"], state)
-        weights = {
-            r["name"]: np.asarray(r["values"], dtype=np.float32).reshape(r["shape"]) for r in state["weights"].collect()
-        }  # the model's size
+        weights = weights_from_frame(state["weights"])
         return cls(
             params["name"], params["kind"], params["net"], params["explicit"], params["n_users"], params["n_items"], params["mu"],
             weights, base, params["info"], params["score_batch"],
@@ -331,4 +338,4 @@ class DeepRecommender(Recommender):
         return DeepModel(self.name, self.kind, self.net, self.explicit, n_users, n_items, mu, weights, base, info, self.score_batch)
 
 
-__all__ = ["DeepModel", "DeepRecommender", "make_scorer", "write_sorted"]
+__all__ = ["DeepModel", "DeepRecommender", "make_scorer", "weights_frame", "weights_from_frame", "write_sorted"]

@@ -52,7 +52,7 @@ from pyspark.sql import functions as F
 from recsys_spark.baselines import BiasTableModel, Popularity, PopularityRatings
 from recsys_spark.recommender import Recommender, RecommenderModel, Scale, as_topn
 from recsys_spark.schemas import COL_ITEM, COL_RANK, COL_SCORE, COL_TIMESTAMP, COL_USER, require_columns
-from recsys_spark.torch.recommender import WEIGHTS_SCHEMA
+from recsys_spark.torch.recommender import weights_frame, weights_from_frame
 from recsys_spark.torch.sequence import SEQ_KINDS, current_session, cut_sessions, input_batch, load_seq_net, train_sequences
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,7 @@ class SequenceModel(PopularityRatings, RecommenderModel):
         self.weights, self.histories, self.fallback = weights, histories, fallback
         self.session_gap, self.info, self.score_batch, self.n_because = session_gap, info or {}, score_batch, n_because
         self._broadcast = None
+        self._catalogue: np.ndarray | None = None  # the training items, collected once (catalogue-sized)
 
     def network(self):
         """The trained network on the driver, in eval mode (for analysis)."""
@@ -144,9 +145,11 @@ class SequenceModel(PopularityRatings, RecommenderModel):
         spark = self.histories.sparkSession
         if self._broadcast is None:
             self._broadcast = spark.sparkContext.broadcast(self.weights)
-        catalogue = np.asarray(sorted(r[0] for r in self.fallback.item_bias.select(COL_ITEM).collect()), dtype=np.int64)
-        catalogue = catalogue[catalogue < self.n_items]
-        fn = make_lister(self.kind, self.n_items, self.net, self._broadcast, catalogue, k, self.session_gap, self.score_batch, n_because)
+        if self._catalogue is None:
+            items = np.asarray(sorted(r[0] for r in self.fallback.item_bias.select(COL_ITEM).collect()), dtype=np.int64)
+            self._catalogue = items[items < self.n_items]
+        fn = make_lister(self.kind, self.n_items, self.net, self._broadcast, self._catalogue, k, self.session_gap, self.score_batch,
+                         n_because)  # fmt: skip
         return warm.mapInPandas(fn, EXPLAINED_DDL if n_because else TOPN_DDL), cold
 
     def recommend(self, users: DataFrame, k: int = 10) -> DataFrame:
@@ -160,9 +163,7 @@ class SequenceModel(PopularityRatings, RecommenderModel):
 
     # -- persistence -------------------------------------------------------
     def _state(self) -> dict[str, DataFrame]:
-        spark = self.histories.sparkSession
-        rows = [(k, [int(x) for x in np.shape(v)], np.asarray(v, dtype=np.float32).ravel().tolist()) for k, v in self.weights.items()]
-        return {"weights": spark.createDataFrame(rows, WEIGHTS_SCHEMA), "histories": self.histories, **self.fallback._state()}
+        return {"weights": weights_frame(self.histories.sparkSession, self.weights), "histories": self.histories, **self.fallback._state()}
 
     def _params(self) -> dict[str, Any]:
         return {
@@ -173,7 +174,7 @@ class SequenceModel(PopularityRatings, RecommenderModel):
     @classmethod
     def _from_state(cls, params: dict[str, Any], state: dict[str, DataFrame]) -> SequenceModel:
         fallback = BiasTableModel._from_state(params["fallback"], state)
-        weights = {r["name"]: np.asarray(r["values"], dtype=np.float32).reshape(r["shape"]) for r in state["weights"].collect()}
+        weights = weights_from_frame(state["weights"])
         return cls(
             params["name"], params["kind"], params["net"], params["n_items"], weights, state["histories"], fallback,
             params["session_gap"], params["info"], params["score_batch"], params["n_because"],
@@ -210,10 +211,9 @@ class SequenceRecommender(Recommender):
         self._check_train(train)
         require_columns(train, [COL_TIMESTAMP], f"{self.name} training data (histories need their order)")
         t0 = time.perf_counter()
-        hist = user_histories(train, self.seed).persist()
-        pdf = hist.toPandas()  # one row per user, through Arrow: the histories are the training set
+        hist = user_histories(train, self.seed)  # cached by materialize where the model is used (release frees it)
+        pdf = hist.toPandas()  # one row per user, through Arrow: the histories are the training set, on the driver
         if len(pdf) == 0:
-            hist.unpersist()
             raise ValueError(f"{self.name}: the training data is empty")
         n_items = int(max(int(np.max(i)) for i in pdf["items"])) + 1
         seqs: list[np.ndarray] = []
