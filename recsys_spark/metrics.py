@@ -313,3 +313,23 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int
     means = np.concatenate([d[idx].mean(axis=1) for idx in _resamples(n_boot, len(d), seed)])
     lo, hi = np.percentile(means, [2.5, 97.5])
     return {"diff": float(d.mean()), "ci95_lo": float(lo), "ci95_hi": float(hi), "users": int(len(d))}
+
+
+def auc_logloss(labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:
+    """ROC AUC (ties count one half: the Mann-Whitney statistic) and log loss of ``sigmoid(logits)``.
+
+    ``labels`` 1/0 over scored held-out pairs (bounded: the caller's sample).
+    AUC = (sum of the positives' mid-ranks - P(P+1)/2) / (P N).
+    """
+    from scipy.stats import rankdata
+
+    y = np.asarray(labels, dtype=np.float64)
+    s = np.asarray(logits, dtype=np.float64)
+    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+    if y.shape != s.shape or n_pos == 0 or n_neg == 0 or n_pos + n_neg != len(y):
+        raise MetricError(f"auc needs 0/1 labels with both classes and one score each, got {n_pos} positives, {n_neg} negatives")
+    ranks = rankdata(s)  # average ranks of ties
+    auc = (ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+    # log loss from logits, stably: log(1 + e^-z) for positives, log(1 + e^z) for negatives
+    loss = np.where(y == 1, np.logaddexp(0.0, -s), np.logaddexp(0.0, s)).mean()
+    return {"auc": float(auc), "log_loss": float(loss), "positives": n_pos, "negatives": n_neg}

@@ -85,6 +85,11 @@ REGISTRY.update({
     "neumf_explicit": (_deep("neumf_explicit", "neumf", explicit=True), "rating+topn"),
     "autorec": (_deep("autorec", "autorec"), "rating+topn"),
     "cdae": (_deep("cdae", "cdae"), "topn"),
+    # FM is DeepFM with the deep part off (net.layers = []): one network, side-feature fields
+    "fm": (_deep("fm", "deepfm"), "topn"),
+    "deepfm": (_deep("deepfm", "deepfm"), "topn"),
+    "fm_explicit": (_deep("fm_explicit", "deepfm", explicit=True), "rating+topn"),
+    "deepfm_explicit": (_deep("deepfm_explicit", "deepfm", explicit=True), "rating+topn"),
 })  # fmt: skip
 
 

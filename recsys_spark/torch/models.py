@@ -15,6 +15,8 @@ scoring in Spark is the same for all of them (:mod:`recsys_spark.torch.scoring`)
 * :class:`CDAE` (Wu et al. 2016): a user's corrupted implicit vector over
   items plus a user embedding is encoded and decoded into item logits; the
   user codes are frozen the same way for scoring.
+* ``deepfm`` (FM and DeepFM over side-feature fields): :mod:`recsys_spark.torch.fm`;
+  its ``score`` takes an optional third argument, the event's timestamp.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-KINDS = ("gmf", "mlp", "neumf", "autorec", "cdae")
+KINDS = ("gmf", "mlp", "neumf", "autorec", "cdae", "deepfm")
 
 
 class GMF(nn.Module):
@@ -169,7 +171,7 @@ def net_kwargs(kind: str, net: dict, explicit: bool = False, mu: float = 0.0) ->
     p = dict(net)
     if "layers" in p:
         p["layers"] = tuple(p["layers"])
-    if kind in ("gmf", "mlp", "neumf"):
+    if kind in ("gmf", "mlp", "neumf", "deepfm"):
         p.update(explicit=explicit, mu=mu)
     elif kind == "autorec":
         p.update(mu=mu)
@@ -188,4 +190,8 @@ def build_net(kind: str, n_users: int, n_items: int, **params) -> nn.Module:
         return AutoRec(n_users, n_items, **params)
     if kind == "cdae":
         return CDAE(n_users, n_items, **params)
+    if kind == "deepfm":
+        from recsys_spark.torch.fm import DeepFM
+
+        return DeepFM(n_users, n_items, **params)
     raise ValueError(f"network kind must be one of {KINDS}, got {kind!r}")

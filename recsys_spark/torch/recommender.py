@@ -55,7 +55,7 @@ from recsys_spark.schemas import (
     COL_USER,
 )
 from recsys_spark.torch.models import KINDS, build_net, net_kwargs
-from recsys_spark.torch.train import TrainSpec, load_state, run
+from recsys_spark.torch.train import TIMED_KINDS, TrainSpec, load_state, run
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +93,21 @@ def make_scorer(kind: str, params: dict[str, Any], n_users: int, n_items: int, w
         net.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in w.items()})
         net.eval()
 
-        def predict(users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        def score(*cols: np.ndarray) -> np.ndarray:
             with torch.no_grad():
-                s = net.score(torch.from_numpy(users.astype(np.int64)), torch.from_numpy(items.astype(np.int64)))
+                s = net.score(*(torch.from_numpy(c.astype(np.int64)) for c in cols))
             return s.numpy().astype(np.float64)
+
+        # predict_batch_udf counts the function's parameters: two inputs, or three with deepfm's timestamps
+        if kind in TIMED_KINDS:
+
+            def predict_timed(users: np.ndarray, items: np.ndarray, ts: np.ndarray) -> np.ndarray:
+                return score(users, items, ts)
+
+            return predict_timed
+
+        def predict(users: np.ndarray, items: np.ndarray) -> np.ndarray:
+            return score(users, items)
 
         return predict
 
@@ -144,6 +155,18 @@ class DeepModel(RecommenderModel):
             batch_size=self.score_batch,
         )  # fmt: skip
 
+    @property
+    def timed(self) -> bool:
+        """Whether the network reads the event's timestamp (deepfm's context fields; -1: the user's latest)."""
+        return self.kind in TIMED_KINDS
+
+    def _ts_args(self, df: DataFrame | None) -> list:
+        if not self.timed:
+            return []
+        if df is not None and COL_TIMESTAMP in df.columns:
+            return [F.coalesce(F.col(COL_TIMESTAMP).cast("long"), F.lit(-1).cast("long"))]
+        return [F.lit(-1).cast("long")]
+
     def _known(self, df: DataFrame) -> DataFrame:
         """``df`` with ``_ku``/``_ki``: the user/item had training ratings (the network learned them)."""
         ku = self.base.user_bias.select(COL_USER, F.lit(True).alias("_ku"))
@@ -151,14 +174,17 @@ class DeepModel(RecommenderModel):
         return df.join(ku, COL_USER, "left").join(ki, COL_ITEM, "left").fillna(False, ["_ku", "_ki"])
 
     def predict(self, pairs: DataFrame) -> DataFrame:
-        df = self.base.with_prediction(pairs.select(COL_USER, COL_ITEM), "_fb", "_fbs")
+        keep = [COL_USER, COL_ITEM] + ([COL_TIMESTAMP] if self.timed and COL_TIMESTAMP in pairs.columns else [])
+        df = self.base.with_prediction(pairs.select(*keep), "_fb", "_fbs")
         if not self.answers_ratings:  # preference scores are not ratings
             return as_predictions(
                 df.select(COL_USER, COL_ITEM, F.col("_fb").alias(COL_PREDICTION), F.col("_fbs").alias(COL_SOURCE)), self.name
             )
         df = self._known(df)
         known = F.col("_ku") & F.col("_ki")
-        score = self.score_udf()(F.when(known, F.col(COL_USER)).otherwise(0), F.when(known, F.col(COL_ITEM)).otherwise(0))
+        score = self.score_udf()(
+            F.when(known, F.col(COL_USER)).otherwise(0), F.when(known, F.col(COL_ITEM)).otherwise(0), *self._ts_args(df)
+        )
         out = df.select(
             COL_USER, COL_ITEM,
             F.when(known, clip(score, self.scale)).otherwise(F.col("_fb")).alias(COL_PREDICTION),
@@ -173,7 +199,7 @@ class DeepModel(RecommenderModel):
         cold = want.join(known_users, COL_USER, "left_anti")
         items = self.base.item_bias.select(COL_ITEM)
         cand = warm.crossJoin(items).join(self.base.seen.select(COL_USER, COL_ITEM), [COL_USER, COL_ITEM], "left_anti")
-        scored = cand.withColumn(COL_SCORE, self.score_udf()(F.col(COL_USER), F.col(COL_ITEM)))
+        scored = cand.withColumn(COL_SCORE, self.score_udf()(F.col(COL_USER), F.col(COL_ITEM), *self._ts_args(None)))
         top = rank_candidates(scored, k, self.name)
         return top.unionByName(self.base.recommend(cold, k).withColumn("model", F.lit(self.name)))
 
@@ -198,9 +224,14 @@ class DeepModel(RecommenderModel):
 
 
 def write_sorted(df: DataFrame, path: str, files: int = 4) -> None:
-    """Ratings as Parquet in ``(user_idx, item_idx)`` order: the same input order however ``df`` was partitioned."""
+    """Ratings as Parquet in ``(user_idx, item_idx)`` order: the same input order however ``df`` was partitioned.
+
+    The timestamp (where present) is written as a long, -1 where missing (deepfm reads it; no nulls in a tensor).
+    """
     cols = [c for c in (COL_USER, COL_ITEM, COL_RATING, COL_TIMESTAMP) if c in df.columns]
     out = df.select(*cols).withColumn(COL_RATING, F.col(COL_RATING).cast("float"))
+    out = out.withColumn(COL_TIMESTAMP, F.coalesce(F.col(COL_TIMESTAMP).cast("long"), F.lit(-1).cast("long")) if COL_TIMESTAMP in cols
+                         else F.lit(-1).cast("long"))  # fmt: skip
     out.repartitionByRange(files, COL_USER, COL_ITEM).sortWithinPartitions(COL_USER, COL_ITEM).write.mode("overwrite").parquet(path)
 
 
@@ -242,6 +273,12 @@ class DeepRecommender(Recommender):
     score_batch: int = 8192
     work_dir: str | None = None  # where the exported data and checkpoints go (a temporary directory by default)
     mlflow: dict[str, str] | None = None
+    positive_min: float | None = None  # implicit: only ratings >= this are positives (deepfm's ranking head: 4)
+    # deepfm: side features (fmside.side_arrays)
+    tag_vocab: int = 256
+    tags_per_item: int = 5
+    context: bool = True  # weekday / hour / tenure fields where the ratings have timestamps
+    side_file: str | None = None  # set by fit: the .npz of the side tables the training run loads
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -255,8 +292,13 @@ class DeepRecommender(Recommender):
             net=self.net, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay, l2=self.l2,
             n_neg=self.n_neg, patience=self.patience, seed=self.seed, backend=self.backend, loader_workers=self.loader_workers,
             mu=mu, mlflow=self.mlflow, optimizer=self.optimizer, lbfgs_iters=self.lbfgs_iters,
-            device="cuda" if self.use_gpu else "cpu", **kw,
+            device="cuda" if self.use_gpu else "cpu", side=self.side_file, positive_min=self.positive_min, **kw,
         )  # fmt: skip
+
+    @property
+    def uses_side(self) -> bool:  # type: ignore[override]
+        """deepfm reads the item / user / tag tables (its fields); the other networks only the ratings."""
+        return self.kind == "deepfm"
 
     def _train(self, spec: TrainSpec) -> dict[str, Any]:
         if self.pretrain and spec.kind == "neumf":
@@ -277,13 +319,15 @@ class DeepRecommender(Recommender):
             spec = dataclasses.replace(spec, pretrained=towers, lr=self.pretrain_lr)
         return run(spec, self.distributor, self.num_processes, self.use_gpu)
 
-    def fit(self, train: DataFrame) -> DeepModel:
+    def fit(self, train: DataFrame, side: Any = None) -> DeepModel:
         self._check_train(train)
         tmp = None
         if self.work_dir is None:
             tmp = tempfile.TemporaryDirectory(prefix=f"recsys-{self.name}-")
         work = self.work_dir or tmp.name
         try:
+            if self.kind == "deepfm" and self.side_file is None:
+                return self._with_side(train, side, work).fit(train)
             hold = F.pmod(F.xxhash64(F.lit(self.seed), COL_USER, COL_ITEM), F.lit(1000)) < F.lit(int(self.valid_fraction * 1000))
             early = self.valid_fraction > 0
             if early:
@@ -297,6 +341,22 @@ class DeepRecommender(Recommender):
         finally:
             if tmp is not None:
                 tmp.cleanup()
+
+    def _with_side(self, train: DataFrame, side: Any, work: str) -> DeepRecommender:
+        """This estimator with deepfm's field layout in ``net`` and its side tables written to ``work``."""
+        from pathlib import Path
+
+        from recsys_spark.torch.fmside import side_arrays
+
+        stats = train.agg(F.max(COL_USER), F.max(COL_ITEM)).first()  # scalars
+        if stats[0] is None:
+            raise ValueError(f"{self.name}: cannot fit on empty training data")
+        n_users, n_items = int(stats[0]) + 1, int(stats[1]) + 1
+        layout, arrays = side_arrays(train, side, n_users, n_items, self.tag_vocab, self.tags_per_item, self.context)
+        Path(work).mkdir(parents=True, exist_ok=True)
+        path = f"{work}/side.npz"
+        np.savez(path, **arrays)
+        return dataclasses.replace(self, net={**self.net, "layout": layout}, side_file=path, work_dir=work)
 
     def fit_exported(
         self, train: DataFrame, data: str, valid: str | None, work: str, refit_on: str | None = None,

@@ -18,10 +18,11 @@ and seeds.  A family only says how one batch turns into a loss
 
 Families:
 
-* pair models (gmf, mlp, neumf) stream ``(user_idx, item_idx, rating)`` rows
-  through the loader backend; implicit: ``n_neg`` negatives per positive drawn
-  per batch (seeded by seed, epoch, rank; never a training positive of the
-  user), log loss; explicit: squared error on the rating.
+* pair models (gmf, mlp, neumf, deepfm) stream ``(user_idx, item_idx, rating)``
+  rows (deepfm: and ``timestamp``) through the loader backend; implicit:
+  ``n_neg`` negatives per positive drawn per batch (seeded by seed, epoch,
+  rank; never an item the user rated), log loss, positives optionally only
+  the ratings >= ``positive_min``; explicit: squared error on the rating.
 * row models (autorec: item rows over users; cdae: user rows over items)
   read the interactions once into a sparse matrix and take mini-batches of
   rows (ranks take disjoint, equally long slices of a seeded permutation).
@@ -53,7 +54,8 @@ from recsys_spark.torch.models import NeuMF, build_net, net_kwargs
 
 log = logging.getLogger(__name__)
 
-PAIR_KINDS = ("gmf", "mlp", "neumf")
+PAIR_KINDS = ("gmf", "mlp", "neumf", "deepfm")
+TIMED_KINDS = ("deepfm",)  # networks that read the event's timestamp (a third score argument)
 ROW_KINDS = ("autorec", "cdae")
 PAIR_COLUMNS = {"user_idx": torch.int64, "item_idx": torch.int64, "rating": torch.float32}
 
@@ -84,6 +86,8 @@ class TrainSpec:
     shuffle_buffer: int = 65536
     mu: float = 0.0  # global mean (explicit models predict mu + net)
     pretrained: dict[str, str] | None = None  # neumf: {"gmf": path, "mlp": path} state dicts
+    side: str | None = None  # deepfm: an .npz of the side tables (fmrec.side_arrays), copied into the network's buffers
+    positive_min: float | None = None  # implicit pair models: only ratings >= this are positives (None: every rating)
     optimizer: str = "adam"  # adam | lbfgs (full batch, row models: the AutoRec paper's choice)
     lbfgs_iters: int = 20  # L-BFGS iterations per epoch
     resume: bool = False
@@ -152,12 +156,16 @@ class _Validator:
     """Validation metric: RMSE over the pairs, or sampled NDCG@10 against fixed negatives."""
 
     def __init__(self, spec: TrainSpec, known_keys: np.ndarray) -> None:
-        v = tdata.read_columns(spec.valid, ["user_idx", "item_idx", "rating"])
+        timed = spec.kind in TIMED_KINDS
+        v = tdata.read_columns(spec.valid, ["user_idx", "item_idx", "rating", *(["timestamp"] if timed else [])])
         self.explicit = spec.explicit or spec.kind == "autorec"
         ok = (v["user_idx"] < spec.n_users) & (v["item_idx"] < spec.n_items)
+        if not self.explicit and spec.positive_min is not None:
+            ok &= v["rating"] >= spec.positive_min  # the positives the model is trained to rank
         self.u = torch.from_numpy(v["user_idx"][ok].astype(np.int64))
         self.i = torch.from_numpy(v["item_idx"][ok].astype(np.int64))
         self.r = torch.from_numpy(v["rating"][ok].astype(np.float32))
+        self.t = torch.from_numpy(v["timestamp"][ok].astype(np.int64)) if timed else None
         self.name = "rmse" if self.explicit else "ndcg10"
         if not self.explicit:
             keys = np.union1d(known_keys, _pos_keys(self.u.numpy(), self.i.numpy(), spec.n_items))
@@ -173,12 +181,15 @@ class _Validator:
         if len(self.u) == 0:
             return float("nan")
         if self.explicit:
-            pred = torch.cat([score(u, i) for u, i in zip(self.u.split(65536), self.i.split(65536), strict=True)])
+            t = self.t.split(65536) if self.t is not None else [None] * len(self.u.split(65536))
+            pred = torch.cat([score(u, i, tt) for u, i, tt in zip(self.u.split(65536), self.i.split(65536), t, strict=True)])
             return float(torch.sqrt(torch.mean((pred - self.r) ** 2)))
         gains = []
-        for u, i, n in zip(self.u.split(4096), self.i.split(4096), self.neg.split(4096), strict=True):
-            pos = score(u, i)
-            neg = score(u[:, None].expand_as(n).reshape(-1), n.reshape(-1)).reshape(n.shape)
+        t = self.t.split(4096) if self.t is not None else [None] * len(self.u.split(4096))
+        for u, i, n, tt in zip(self.u.split(4096), self.i.split(4096), self.neg.split(4096), t, strict=True):
+            pos = score(u, i, tt)
+            nt = None if tt is None else tt[:, None].expand_as(n).reshape(-1)
+            neg = score(u[:, None].expand_as(n).reshape(-1), n.reshape(-1), nt).reshape(n.shape)
             rank = (neg > pos[:, None]).sum(1)  # 0 = first
             gains.append(torch.where(rank < 10, 1.0 / torch.log2(rank.float() + 2.0), torch.zeros_like(pos)))
         return float(torch.cat(gains).mean())
@@ -191,9 +202,11 @@ class PairTask:
         self.spec = spec
         self.rank = rank
         cols = tdata.read_columns(spec.data, ["user_idx", "item_idx"])
-        self.keys = _pos_keys(cols["user_idx"], cols["item_idx"], spec.n_items)
+        self.keys = _pos_keys(cols["user_idx"], cols["item_idx"], spec.n_items)  # every rated pair: never a negative
+        self.timed = spec.kind in TIMED_KINDS
+        columns = {**PAIR_COLUMNS, "timestamp": torch.int64} if self.timed else PAIR_COLUMNS
         self.loader = tdata.load(
-            spec.backend, spec.data, PAIR_COLUMNS, spec.batch_size, shuffle=True, shuffle_buffer=spec.shuffle_buffer,
+            spec.backend, spec.data, columns, spec.batch_size, shuffle=True, shuffle_buffer=spec.shuffle_buffer,
             seed=spec.seed, rank=rank, world_size=world,
         )  # fmt: skip
         self.epoch = 0
@@ -207,15 +220,23 @@ class PairTask:
 
     def loss(self, net: nn.Module, batch: dict[str, torch.Tensor], device: str) -> tuple[torch.Tensor, int]:
         u, i, r = batch["user_idx"], batch["item_idx"], batch["rating"]
+        t = batch["timestamp"] if self.timed else None
+        extra = (lambda x: (x.to(device),)) if self.timed else (lambda x: ())
         if self.spec.explicit:
-            pred = net(u.to(device), i.to(device))
+            pred = net(u.to(device), i.to(device), *extra(t))
             return nn.functional.mse_loss(pred, r.to(device)), len(u)
+        if self.spec.positive_min is not None:  # only these ratings are positives (the others are neither)
+            keep = r >= self.spec.positive_min
+            u, i, t = u[keep], i[keep], (t[keep] if self.timed else None)
         un = np.repeat(u.numpy(), self.spec.n_neg)
         neg = torch.from_numpy(_sample_negatives(un, self.spec.n_items, self.keys, self.rng))
         users = torch.cat([u, torch.from_numpy(un)]).to(device)
         items = torch.cat([i, neg]).to(device)
         labels = torch.cat([torch.ones(len(u)), torch.zeros(len(un))]).to(device)
-        return nn.functional.binary_cross_entropy_with_logits(net(users, items), labels), len(u)
+        times = extra(torch.cat([t, t.repeat_interleave(self.spec.n_neg)])) if self.timed else ()  # a negative shares its positive's moment
+        if len(u) == 0:
+            return (net(users[:0], items[:0], *times).sum() * 0.0), 0
+        return nn.functional.binary_cross_entropy_with_logits(net(users, items, *times), labels), len(u)
 
 
 class RowTask:
@@ -312,6 +333,9 @@ def train(spec: TrainSpec | dict[str, Any]) -> dict[str, Any]:
         gmf.load_state_dict(load_state(spec.pretrained["gmf"]), strict=False)
         mlp.load_state_dict(load_state(spec.pretrained["mlp"]), strict=False)
         net.load_pretrained(gmf, mlp)
+    if spec.side:  # deepfm: the side tables become buffers (saved with the weights)
+        with np.load(spec.side) as z:
+            net.load_side({k: z[k] for k in z.files})
     net.to(device)
     task = PairTask(spec, rank, world) if spec.kind in PAIR_KINDS else RowTask(spec, rank, world)
     validator = _Validator(spec, task.keys) if spec.valid else None
@@ -371,7 +395,7 @@ def train(spec: TrainSpec | dict[str, Any]) -> dict[str, Any]:
             if isinstance(task, RowTask):
                 task.freeze(net, device)
             net.eval()
-            metric = validator(lambda u, i: net.score(u.to(device), i.to(device)).cpu()) if validator else float("nan")
+            metric = validator(_scorer(net, device)) if validator else float("nan")
             secs = time.perf_counter() - t0
             row = {"epoch": epoch, "train_loss": train_loss, "samples": n, "seconds": round(secs, 3)}
             if validator:
@@ -422,6 +446,16 @@ def train(spec: TrainSpec | dict[str, Any]) -> dict[str, Any]:
         if distributed:
             torch.distributed.barrier()
             torch.distributed.destroy_process_group()
+
+
+def _scorer(net: nn.Module, device: str):
+    """``(users, items, ts) -> scores`` on the CPU; ``ts`` reaches only the networks that read it."""
+
+    def score(u: torch.Tensor, i: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        args = (u.to(device), i.to(device), *(() if t is None else (t.to(device),)))
+        return net.score(*args).cpu()
+
+    return score
 
 
 def _cpu_state(net: nn.Module) -> dict[str, torch.Tensor]:

@@ -207,3 +207,20 @@ def test_paired_rmse_bootstrap_resamples_whole_users():
     b = np.array([2.0, 2.0, 0.0, 0.0, 0.0])
     r = paired_rmse_bootstrap(users, perfect, b)
     assert r["diff"] == pytest.approx(np.sqrt(8 / 5)) and r["ci95_lo"] == 0.0 and r["ci95_hi"] > r["diff"]
+
+
+def test_auc_and_log_loss_by_hand():
+    from recsys_spark.metrics import auc_logloss
+
+    # positives 0.9 and 0.4, negatives 0.1 and 0.4: 0.9 beats both, 0.4 beats 0.1 and ties 0.4 -> 3.5 / 4
+    r = auc_logloss(np.array([1, 0, 1, 0]), np.array([0.9, 0.1, 0.4, 0.4]))
+    assert r["auc"] == pytest.approx(0.875) and (r["positives"], r["negatives"]) == (2, 2)
+
+    def sig(z):
+        return 1 / (1 + math.exp(-z))
+
+    want = -(math.log(sig(0.9)) + math.log(1 - sig(0.1)) + math.log(sig(0.4)) + math.log(1 - sig(0.4))) / 4
+    assert r["log_loss"] == pytest.approx(want)
+    assert auc_logloss(np.array([1, 0]), np.array([-800.0, 800.0]))["log_loss"] == pytest.approx(800.0)  # no overflow
+    with pytest.raises(M.MetricError):
+        auc_logloss(np.array([1, 1]), np.array([0.1, 0.2]))
