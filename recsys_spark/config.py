@@ -113,6 +113,9 @@ class GenerateConfig:
     selection: Literal["taste", "popularity"] = "taste"
     taste: float = 3.0  # beta of the affinity weight; 0 -> popularity alone (from a larger pool)
     candidates: float = 3.0  # taste: popularity draws per chosen item (the pool the affinity picks from)
+    # taste: share of each user's items whose time places them in a block of their primary genre
+    # (the next item depends on the previous ones); 0 -> the time order before this component
+    sequence: float = 0.8
 
 
 @dataclass
@@ -423,6 +426,8 @@ def _check_ranges(obj: Any, prefix: str, source: str) -> None:
             fail("candidates", f"must be >= 1 (popularity draws per chosen item), got {obj.candidates}")
         if obj.taste < 0:
             fail("taste", f"must be >= 0, got {obj.taste}")
+        if not 0.0 <= obj.sequence <= 1.0:
+            fail("sequence", f"must be in [0, 1] (the share of items placed in genre blocks), got {obj.sequence}")
     elif isinstance(obj, GenericConfig):
         unknown = sorted(set(obj.id_types) - {"user", "item"})
         if unknown:

@@ -14,7 +14,13 @@ Ratings come from a planted low-rank model with biases::
   are rated higher, as in real logs; ``selection = "popularity"`` draws by
   popularity alone;
 * user activity is heavy-tailed (log-normal weights on top of a minimum);
-* timestamps increase along each user's history;
+* timestamps increase along each user's history; with ``selection = "taste"``
+  the order has a sequential component (``sequence``, default 0.8): that
+  share of a user's items is grouped into blocks by primary genre, each genre
+  at a seeded place in the user's timeline (taste drifting from genre to
+  genre), the rest placed uniformly; so the next item depends on the
+  previous ones (its genre continues the current block).  ``sequence = 0``
+  gives the order before this component exactly;
 * items get 1-3 genres, a release year and a title; an item's factors lean
   towards its primary genre's direction, so genres carry real signal;
 * a fraction of ratings also leave a tag drawn from the item's genre words;
@@ -191,7 +197,12 @@ def generate(spark: SparkSession, cfg: GenerateConfig, latent: bool = False) -> 
         gumbel = -F.log(-F.log(F.greatest(_unif(s, "choose", uid, iid), F.lit(1e-12))))
         key = F.lit(cfg.taste) * F.col("dot") - F.lit(cfg.zipf_exponent - pool_s) * F.log1p(F.col("pop_rank")) + gumbel
         by_key = Window.partitionBy("userId").orderBy(F.desc("key"), "movieId")
-        in_time = Window.partitionBy("userId").orderBy(_unif(s, "order", uid, iid), "movieId")
+        # the order in time: with probability ``sequence`` an item sits in its primary genre's block of
+        # the user's history (each genre a seeded place in the user's timeline), else anywhere; ties
+        # within a block by the plain order key.  sequence = 0 is the order before this component.
+        plain = _unif(s, "order", uid, iid)
+        place = F.when(_unif(s, "seq?", uid, iid) < F.lit(cfg.sequence), _unif(s, "genre-order", uid, F.col("gidx")[0])).otherwise(plain)
+        in_time = Window.partitionBy("userId").orderBy(place, plain, "movieId")
         scored = (
             users.repartition(parts, "userId")
             .select("userId", "n_r", "start", F.explode(F.sequence(F.lit(1), F.col("draws"))).alias("j"))

@@ -137,3 +137,40 @@ def test_popularity_selection_is_the_draw_before_taste(spark):
 # the first rows of that config from the generator as it was before selection by taste
 # (recsys_spark/generate.py at 878861d; its whole output equals today's popularity draw)
 PINNED_POPULARITY = [(1, 1, "4.5"), (1, 5, "4.0"), (1, 14, "3.5"), (1, 17, "3.0"), (1, 24, "5.0")]
+
+
+def test_sequence_zero_is_the_time_order_before_the_sequential_component(spark):
+    # pinned from the generator at c2abe89 (no sequential component): users' first ratings in time order
+    cfg = GenerateConfig(n_users=30, n_items=60, n_ratings=900, rank=2, seed=3, min_ratings_per_user=10, sequence=0.0)
+    rows = generate(spark, cfg)["ratings"].orderBy("userId", "timestamp").limit(8).collect()
+    assert [(r.userId, r.movieId, r.timestamp) for r in rows] == PINNED_ORDER
+
+
+PINNED_ORDER = [(1, 26, 981754810), (1, 15, 998361292), (1, 21, 1014967773), (1, 24, 1031574255), (1, 42, 1048180737),
+                (1, 45, 1064787218), (1, 30, 1081393700), (1, 25, 1098000181)]  # fmt: skip
+
+
+def test_the_sequential_component_keeps_a_genre_going_and_changes_only_the_times(spark):
+    base = {"n_users": 60, "n_items": 200, "n_ratings": 3_000, "rank": 4, "seed": 5, "min_ratings_per_user": 20}
+    out = {}
+    for seq in (0.0, 1.0):
+        t = generate(spark, GenerateConfig(**base, sequence=seq))
+        movies = t["movies"].select("movieId", F.split("genres", r"\|")[0].alias("g0"))
+        r = t["ratings"].join(movies, "movieId")
+        w = Window.partitionBy("userId").orderBy("timestamp", "movieId")
+        pairs = r.withColumn("prev", F.lag("g0").over(w)).where(F.col("prev").isNotNull())
+        changes = pairs.groupBy("userId").agg(F.sum((F.col("prev") != F.col("g0")).cast("int")).alias("c"))
+        genres = r.groupBy("userId").agg(F.countDistinct("g0").alias("g"))
+        per_user = {x.userId: (x.c, x.g) for x in changes.join(genres, "userId").collect()}
+        out[seq] = (per_user, sorted((x.userId, x.movieId, x.rating) for x in t["ratings"].collect()))
+    assert out[0.0][1] == out[1.0][1]  # the same items and ratings: only their order in time differs
+    # sequence 1: every item in its genre's block, so a user's genre changes exactly (genres - 1) times
+    assert all(c == g - 1 for c, g in out[1.0][0].values())
+    assert sum(c for c, _ in out[0.0][0].values()) > 2 * sum(g - 1 for _, g in out[0.0][0].values())  # uniform order: many more
+
+
+def test_sequence_out_of_range_is_rejected():
+    from recsys_spark.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="sequence"):
+        load_config(None, ["generate.sequence=1.5"])
