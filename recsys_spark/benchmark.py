@@ -402,9 +402,15 @@ def run_benchmark(
 
 
 def write_result(result: dict[str, Any], out: str | None) -> None:
+    """The result as JSON at ``out``; a next-item result's temporal analysis also as ``<out stem>-temporal.png`` beside it."""
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(result, indent=2, sort_keys=False) + "\n")
+        if result.get("temporal"):
+            from recsys_spark.nextitem import plot_temporal
+
+            plot_temporal(result["temporal"], str(Path(out).with_name(Path(out).stem + "-temporal.png")),
+                          f"next-item NDCG@{result['temporal']['k']} by segment ({result['protocol']['dataset']})")  # fmt: skip
 
 
 def summary_table(result: dict[str, Any]) -> str:

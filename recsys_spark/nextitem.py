@@ -153,6 +153,83 @@ def target_metrics(top: DataFrame, targets: DataFrame, k: int) -> DataFrame:
     )
 
 
+GAP_BUCKETS = [(0, "same second"), (3600, "< 1 hour"), (86400, "< 1 day"), (7 * 86400, "< 1 week"), (30 * 86400, "< 30 days"),
+               (365 * 86400, "< 1 year"), (float("inf"), ">= 1 year")]  # fmt: skip
+WEEKDAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+
+
+def target_context(fit_on: DataFrame, targets: DataFrame) -> pd.DataFrame:
+    """Per target user: ``history`` (ratings fitted on), ``gap_s`` (target time minus the latest fitted rating's),
+    ``hour`` and ``weekday`` (UTC, Monday 0) of the target.  One row per target user (collected)."""
+    hist = fit_on.groupBy(COL_USER).agg(F.count("*").alias("history"), F.max(COL_TIMESTAMP).alias("_prev"))
+    ts = F.col(COL_TIMESTAMP)
+    df = targets.select(COL_USER, ts).join(hist, COL_USER, "left").select(
+        COL_USER,
+        F.coalesce(F.col("history"), F.lit(0)).alias("history"),
+        (ts - F.col("_prev")).alias("gap_s"),
+        F.floor(F.pmod(ts, F.lit(86400)) / 3600).cast("int").alias("hour"),
+        F.pmod(F.floor(ts / 86400) + 3, F.lit(7)).cast("int").alias("weekday"),  # 1970-01-01 was a Thursday
+    )
+    return df.toPandas().set_index(COL_USER).sort_index()
+
+
+def temporal_breakdown(context: pd.DataFrame, per_user: dict[str, pd.DataFrame], k: int) -> dict[str, Any]:
+    """Each model's mean HR@k / NDCG@k over target users grouped by history-length decile, gap since the
+    previous rating, hour and weekday of the target (the temporal pattern analysis; counts per group)."""
+    import numpy as np
+
+    ctx = context.copy()
+    ctx["history_decile"] = pd.qcut(ctx["history"].rank(method="first"), 10, labels=False) if len(ctx) >= 10 else 0
+    bounds = [b for b, _ in GAP_BUCKETS]
+    gap = ctx["gap_s"].fillna(-1).to_numpy()
+    ctx["gap"] = np.where(gap < 0, -1, np.searchsorted(bounds, gap, side="left"))
+    out: dict[str, Any] = {"k": k, "by": {}}
+    labels = {
+        "history_decile": lambda g: f"{int(ctx.loc[ctx['history_decile'] == g, 'history'].min())}-"
+                                    f"{int(ctx.loc[ctx['history_decile'] == g, 'history'].max())} ratings",
+        "gap": lambda g: "unknown" if g < 0 else GAP_BUCKETS[int(g)][1],
+        "hour": lambda g: f"{int(g):02d}h",
+        "weekday": lambda g: WEEKDAYS[int(g)],
+    }  # fmt: skip
+    for by, label in labels.items():
+        rows = []
+        for g, members in ctx.groupby(by).groups.items():
+            row = {"segment": label(g), "users": int(len(members))}
+            for name, pu in per_user.items():
+                vals = pu.reindex(members).fillna(0.0)  # a target user the model gave no list scores 0
+                row[name] = {f"hr@{k}": round(float(vals[f"hr@{k}"].mean()), 6), f"ndcg@{k}": round(float(vals[f"ndcg@{k}"].mean()), 6)}
+            rows.append(row)
+        out["by"][by] = rows
+    return out
+
+
+def plot_temporal(temporal: dict[str, Any], path: str, title: str = "next-item accuracy over time") -> str:
+    """A PNG at ``path`` (on this machine): NDCG@k by segment, one panel per grouping, one line per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = temporal["k"]
+    panels = list(temporal["by"].items())
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
+    for ax, (by, rows) in zip(axes[0], panels, strict=True):
+        models = [m for m in rows[0] if m not in ("segment", "users")] if rows else []
+        x = range(len(rows))
+        for m in models:
+            ax.plot(x, [r[m][f"ndcg@{k}"] for r in rows], marker="o", ms=3, label=m)
+        ax.set_xticks(list(x), [r["segment"] for r in rows], rotation=60, ha="right", fontsize=7)
+        ax.set_title(by.replace("_", " "))
+        ax.set_ylabel(f"NDCG@{k}")
+    if panels and panels[0][1]:
+        axes[0][0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def run_nextitem(
     spark: SparkSession, cfg: Any, models: list[str], k: int = 10, per_user: dict[str, pd.DataFrame] | None = None,
     parts: tuple[str, ...] = ("valid", "test"), reference: str = "last_item",
@@ -205,6 +282,8 @@ def run_nextitem(
                 per_user[name] = pu
         out["models"][name] = row
         log.info("nextitem %s: %s", name, {m: round(v, 4) for m, v in row.items() if "@" in m})
+    if "test" in parts and per_user:
+        out["temporal"] = temporal_breakdown(target_context(fits["test"][0], test), per_user, k)
     for df in (train, valid, test, fits["test"][0]):
         df.unpersist()
     if reference in per_user and len(per_user) > 1:

@@ -105,3 +105,34 @@ def test_the_protocol_on_generated_data_matches_popularity_by_hand(spark, cfg_fa
     assert row["reference"] == "last_item" and row["model"] == "popularity"
     by_hand = (per_user["last_item"]["ndcg@5"] - per_user["popularity"]["ndcg@5"].reindex(per_user["last_item"].index)).mean()
     assert row["diff"] == pytest.approx(by_hand) and row["ci95_lo"] <= row["diff"] <= row["ci95_hi"]
+    # the temporal analysis covers every test user once in each grouping
+    for rows in res["temporal"]["by"].values():
+        assert sum(r["users"] for r in rows) == res["protocol"]["test_users"]
+
+
+def test_target_context_by_hand(spark):
+    import pandas as pd
+
+    from recsys_spark.nextitem import target_context, temporal_breakdown
+
+    day = 86400
+    fit_on = spark.createDataFrame([(0, 1, 4.0, 3 * day), (0, 2, 4.0, 4 * day), (1, 1, 4.0, 10)], RATINGS_SCHEMA)
+    targets = spark.createDataFrame([(0, 3, 4.0, 4 * day + 13 * 3600), (1, 2, 4.0, 10)], RATINGS_SCHEMA)
+    ctx = target_context(fit_on, targets)
+    assert ctx.loc[0].tolist() == [2, 13 * 3600, 13, 0]  # 2 ratings before; 13 h after the latest; 1970-01-05 was a Monday
+    assert ctx.loc[1].tolist() == [1, 0, 0, 3]  # the same second as its latest rating; a Thursday
+    per_user = {"m": pd.DataFrame({"hr@5": [1.0, 0.0], "ndcg@5": [0.5, 0.0]}, index=pd.Index([0, 1], name="user_idx"))}
+    t = temporal_breakdown(ctx, per_user, 5)
+    gaps = {r["segment"]: (r["users"], r["m"]["ndcg@5"]) for r in t["by"]["gap"]}
+    assert gaps == {"same second": (1, 0.0), "< 1 day": (1, 0.5)}
+    assert {r["segment"] for r in t["by"]["weekday"]} == {"Mon", "Thu"}
+    missing = temporal_breakdown(ctx, {"m": per_user["m"].iloc[:1]}, 5)  # a user without a value scores 0
+    assert {r["segment"]: r["m"]["hr@5"] for r in missing["by"]["hour"]} == {"13h": 1.0, "00h": 0.0}
+
+
+def test_plot_temporal_writes_a_png(tmp_path):
+    from recsys_spark.nextitem import plot_temporal
+
+    t = {"k": 5, "by": {"gap": [{"segment": "< 1 day", "users": 3, "m": {"hr@5": 1.0, "ndcg@5": 0.5}}]}}
+    path = plot_temporal(t, str(tmp_path / "t.png"))
+    assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
