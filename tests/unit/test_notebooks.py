@@ -122,3 +122,26 @@ def test_week10_hybrid_models(spark, tmp_path):
     assert ns["recs"].where("explanation is null or size(contributors) = 0").count() == 0
     for png in ("rating_methods", "segment_weights", "topn_methods"):
         assert (tmp_path / f"week10_generated_{png}.png").stat().st_size > 1000
+
+
+def test_week9_advanced_deep_learning(spark, tmp_path):
+    pytest.importorskip("torch")
+    ns = run_notebook(
+        "week9_advanced_deep_learning", dataset="generated", output=str(tmp_path), k="5", epochs="2",
+        rating_models="fm_explicit,deepfm_explicit", ranking_models="popularity,deepfm", sequence_models="last_item,sasrec",
+        session_gap="300000000",  # generated ratings lie months apart: a session of years
+        overrides=SMALL,
+    )  # fmt: skip
+    assert set(ns["rating_rows"]) == {"fm_explicit", "deepfm_explicit"}
+    assert all(r["rmse"] < 2.0 for r in ns["rating_rows"].values())
+    assert 0 <= ns["ctr"]["deepfm"]["auc"] <= 1 and ns["ctr"]["deepfm"]["positives"] > 0
+    fields = ns["interactions"]["fields"]
+    assert {"user", "item", "gender", "age", "occupation", "genres", "tags", "weekday", "hour", "tenure"} <= set(fields)
+    assert set(ns["next_rows"]) == {"last_item", "sasrec"} and all(0 <= r["ndcg@5"] <= r["hr@5"] <= 1 for r in ns["next_rows"].values())
+    because = ns["explained"].collect()
+    assert because and all(r["because"] for r in because)  # attention names past items for every recommendation
+    assert ns["session_lists"].count() > 0
+    for rows in ns["temporal"]["by"].values():
+        assert sum(r["users"] for r in rows) == len(ns["per_user"]["sasrec"])
+    for png in ("interactions", "temporal"):
+        assert (tmp_path / f"week9_generated_{png}.png").stat().st_size > 1000
