@@ -335,6 +335,7 @@ def ctr(args: argparse.Namespace) -> dict:
             pairs_ranked = sorted(((m[a, b], f[a], f[b]) for a in range(len(m)) for b in range(a + 1, len(m))), reverse=True)
             res["strongest_pairs"] = [{"fields": [fa, fb], "mean_abs_dot": round(float(v), 6)} for v, fa, fb in pairs_ranked[:10]]
             if args.out:
+                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
                 png = str(Path(args.out).with_name(f"{Path(args.out).stem}-{name}-interactions.png"))
                 plot_interactions(m, net.order, png, f"{name} field interactions ({args.dataset})")
                 res["heatmap"] = str(Path(png).relative_to(ROOT)) if Path(png).resolve().is_relative_to(ROOT) else png

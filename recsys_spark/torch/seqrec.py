@@ -213,6 +213,8 @@ class SequenceRecommender(Recommender):
         t0 = time.perf_counter()
         hist = user_histories(train, self.seed)  # cached by materialize where the model is used (release frees it)
         pdf = hist.toPandas()  # one row per user, through Arrow: the histories are the training set, on the driver
+        # by user: the sequences' order seeds the batches, so it must not depend on how Spark partitioned the input
+        pdf = pdf.sort_values(COL_USER, kind="stable").reset_index(drop=True)
         if len(pdf) == 0:
             raise ValueError(f"{self.name}: the training data is empty")
         n_items = int(max(int(np.max(i)) for i in pdf["items"])) + 1

@@ -176,3 +176,14 @@ def test_early_stopping_keeps_the_best_epoch_and_never_trains_on_the_held_out_it
     best = int(np.argmax(info["holdout_ndcg@10"]))
     assert info["best_epoch"] == best + 1 and len(info["loss"]) <= 30
     assert len(info["loss"]) == 30 or len(info["loss"]) - info["best_epoch"] == 2  # stopped after 2 epochs without progress
+
+
+def test_training_does_not_depend_on_how_the_ratings_are_partitioned(spark):
+    from pyspark.sql import functions as F
+
+    ratings, _ = _cycle_ratings(spark)
+    kw = dict(name="sasrec", kind="sasrec", scale=Scale(), net={**TINY, "blocks": 1}, epochs=2, holdout=False)
+    a = SequenceRecommender(**kw).fit(ratings.coalesce(1))
+    b = SequenceRecommender(**kw).fit(ratings.repartition(3).orderBy(F.desc("user_idx")))
+    assert a.weights.keys() == b.weights.keys()
+    assert all(np.array_equal(a.weights[k], b.weights[k]) for k in a.weights)
