@@ -338,7 +338,8 @@ def ctr(args: argparse.Namespace) -> dict:
                 Path(args.out).parent.mkdir(parents=True, exist_ok=True)
                 png = str(Path(args.out).with_name(f"{Path(args.out).stem}-{name}-interactions.png"))
                 plot_interactions(m, net.order, png, f"{name} field interactions ({args.dataset})")
-                res["heatmap"] = str(Path(png).relative_to(ROOT)) if Path(png).resolve().is_relative_to(ROOT) else png
+                full = Path(png).resolve()
+                res["heatmap"] = str(full.relative_to(ROOT)) if full.is_relative_to(ROOT) else str(full)
         out["models"][name] = res
         log.info("ctr %s: AUC %.4f log loss %.4f (fit %.0fs)", name, res["auc"], res["log_loss"], fit_s)
     return out

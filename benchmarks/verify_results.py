@@ -38,7 +38,7 @@ CURRENT = [
     "topn/ml-latest-small/baselines", "topn/ml-latest-small/knn", "topn/ml-latest-small/content-trend",
     "topn/ml-latest-small/als_implicit-tuned", "topn/ml-latest-small/als-backfitted",
     "topn/ml-100k/itemitem", "topn/ml-latest-small/itemitem",
-    "coldstart/ml-100k/single-slice", "coldstart/ml-latest-small/single-slice",
+    "coldstart/ml-100k/single-slice", "coldstart/ml-latest-small/single-slice", "topn/ml-100k/deepfm", "coldstart/ml-100k/deepfm",
 ]  # fmt: skip
 TIMING = ("_s", "_seconds")
 
