@@ -56,7 +56,12 @@ REGISTRY: dict[str, tuple[Callable[..., Recommender], str]] = {
     "rp3beta": (lambda scale, **p: RP3beta(scale=scale, **p), "topn"),
     "slim": (lambda scale, **p: SLIM(scale=scale, **p), "topn"),
     "last_item": (lambda scale, **p: LastItem(scale=scale, **p), "topn"),
+    # the same model under the name the literature uses; it reads last_item's defaults (ALIASES)
+    "cooccurrence": (lambda scale, **p: LastItem(scale=scale, **{"name": "cooccurrence", **p}), "topn"),
 }
+
+# a registered name that reads another's defaults file (same estimator class, its own output name)
+ALIASES: dict[str, str] = {"cooccurrence": "last_item"}
 
 
 
@@ -121,12 +126,15 @@ def register(
 
 
 def defaults_path(name: str, models_dir: str | Path | None = None) -> Traversable:
-    """Where ``name``'s defaults are read: ``models_dir/<name>.toml`` when that file exists, else the package's."""
-    if models_dir:
-        own = Path(models_dir) / f"{name}.toml"
-        if own.is_file():
-            return own
-    return MODELS_DIR / f"{name}.toml"
+    """Where ``name``'s defaults are read: ``models_dir/<name>.toml`` when that file exists, else the package's.
+
+    An alias (:data:`ALIASES`) without a file of its own reads its target's.
+    """
+    for key in (name, ALIASES.get(name)):
+        if key and models_dir and (Path(models_dir) / f"{key}.toml").is_file():
+            return Path(models_dir) / f"{key}.toml"
+    own = MODELS_DIR / f"{name}.toml"
+    return MODELS_DIR / f"{ALIASES[name]}.toml" if name in ALIASES and not own.is_file() else own
 
 
 def model_params(name: str, models_dir: str | Path | None = None) -> dict[str, Any]:

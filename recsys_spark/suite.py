@@ -68,9 +68,9 @@ def serves(name: str, protocol: str) -> bool:
 
 
 def resolve_models(spec: str, pipeline_names: list[str]) -> list[str]:
-    """``all`` (every registered model, in registry order), ``pipeline`` (the config's models.names) or a comma list."""
+    """``all`` (every registered model but aliases, in registry order), ``pipeline`` (the config's models.names) or a comma list."""
     if spec == "all":
-        return list(registry.REGISTRY)
+        return [n for n in registry.REGISTRY if n not in registry.ALIASES]
     names = list(pipeline_names) if spec == "pipeline" else [m.strip() for m in spec.split(",") if m.strip()]
     unknown = [m for m in names if m not in registry.REGISTRY]
     if unknown:

@@ -17,7 +17,9 @@ PACKAGED = ROOT / "recsys_spark" / "conf" / "models"
 
 
 def _file_params(name):
-    return tomllib.loads((PACKAGED / f"{name}.toml").read_text())["params"]
+    # an alias has no file of its own: it reads its target's (written out here, not taken from the registry)
+    own = PACKAGED / f"{name}.toml"
+    return tomllib.loads((own if own.is_file() else PACKAGED / f"{ {'cooccurrence': 'last_item'}[name]}.toml").read_text())["params"]
 
 
 def test_every_registered_model_has_a_defaults_file_and_builds_with_its_values():
@@ -29,6 +31,19 @@ def test_every_registered_model_has_a_defaults_file_and_builds_with_its_values()
         est = registry.build(name, Scale(1, 5))
         for key, value in params.items():
             assert getattr(est, key) == value, (name, key)
+
+
+def test_an_alias_is_its_target_under_its_own_name(tmp_path):
+    from recsys_spark.nextitem import LastItem
+
+    co, last = registry.build("cooccurrence", Scale(1, 5)), registry.build("last_item", Scale(1, 5))
+    assert isinstance(co, LastItem) and co.name == "cooccurrence" and last.name == "last_item"
+    assert (co.window, co.max_next) == (last.window, last.max_next) == (10, 200)
+    # a models folder's last_item file reaches the alias too, and its own file wins over that
+    (tmp_path / "last_item.toml").write_text("[params]\nwindow = 3\n")
+    assert registry.build("cooccurrence", Scale(1, 5), models_dir=tmp_path).window == 3
+    (tmp_path / "cooccurrence.toml").write_text("[params]\nwindow = 4\n")
+    assert registry.build("cooccurrence", Scale(1, 5), models_dir=tmp_path).window == 4
 
 
 def test_defaults_differ_from_code_defaults_where_tuned():
