@@ -40,6 +40,8 @@ DESCRIPTIONS = {
     "factorize": "fit a factorization model on the pipeline's split; write its factors (and NMF factor interpretation)",
     "export_features": "write the Parquet feature tables PyTorch jobs train on (interactions, negatives, item/user features, histories)",
     "train_torch": "train a deep model on the exported features (locally or with TorchDistributor) and score the test part in Spark",
+    "checksum": "content checksums of every output table and result file of the configured run (--out FILE.json); "
+    "--against FILE.json: compare with another run's and exit 1 on a difference",
     "content": "fit a content model on the pipeline's split; write item features, content neighbours, profiles, "
     "term signal, explained top-N",
 }
@@ -85,6 +87,11 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
         p.add_argument("--models", default="all", help="--suite: all (every registered model), pipeline (models.names) or a list")
         p.add_argument("--folds", default="1-5", help="--suite: ML-100K rating folds")
         p.add_argument("--k", type=int, default=10, help="--suite: list length")
+    if stage == "checksum":
+        p.add_argument("--out", default=None, help="write the checksums as JSON here")
+        p.add_argument("--against", default=None, help="another run's checksums (JSON from --out): list the differences, exit 1 on any")
+        p.add_argument("--decimals", type=int, default=None, help="round floating-point values to this many places first (default: exact)")
+        p.add_argument("--ignore", action="append", default=[], metavar="GLOB", help="leave out these relative paths (repeatable)")
     if stage == "predict":
         p.add_argument("--model", default=None, help="registered model (default: every model of models.names, in turn)")
     if stage == "factorize":
@@ -144,6 +151,8 @@ def run_job(stage: str, argv: list[str] | None = None) -> int:
             return _recommend(spark, cfg, args, log)
         if stage == "report":
             return _report(spark, cfg, args, log)
+        if stage == "checksum":
+            return _checksum(spark, cfg, args, log)
         _log_result(log, stage, _run_stage(spark, cfg, stage, args))
         return 0
     except (DataFormatError, IngestError, FileNotFoundError, ValueError) as exc:
@@ -274,6 +283,31 @@ def _report(spark, cfg: Config, args: argparse.Namespace, log: logging.Logger) -
     out = args.out or f"{root}/{DASHBOARD}"
     fs.write_text(spark, out, page)
     log.info("report: wrote %s (%d models, %d KB)", out, len(payload["models"]), len(page) // 1024)
+    return 0
+
+
+def _checksum(spark, cfg: Config, args: argparse.Namespace, log: logging.Logger) -> int:
+    import json
+    from pathlib import Path
+
+    from recsys_spark.checksum import compare, output_checksums
+
+    root = f"{cfg.paths.output}/{cfg.dataset_name}"
+    sums = output_checksums(spark, root, args.decimals)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"root": root, "decimals": args.decimals, "outputs": sums}, indent=1, sort_keys=True) + "\n")
+        log.info("checksum: wrote %d entries to %s", len(sums), args.out)
+    if args.against:
+        other = json.loads(Path(args.against).read_text())
+        if other.get("decimals") != args.decimals:
+            log.error("checksum: %s was made with decimals=%s, this run with %s", args.against, other.get("decimals"), args.decimals)
+            return EXIT_BAD_INPUT
+        diffs = compare(other["outputs"], sums, tuple(args.ignore))
+        for d in diffs:
+            log.error("checksum: differs: %s", d)
+        log.info("checksum: %d entries compared with %s, %d differ", len(set(sums) | set(other["outputs"])), args.against, len(diffs))
+        return 1 if diffs else 0
     return 0
 
 

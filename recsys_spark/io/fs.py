@@ -2,7 +2,8 @@
 
 Outputs are written atomically: a stage writes everything into a temporary
 sibling directory and renames it into place at the end, so a killed job never
-leaves half an output that a rerun would take for a finished one.
+leaves half an output that a rerun would take for a finished one; the next run
+removes what a killed one left (:func:`recover`).
 """
 
 from __future__ import annotations
@@ -97,6 +98,39 @@ def read_manifest(spark: SparkSession, output: str) -> dict[str, Any] | None:
     if not exists(spark, path):
         return None
     return json.loads(read_text(spark, path))
+
+
+def _siblings(spark: SparkSession, output: str, kind: str) -> list[str]:
+    """``output``'s leftover ``.tmp-*`` or ``.old-*`` siblings (paths), newest first."""
+    fs, hpath = _fs(spark, f"{output.rstrip('/')}.{kind}-*")
+    found = fs.globStatus(hpath) or []
+    return [st.getPath().toString() for st in sorted(found, key=lambda st: -int(st.getModificationTime()))]
+
+
+def recover(spark: SparkSession, output: str) -> dict[str, int]:
+    """Clean up after a run killed while writing ``output`` (see :func:`atomic_output`); counts of what was done.
+
+    A ``.tmp-*`` sibling is an unfinished write: deleted.  An ``.old-*`` sibling
+    with no ``output`` beside it is a finished output caught between the two
+    renames of the swap: renamed back (its manifest then says whether it is up
+    to date); with ``output`` present it is the replaced one: deleted.  Runs
+    writing the same output at the same time are not supported (each would
+    delete the other's temporary folder).
+    """
+    done = {"tmp_deleted": 0, "old_restored": 0, "old_deleted": 0}
+    for tmp in _siblings(spark, output, "tmp"):
+        delete(spark, tmp)
+        done["tmp_deleted"] += 1
+    for old in _siblings(spark, output, "old"):
+        if not exists(spark, output) and exists(spark, f"{old}/{MANIFEST}"):
+            rename(spark, old, output)
+            done["old_restored"] += 1
+        else:
+            delete(spark, old)
+            done["old_deleted"] += 1
+    if any(done.values()):
+        log.warning("%s: a killed run's leftovers cleaned up: %s", output, done)
+    return done
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 
-from recsys_spark import __version__
+from recsys_spark import __version__, faults
 from recsys_spark.config import Config
 from recsys_spark.io import fs
 
@@ -62,6 +62,7 @@ def run_stage(
     ``body`` writes its tables under ``tmp_dir`` and returns the manifest's
     ``counts``.  The returned manifest has ``skipped`` set when nothing ran.
     """
+    fs.recover(spark, output)  # what a run killed while writing it left behind
     config_hash = cfg.section_hash(*sections, extra=extra)
     inputs = {p: fingerprint(spark, p) for p in input_paths}
     if not force:
@@ -71,7 +72,7 @@ def run_stage(
             return {**manifest, "skipped": True}
     log.info("%s: running -> %s", stage, output)
     start = time.perf_counter()
-    with fs.atomic_output(spark, output) as tmp:
+    with fs.atomic_output(spark, output) as tmp, faults.stage(stage):
         counts = body(tmp)
         wall = round(time.perf_counter() - start, 3)
         manifest = {

@@ -1,0 +1,174 @@
+"""Determinism and fault runs of the whole pipeline: are the outputs the same however a run went?
+
+    # two runs of `make run`'s pipeline from empty outputs, compared stage by stage
+    .venv/bin/python benchmarks/reliability.py determinism --out benchmarks/results/reliability/determinism.json
+    # tiny data: a clean run, then runs with a failed task in every write and a SIGKILL while a stage writes
+    .venv/bin/python benchmarks/reliability.py faults --tries 3 --out benchmarks/results/reliability/faults.json
+
+Each run is a ``spark-submit.sh`` process of its own (``local[2]``; the fault
+runs ``local[2,4]``, which retries a task up to 4 times).  Outputs are compared
+with ``recsys_spark.checksum``: exactly, and to ``--decimals`` places (the
+stated tolerance for floating-point sums, whose order Spark does not fix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# `make run`'s pipeline (Makefile: run)
+MAKE_RUN = ["--config", "conf/local.toml", "--set", 'models.models_dir="conf/quick"', "--set", "models.refit_for_test=false"]
+TINY = [
+    "generate.n_users=80", "generate.n_items=120", "generate.n_ratings=3000", "generate.min_ratings_per_user=5", "generate.rank=3",
+    'models.names=["popularity", "item_knn", "als", "svd", "ease", "content"]', "publish.enabled=false", "tracking.enabled=false",
+]  # fmt: skip
+
+
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    py = str(ROOT / ".venv" / "bin" / "python")
+    return {**os.environ, "PYTHON": py, "PYSPARK_PYTHON": py, **(extra or {})}
+
+
+def _cmd(master: str, job: str, args: list[str]) -> list[str]:
+    return [str(ROOT / "spark-submit.sh"), "--master", master, "--conf", "spark.ui.enabled=false", job, *args]
+
+
+def _run(master: str, job: str, args: list[str], log: Path, env: dict[str, str] | None = None) -> float:
+    t0 = time.perf_counter()
+    with log.open("w") as out:
+        rc = subprocess.run(_cmd(master, job, args), cwd=ROOT, env=_env(env), stdout=out, stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        raise SystemExit(f"{job} failed (exit {rc}); see {log}")
+    return time.perf_counter() - t0
+
+
+def _stage_of(path: str) -> str:
+    """The pipeline output a checksum entry belongs to: ``predictions/<model>``, ``neighbors/<model>`` or the stage folder."""
+    parts = path.split("/")
+    return "/".join(parts[:2]) if parts[0] in ("predictions", "neighbors", "content", "factors", "torch", "features") else parts[0]
+
+
+def _by_stage(a: dict, b: dict) -> dict[str, dict[str, int]]:
+    from recsys_spark.checksum import compare
+
+    out: dict[str, dict[str, int]] = {}
+    for path in sorted(set(a) | set(b)):
+        s = out.setdefault(_stage_of(path), {"entries": 0, "differ": 0})
+        s["entries"] += 1
+        s["differ"] += bool(compare({path: a.get(path)} if path in a else {}, {path: b.get(path)} if path in b else {}))
+    return out
+
+
+def _spark(work: Path, name: str):
+    from recsys_spark.config import load_config
+    from recsys_spark.spark import get_spark
+
+    return get_spark(load_config(None, []).spark, str(work / "checkpoints"), name)
+
+
+def _checksums(spark, root: str, decimals: int) -> dict[int | None, dict]:
+    from recsys_spark.checksum import output_checksums
+
+    return {None: output_checksums(spark, root), decimals: output_checksums(spark, root, decimals)}
+
+
+def determinism(args: argparse.Namespace) -> dict:
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    base = [*MAKE_RUN, *[x for s in args.set for x in ("--set", s)]]
+    walls = []
+    for name in ("a", "b"):
+        walls.append(_run("local[2]", "pipeline", [*base, "--set", f'paths.output="{work / name}"'], work / f"{name}.log"))
+    spark = _spark(work, "reliability determinism")
+    sums = {name: _checksums(spark, f"{work / name}/generated", args.decimals) for name in ("a", "b")}
+    exact, rounded = _by_stage(sums["a"][None], sums["b"][None]), _by_stage(sums["a"][args.decimals], sums["b"][args.decimals])
+    stages = {s: {"entries": exact[s]["entries"], "differ_exact": exact[s]["differ"], "differ_rounded": rounded[s]["differ"]}
+              for s in exact}  # fmt: skip
+    return {"command": "determinism", "config": base, "decimals": args.decimals, "wall_s": [round(w, 1) for w in walls], "stages": stages}
+
+
+def faults(args: argparse.Namespace) -> dict:
+    from recsys_spark import faults as fl
+    from recsys_spark.checksum import compare
+
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    sets = [*TINY, *args.set]
+    base = ["--config", "conf/local.toml", *[x for s in sets for x in ("--set", s)]]
+    clean_s = _run("local[2]", "pipeline", [*base, "--set", f'paths.output="{work / "clean"}"'], work / "clean.log")
+    spark = _spark(work, "reliability faults")
+    ref = _checksums(spark, f"{work / 'clean'}/generated", args.decimals)
+    rng = random.Random(args.seed)
+    tries = []
+    for i in range(args.tries):
+        out, markers = work / f"try{i}", work / f"faults{i}"
+        run_args = [*base, "--set", f'paths.output="{out}"']
+        env = {fl.ENV: str(markers)}
+        killed_log = (work / f"try{i}-killed.log").open("w")
+        proc = subprocess.Popen(
+            _cmd("local[2,4]", "pipeline", run_args), cwd=ROOT, env=_env(env), stdout=killed_log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        delay = rng.uniform(0.1, 0.9) * clean_s
+        time.sleep(delay)
+        killed_in = None
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline and killed_in is None:
+            try:
+                writing = sorted(p.name for p in out.rglob("*.tmp-*") if p.is_dir())
+            except OSError:
+                writing = []
+            if writing:
+                os.killpg(proc.pid, signal.SIGKILL)
+                killed_in = writing[0]
+            time.sleep(0.05)
+        proc.wait(timeout=900)
+        killed_log.close()
+        rerun_s = _run("local[2,4]", "pipeline", run_args, work / f"try{i}-rerun.log", env)
+        got = _checksums(spark, f"{out}/generated", args.decimals)
+        injected = fl.injected(markers)
+        tries.append({
+            "killed_after_s": round(delay, 1), "killed_in": killed_in, "injected_failures": len(injected),
+            "stages_with_failures": len({m.rsplit("-", 1)[0] for m in injected}), "rerun_s": round(rerun_s, 1),
+            "differ_exact": len(compare(ref[None], got[None])), "differ_rounded": len(compare(ref[args.decimals], got[args.decimals])),
+            "leftovers": len([p for p in out.rglob("*") if ".tmp-" in p.name or ".old-" in p.name]),
+        })  # fmt: skip
+        print(json.dumps(tries[-1]), flush=True)  # progress of a script, not library code
+    return {"command": "faults", "config": base, "decimals": args.decimals, "clean_s": round(clean_s, 1), "tries": tries}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("command", choices=["determinism", "faults"])
+    ap.add_argument("--decimals", type=int, default=9)
+    ap.add_argument("--tries", type=int, default=3, help="faults: kill-and-rerun tries")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--work", default=str(ROOT / "build" / "reliability"))
+    ap.add_argument("--out")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("PYSPARK_PYTHON", str(ROOT / ".venv" / "bin" / "python"))
+    result = determinism(args) if args.command == "determinism" else faults(args)
+    text = json.dumps(result, indent=1, sort_keys=True)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

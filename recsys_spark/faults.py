@@ -1,0 +1,99 @@
+"""Test-only fault injection: every table a stage writes loses one task once, and the run must not notice.
+
+Switched on by the environment variable ``RECSYS_FAULTS`` naming a folder on
+the driver's machine (never by a config key: nothing a run writes may depend
+on it, and its manifests hash the same config as a clean run's).  While a
+pipeline stage runs (:func:`stage`), every DataFrame written through
+``df.write`` first passes a filter by a Python UDF that, in the first task to
+reach it, creates the marker file ``<folder>/<stage>-<n>`` (``n`` counts the
+stage's writes) and raises; the retried task finds the marker and goes on.
+The markers are the count of injected failures.
+
+The failure happens in the write job itself, after the task has computed its
+part of the table and begun writing it, so the retry exercises the file
+committer and the recomputation of that partition from the lineage.  Work a
+stage does before writing (a model's fit, a ``collect``) is not failed.
+
+Spark retries a task only where ``spark.task.maxFailures`` > 1 applies:
+``local[N,F]`` with ``F`` > 1, ``local-cluster`` or a standalone master (whose
+default is 4).  Under plain ``local[N]`` the first injected failure ends the
+job, which is what a test of the switch itself expects.  The markers are local
+files: on a cluster of several hosts a task fails once per host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+ENV = "RECSYS_FAULTS"
+
+_state: dict[str, object] = {"stage": None, "n": 0, "installed": False}
+
+
+def folder() -> Path | None:
+    value = os.environ.get(ENV, "").strip()
+    return Path(value) if value else None
+
+
+def _fail_once(marker: str):
+    from pyspark.sql import functions as F
+
+    def check(_unused):  # no type hints: PySpark would take them for a pandas UDF
+        import os as _os
+
+        try:
+            fd = _os.open(marker, _os.O_CREAT | _os.O_EXCL | _os.O_WRONLY)
+        except FileExistsError:
+            return True
+        _os.close(fd)
+        raise RuntimeError(f"injected task failure ({marker}); {ENV} is set")
+
+    return F.udf(check, "boolean").asNondeterministic()(F.lit(0))
+
+
+def _install() -> None:
+    """Wrap ``DataFrame.write`` of classic PySpark (once per process)."""
+    if _state["installed"]:
+        return
+    from pyspark.sql.classic.dataframe import DataFrame
+
+    original = DataFrame.write
+
+    def write(self):  # type: ignore[no-untyped-def]
+        root = folder()
+        if root is None or _state["stage"] is None:
+            return original.fget(self)
+        _state["n"] = int(_state["n"]) + 1  # type: ignore[call-overload]
+        marker = root / f"{_state['stage']}-{_state['n']:03d}"
+        return original.fget(self.where(_fail_once(str(marker))))
+
+    DataFrame.write = property(write)  # type: ignore[assignment,method-assign]
+    _state["installed"] = True
+
+
+@contextlib.contextmanager
+def stage(name: str) -> Iterator[None]:
+    """Inject failures into the writes of pipeline stage ``name`` when :data:`ENV` is set; else do nothing."""
+    root = folder()
+    if root is None:
+        yield
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    _install()
+    log.warning("%s: %s=%s, every table written fails one task once (test-only)", name, ENV, root)
+    before, _state["stage"], _state["n"] = _state["stage"], name.replace(":", "_").replace("/", "_"), 0
+    try:
+        yield
+    finally:
+        _state["stage"] = before
+
+
+def injected(root: Path) -> list[str]:
+    """The markers of the failures injected so far (sorted names)."""
+    return sorted(p.name for p in root.iterdir()) if root.is_dir() else []

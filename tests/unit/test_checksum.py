@@ -1,0 +1,101 @@
+"""Output checksums, the fault switch and the clean-up after a killed write, on tiny inline data."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from recsys_spark import faults
+from recsys_spark.checksum import compare, output_checksums, table_checksum
+from recsys_spark.io import fs
+from recsys_spark.stages import run_stage
+
+ROWS = [(1, 10, 4.5, {"a": 1.0}), (1, 11, 3.0, {"b": 2.0}), (2, 10, 1.25, {}), (3, 12, 0.0, {"a": 0.5, "c": 1.0})]
+SCHEMA = "user_idx int, item_idx int, score double, extra map<string,double>"
+
+
+def test_a_table_checksum_ignores_row_order_and_files_but_sees_every_value(spark):
+    base = table_checksum(spark.createDataFrame(ROWS, SCHEMA))
+    shuffled = spark.createDataFrame(list(reversed(ROWS)), SCHEMA).repartition(3)
+    assert table_checksum(shuffled) == base and base["rows"] == 4
+    changed = [*ROWS[:3], (3, 12, 0.0, {"a": 0.5, "c": 2.0})]  # one value inside a map
+    assert table_checksum(spark.createDataFrame(changed, SCHEMA))["checksum"] != base["checksum"]
+    # a row twice is not the row once: a multiset, like sorted rows
+    assert table_checksum(spark.createDataFrame([*ROWS, ROWS[0]], SCHEMA))["rows"] == 5
+    swapped = [(1, 10, 3.0, {"a": 1.0}), (1, 11, 4.5, {"b": 2.0}), *ROWS[2:]]  # same values, other rows
+    assert table_checksum(spark.createDataFrame(swapped, SCHEMA))["checksum"] != base["checksum"]
+
+
+def test_floats_compare_exactly_unless_rounded_and_timings_are_left_out(spark):
+    near = [(u, i, s + 1e-12, m) for u, i, s, m in ROWS]
+    exact, close = spark.createDataFrame(ROWS, SCHEMA), spark.createDataFrame(near, SCHEMA)
+    assert table_checksum(exact)["checksum"] != table_checksum(close)["checksum"]
+    assert table_checksum(exact, decimals=9) == table_checksum(close, decimals=9)
+    assert table_checksum(spark.createDataFrame([(-0.0,)], "x double")) == table_checksum(spark.createDataFrame([(0.0,)], "x double"))
+    timed = spark.createDataFrame([("als", 0.91, 12.5), ("bias", 0.95, 1.0)], "model string, rmse double, fit_s double")
+    retimed = spark.createDataFrame([("als", 0.91, 99.0), ("bias", 0.95, 2.0)], "model string, rmse double, fit_s double")
+    assert table_checksum(timed) == table_checksum(retimed) and table_checksum(timed)["columns"] == ["model", "rmse"]
+    assert table_checksum(timed, skip_volatile=False) != table_checksum(retimed, skip_volatile=False)
+
+
+def _run(spark, root: Path, rmse: float, fit_s: float, created: str):
+    spark.createDataFrame(ROWS, SCHEMA).write.mode("overwrite").parquet(str(root / "ds/predict/t"))
+    (root / "ds/evaluate").mkdir(parents=True, exist_ok=True)
+    (root / "ds/evaluate/results.json").write_text(json.dumps({"models": {"als": {"rmse": rmse, "fit_s": fit_s}}, "created": created}))
+    (root / "ds/evaluate/results.md").write_text(f"als {rmse} in {fit_s} s\n")
+    (root / "ds/evaluate/_manifest.json").write_text(json.dumps({"created": created}))
+    (root / "ds/notes.txt").write_text("same\n")
+    return output_checksums(spark, str(root / "ds"))
+
+
+def test_output_checksums_cover_tables_and_results_not_what_records_the_run(spark, tmp_path):
+    a = _run(spark, tmp_path / "a", 0.91, 3.0, "monday")
+    assert set(a) == {"predict/t", "evaluate/results.json", "notes.txt"}
+    assert a["predict/t"]["kind"] == "table" and a["predict/t"]["rows"] == 4
+    assert compare(a, _run(spark, tmp_path / "b", 0.91, 7.5, "tuesday")) == []
+    diffs = compare(a, _run(spark, tmp_path / "c", 0.92, 3.0, "monday"))
+    assert len(diffs) == 1 and diffs[0].startswith("evaluate/results.json:")
+    assert compare(a, {k: v for k, v in a.items() if k != "notes.txt"}) == ["notes.txt: only in the first run"]
+    assert compare(a, {}, ignore=("*",)) == []
+
+
+def test_recover_removes_an_unfinished_write_and_restores_a_swap_cut_short(spark, tmp_path):
+    out = tmp_path / "stage"
+    (tmp_path / "stage.tmp-dead0001").mkdir()
+    (tmp_path / "stage.tmp-dead0001/part-0").write_text("half")
+    old = tmp_path / "stage.old-dead0002"
+    old.mkdir()
+    (old / "_manifest.json").write_text("{}")
+    done = fs.recover(spark, str(out))
+    assert done == {"tmp_deleted": 1, "old_restored": 1, "old_deleted": 0}
+    assert (out / "_manifest.json").is_file() and not old.exists() and not (tmp_path / "stage.tmp-dead0001").exists()
+    (tmp_path / "stage.old-dead0003").mkdir()  # the output is there: this is the replaced copy
+    assert fs.recover(spark, str(out))["old_deleted"] == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["stage"]
+    assert fs.recover(spark, str(out)) == {"tmp_deleted": 0, "old_restored": 0, "old_deleted": 0}
+
+
+def test_the_fault_switch_fails_each_write_once(spark, cfg_factory, tmp_path, monkeypatch):
+    # the test session is local[2]: Spark does not retry a task there, so the injected failure ends
+    # the stage; the second try finds the marker and writes (the retrying masters: tests/integration)
+    markers = tmp_path / "faults"
+    monkeypatch.setenv(faults.ENV, str(markers))
+    cfg = cfg_factory()
+    out = cfg.stage_path("y")
+
+    def body(tmp):
+        spark.range(5).write.parquet(f"{tmp}/t")
+        spark.range(3).write.parquet(f"{tmp}/u")
+        return {"n": 8}
+
+    with pytest.raises(Exception, match="injected task failure"):
+        run_stage(spark, cfg, "y:model", out, ("split",), [], body)
+    assert faults.injected(markers) == ["y_model-001"] and not Path(out).exists()
+    with pytest.raises(Exception, match="injected task failure"):
+        run_stage(spark, cfg, "y:model", out, ("split",), [], body)  # the first table passes, the second fails
+    assert faults.injected(markers) == ["y_model-001", "y_model-002"]
+    assert run_stage(spark, cfg, "y:model", out, ("split",), [], body)["counts"] == {"n": 8}
+    assert spark.read.parquet(f"{out}/t").count() == 5 and spark.read.parquet(f"{out}/u").count() == 3
+    assert sorted(p.name for p in Path(out).parent.iterdir()) == ["y"]  # no temporary folder left
+    monkeypatch.delenv(faults.ENV)
+    spark.range(2).write.mode("overwrite").parquet(str(tmp_path / "plain"))  # switched off: writes untouched
+    assert faults.injected(markers) == ["y_model-001", "y_model-002"]
