@@ -4,6 +4,8 @@
     .venv/bin/python benchmarks/reliability.py determinism --out benchmarks/results/reliability/determinism.json
     # tiny data: a clean run, then runs with a failed task in every write and a SIGKILL while a stage writes
     .venv/bin/python benchmarks/reliability.py faults --tries 3 --out benchmarks/results/reliability/faults.json
+    # tiny data on a two-worker standalone cluster: one executor JVM killed mid-run, per [spark] checkpoint mode
+    .venv/bin/python benchmarks/reliability.py executor-loss --out benchmarks/results/reliability/executor-loss.json
 
 Each run is a ``spark-submit.sh`` process of its own (``local[2]``; the fault
 runs ``local[2,4]``, which retries a task up to 4 times).  Outputs are compared
@@ -85,18 +87,22 @@ def _checksums(spark, root: str, decimals: int) -> dict[int | None, dict]:
 
 def determinism(args: argparse.Namespace) -> dict:
     work = Path(args.work)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
     base = [*MAKE_RUN, *[x for s in args.set for x in ("--set", s)]]
-    walls = []
-    for name in ("a", "b"):
-        walls.append(_run("local[2]", "pipeline", [*base, "--set", f'paths.output="{work / name}"'], work / f"{name}.log"))
+    walls: list[float | None] = []
+    if args.reuse:  # compare the two runs already under --work (after a change to the comparison)
+        walls = [None, None]
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        for name in ("a", "b"):
+            walls.append(_run("local[2]", "pipeline", [*base, "--set", f'paths.output="{work / name}"'], work / f"{name}.log"))
     spark = _spark(work, "reliability determinism")
     sums = {name: _checksums(spark, f"{work / name}/generated", args.decimals) for name in ("a", "b")}
     exact, rounded = _by_stage(sums["a"][None], sums["b"][None]), _by_stage(sums["a"][args.decimals], sums["b"][args.decimals])
     stages = {s: {"entries": exact[s]["entries"], "differ_exact": exact[s]["differ"], "differ_rounded": rounded[s]["differ"]}
               for s in exact}  # fmt: skip
-    return {"command": "determinism", "config": base, "decimals": args.decimals, "wall_s": [round(w, 1) for w in walls], "stages": stages}
+    wall = [round(w, 1) if w else w for w in walls]
+    return {"command": "determinism", "config": base, "decimals": args.decimals, "wall_s": wall, "stages": stages}
 
 
 def faults(args: argparse.Namespace) -> dict:
@@ -150,18 +156,61 @@ def faults(args: argparse.Namespace) -> dict:
     return {"command": "faults", "config": base, "decimals": args.decimals, "clean_s": round(clean_s, 1), "tries": tries}
 
 
+def executor_loss(args: argparse.Namespace) -> dict:
+    """Kill one executor JVM mid-run on a two-worker standalone cluster, with each ``[spark] checkpoint`` mode."""
+    from recsys_spark.checksum import compare
+    from recsys_spark.localcluster import standalone
+
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    sets = [*TINY, *args.set]
+    base = ["--config", "conf/local.toml", *[x for s in sets for x in ("--set", s)]]
+    clean_s = _run("local[2]", "pipeline", [*base, "--set", f'paths.output="{work / "clean"}"'], work / "clean.log")
+    spark = _spark(work, "reliability executor loss")
+    ref = _checksums(spark, f"{work / 'clean'}/generated", args.decimals)
+    rng = random.Random(args.seed)
+    runs = []
+    for mode in ("local", "reliable"):
+        out = work / mode
+        run_args = [*base, "--set", f'paths.output="{out}"', "--set", f'spark.checkpoint="{mode}"']
+        with standalone(workers=2, cores=1, memory="1g", root=work / f"cluster-{mode}") as url:
+            log = (work / f"{mode}.log").open("w")
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(_cmd(url, "pipeline", run_args), cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT)
+            delay = rng.uniform(0.3, 0.7) * clean_s
+            time.sleep(delay)
+            found = subprocess.run(["pgrep", "-f", "CoarseGrainedExecutorBackend"], capture_output=True, text=True).stdout.split()
+            killed = None
+            if found and proc.poll() is None:
+                killed = int(found[0])
+                os.kill(killed, signal.SIGKILL)
+            rc = proc.wait(timeout=1800)
+            log.close()
+        text = (work / f"{mode}.log").read_text(errors="replace")
+        row = {"checkpoint": mode, "killed_after_s": round(delay, 1), "executor_killed": killed is not None, "exit": rc,
+               "wall_s": round(time.perf_counter() - t0, 1), "checkpoint_block_lost": "Checkpoint block" in text}  # fmt: skip
+        if rc == 0:
+            got = _checksums(spark, f"{out}/generated", args.decimals)
+            row["differ_rounded"] = len(compare(ref[args.decimals], got[args.decimals]))
+        runs.append(row)
+        print(json.dumps(row), flush=True)  # progress of a script, not library code
+    return {"command": "executor-loss", "config": base, "decimals": args.decimals, "clean_s": round(clean_s, 1), "runs": runs}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("command", choices=["determinism", "faults"])
+    ap.add_argument("command", choices=["determinism", "faults", "executor-loss"])
     ap.add_argument("--decimals", type=int, default=9)
     ap.add_argument("--tries", type=int, default=3, help="faults: kill-and-rerun tries")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--work", default=str(ROOT / "build" / "reliability"))
+    ap.add_argument("--reuse", action="store_true", help="determinism: compare the runs already under --work")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
     os.environ.setdefault("PYSPARK_PYTHON", str(ROOT / ".venv" / "bin" / "python"))
-    result = determinism(args) if args.command == "determinism" else faults(args)
+    result = {"determinism": determinism, "faults": faults, "executor-loss": executor_loss}[args.command](args)
     text = json.dumps(result, indent=1, sort_keys=True)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,7 @@ from typing import Any, ClassVar, Literal
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from recsys_spark import lineage
 from recsys_spark.recommender import (
     Recommender,
     RecommenderModel,
@@ -265,13 +266,13 @@ class BiasBaseline(Recommender):
                 .groupBy(COL_USER)
                 .agg((F.sum(F.col(COL_RATING) - mu - F.col(B_I)) / (self.reg_user + F.count("*"))).alias(B_U))
             )
-            bu = bu.localCheckpoint() if cut else bu
+            bu = bu.transform(lineage.cut) if cut else bu
             bi = (
                 r.join(bu, COL_USER)
                 .groupBy(COL_ITEM)
                 .agg((F.sum(F.col(COL_RATING) - mu - F.col(B_U)) / (self.reg_item + F.count("*"))).alias(B_I))
             )
-            bi = bi.localCheckpoint() if cut else bi
+            bi = bi.transform(lineage.cut) if cut else bi
             log.debug("bias sweep %d/%d", it + 1, self.n_iter)
         r.unpersist()
         score = bi.select(COL_ITEM, F.col(B_I).alias(COL_SCORE))

@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import re
+import tempfile
 from typing import Any
 
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 # MLlib names every stage it saves by a random uid (``IDF_97da8639f436``), in folder names and in
 # the metadata JSON beside a timestamp: compared without them
+_TMP = re.compile(re.escape(tempfile.gettempdir().rstrip("/")) + r"/[^/\s]+")
 _UID = re.compile(r"([A-Za-z]+)_[0-9a-f]{12}(?![0-9A-Za-z])")
 
 # files that describe a run, not its result: never compared
@@ -51,7 +53,7 @@ VOLATILE_FILES = (
 # the measured costs: evaluate's costs, the selection's latencies, its Pareto front over accuracy and
 # cost, the tests against the front's models and the rationale that quotes them
 VOLATILE_COLUMNS = (
-    "*_s", "wall*", "created*", "*_seconds", "*throughput*", "*per_s*", "*_per_1k*", "latency*", "memory*", "*_mb", "*_bytes",
+    "*_s", "wall*", "created*", "seconds", "*_seconds", "*throughput*", "*per_s*", "*_per_1k*", "latency*", "memory*", "*_mb", "*_bytes",
     "costs", "rationale", "pareto_front", "tests_against_leader", "mlflow_run_id", "run_id", "*_uri", "output_id",
 )  # fmt: skip
 
@@ -123,14 +125,21 @@ def _sha256(spark: SparkSession, path: str) -> str:
     return digest.hexdigest()
 
 
-def _stable_json(value: Any, decimals: int | None) -> Any:
-    """A JSON value without its volatile keys, floats rounded: what :func:`output_checksums` hashes of a JSON file."""
+def _stable_json(value: Any, decimals: int | None, root: str | None = None) -> Any:
+    """A JSON value without its volatile keys, floats rounded, the run's own folder written ``<root>``.
+
+    What :func:`output_checksums` hashes of a JSON file: two runs into different folders name
+    their inputs by different absolute paths.
+    """
     if isinstance(value, dict):
-        return {k: _stable_json(v, decimals) for k, v in sorted(value.items()) if not _volatile(str(k))}
+        return {k: _stable_json(v, decimals, root) for k, v in sorted(value.items()) if not _volatile(str(k))}
     if isinstance(value, list):
-        return [_stable_json(v, decimals) for v in value]
+        return [_stable_json(v, decimals, root) for v in value]
     if isinstance(value, float) and decimals is not None:
         return round(value, decimals) + 0.0
+    if isinstance(value, str):
+        # and a temporary folder of the run (a deep model's training checkpoint) as <tmp>
+        return _TMP.sub("<tmp>", value.replace(root, "<root>") if root else value)
     return value
 
 
@@ -163,7 +172,8 @@ def output_checksums(spark: SparkSession, root: str, decimals: int | None = None
         if f.endswith(".json"):
             from recsys_spark.io import fs as rfs
 
-            text = json.dumps(_stable_json(json.loads(rfs.read_text(spark, path)), decimals), sort_keys=True)
+            bare = root.rstrip("/").removeprefix("file:")
+            text = json.dumps(_stable_json(json.loads(rfs.read_text(spark, path)), decimals, bare), sort_keys=True)
             out[_UID.sub(r"\1", f)] = {"kind": "json", "sha256": hashlib.sha256(text.encode()).hexdigest()}
         else:
             out[_UID.sub(r"\1", f)] = {"kind": "file", "sha256": _sha256(spark, path)}

@@ -37,6 +37,9 @@ class SparkConfig:
     shuffle_partitions: int = 4
     driver_memory: str = "4g"  # only applies when we launch the JVM ourselves
     checkpoint_dir: str = ""  # "" -> <paths.output>/checkpoints
+    # how iterative fits cut their lineage: "local" (fast; a lost executor fails the job) or
+    # "reliable" (into checkpoint_dir; survives a lost executor): recsys_spark/lineage.py
+    checkpoint: Literal["local", "reliable"] = "local"
     log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"] = "WARN"
     conf: dict[str, str] = field(default_factory=dict)  # any other spark.* setting
 

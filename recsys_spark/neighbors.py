@@ -63,6 +63,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+from recsys_spark import lineage
 from recsys_spark.baselines import B_I, B_U, BiasBaseline, BiasTableModel
 from recsys_spark.lsh import lsh_similarities
 from recsys_spark.recommender import (
@@ -517,7 +518,7 @@ class KNN(Recommender):
         self._check_params()
         ratings = train.select(COL_USER, COL_ITEM, COL_RATING).persist(StorageLevel.MEMORY_AND_DISK)
         base, neighbors = self.neighbor_table(ratings)
-        neighbors = neighbors.localCheckpoint()
+        neighbors = neighbors.transform(lineage.cut)
         params = {
             "name": self.name, "user_based": self.user_based, "k": self.k, "min_k": self.min_k,
             "centering": self.centering, "similarity": self.similarity,

@@ -58,3 +58,4 @@ def _configure(spark: SparkSession, conf: SparkConfig, checkpoint_dir: str) -> N
     spark.sparkContext.setLogLevel(conf.log_level)
     spark.conf.set("spark.sql.shuffle.partitions", str(conf.shuffle_partitions))
     spark.sparkContext.setCheckpointDir(checkpoint_dir)
+    spark.conf.set("spark.recsys.checkpoint", conf.checkpoint)  # read by recsys_spark.lineage

@@ -213,4 +213,7 @@ def term_signal(
     out = out.withColumn("z", F.col("lift") / F.col("se")).join(
         vocabulary.select(FEATURE, "group", "term"), FEATURE
     )
-    return out.orderBy(F.desc(F.abs("z")), F.asc(FEATURE)).limit(top)
+    # |z| rounded before the tie-break: terms on the same items tie exactly in theory, and their sums,
+    # added in a shuffle's arrival order, differ in the last bits, so which of them made the cut
+    # changed from run to run
+    return out.orderBy(F.desc(F.round(F.abs("z"), 9)), F.asc(FEATURE)).limit(top)

@@ -17,6 +17,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from recsys_spark import lineage
 from recsys_spark.io import fs
 from recsys_spark.recommender import (
     PARAMS_FILE,
@@ -274,7 +275,7 @@ class ItemFeaturizer:
         pipeline = PipelineModel(stages=[*fitted.stages, *tail])
         spark = items.sparkSession
         vocabulary = spark.createDataFrame(vocab_rows, VOCAB_SCHEMA)
-        vectors = vectors_from(pipeline.transform(docs)).localCheckpoint()  # materialized while docs is cached
+        vectors = vectors_from(pipeline.transform(docs)).transform(lineage.cut)  # materialized while docs is cached
         docs.unpersist()
         log.info(
             "item features: %d dimensions in groups %s",

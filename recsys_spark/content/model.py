@@ -11,6 +11,7 @@ from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from recsys_spark import lineage
 from recsys_spark.baselines import BiasBaseline, BiasTableModel
 from recsys_spark.content.explain import explain
 from recsys_spark.content.features import DEFAULT_WEIGHTS, IDX, VAL, ItemFeaturizer, to_long
@@ -273,12 +274,12 @@ class ContentBased(Recommender):
             n_collab = int(collab.select(F.max(F.aggregate(IDX, F.lit(-1), lambda a, x: F.greatest(a, x)))).first()[0] or -1) + 1
             vectors = concat_vectors(vectors, collab, dim, 1.0, self.collaborative_weight)
             dim += n_collab
-            vectors = vectors.localCheckpoint()  # the featurizer's vectors are already materialized
+            vectors = vectors.transform(lineage.cut)  # the featurizer's vectors are already materialized
         if self.neighbors == "lsh":
             nb = lsh_content_neighbors(vectors, dim, self.max_neighbors)
         else:
             nb = content_neighbors(vectors, dim, self.max_neighbors)
-        nb = nb.localCheckpoint()
+        nb = nb.transform(lineage.cut)
         sums, counts = profile_sums(ratings.select(COL_USER, COL_ITEM, COL_RATING), to_long(vectors))
         segments = None
         if self.segments:
@@ -287,7 +288,7 @@ class ContentBased(Recommender):
                     "%s: segments %s asked for but no users table given: every user gets the global prior", self.name, self.segments
                 )
             else:
-                segments = user_segments(side.users, self.segments, self.age_edges).localCheckpoint()
+                segments = user_segments(side.users, self.segments, self.age_edges).transform(lineage.cut)
                 n_seg, n_global = segments.agg(
                     F.countDistinct(F.when(F.col(COL_SEGMENT) > 0, F.col(COL_SEGMENT))), F.count(F.when(F.col(COL_SEGMENT) == 0, 1))
                 ).first()  # one pass over the checkpointed table
@@ -322,7 +323,7 @@ class ContentBased(Recommender):
         }  # fmt: skip
         spark = ratings.sparkSession
         return ContentModel(
-            self.name, params, vectors, feats.vocabulary, nb, ratings, base, sums.localCheckpoint(), counts.localCheckpoint(),
-            prior.localCheckpoint(),
-            groups.localCheckpoint() if groups is not None else spark.createDataFrame([], SEGMENTS_SCHEMA), feats.pipeline,
+            self.name, params, vectors, feats.vocabulary, nb, ratings, base, sums.transform(lineage.cut), counts.transform(lineage.cut),
+            prior.transform(lineage.cut),
+            groups.transform(lineage.cut) if groups is not None else spark.createDataFrame([], SEGMENTS_SCHEMA), feats.pipeline,
         )  # fmt: skip

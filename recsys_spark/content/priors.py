@@ -8,6 +8,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from recsys_spark import lineage
 from recsys_spark.schemas import (
     COL_AGE,
     COL_GENDER,
@@ -94,7 +95,7 @@ def segment_prior(ratings: DataFrame, segments: DataFrame | None, shrink: float)
 
     if segments is None:
         return glob(n)
-    n = n.localCheckpoint()  # read twice below: segment 0 and every other segment's grid
+    n = n.transform(lineage.cut)  # read twice below: segment 0 and every other segment's grid
     seg = segments.where(F.col(COL_SEGMENT) > 0)
     rs = ratings.select(COL_USER, COL_ITEM).join(seg, COL_USER)
     nsj = rs.groupBy(COL_SEGMENT, COL_ITEM).agg(F.count("*").alias("_seg_n"))
@@ -158,7 +159,7 @@ def trend_prior(
         ug = ug.select(COL_USER, F.coalesce("_s", F.lit(0)).alias("_s"), F.coalesce("_b", F.lit(now)).alias("_b"), "segment_label")
     else:
         ug = up.select(COL_USER, F.lit(0).alias("_s"), "_b", F.lit(None).cast("string").alias("segment_label"))
-    ug = ug.where(F.col("_b").isNotNull()).localCheckpoint()  # users with no timestamp stay on group 0
+    ug = ug.where(F.col("_b").isNotNull()).transform(lineage.cut)  # users with no timestamp stay on group 0
     # one row per (segment, period) users have: hundreds (a few age groups x the weeks users' latest ratings fall in)
     pairs = sorted((int(r["_s"]), int(r["_b"])) for r in ug.select("_s", "_b").distinct().collect())
     keys = ratings.sparkSession.createDataFrame([(sg, b, j + 1) for j, (sg, b) in enumerate(pairs)], "_s int, _b long, _gid int")
@@ -168,7 +169,7 @@ def trend_prior(
 
     n = counted.groupBy(COL_ITEM).agg(F.count("*").alias("_n"))
     tot = n.agg(F.sum("_n").alias("_tot"), F.max("_n").alias("_m"))
-    n = n.crossJoin(F.broadcast(tot)).localCheckpoint()  # (item_idx, _n, _tot, _m), read twice
+    n = n.crossJoin(F.broadcast(tot)).transform(lineage.cut)  # (item_idx, _n, _tot, _m), read twice
     scale = F.log1p(F.greatest("_m", F.lit(1)))
     cjp = counted.where(F.col(COL_TIMESTAMP).isNotNull()).groupBy(COL_ITEM, period(COL_TIMESTAMP).alias("_p")).agg(F.count("*").alias("_c"))
     per = F.broadcast(keys.select("_b").distinct())

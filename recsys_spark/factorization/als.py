@@ -56,6 +56,7 @@ from pyspark.ml.recommendation import ALSModel
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+from recsys_spark import lineage
 from recsys_spark.baselines import B_I, B_U, BiasBaseline, BiasTableModel
 from recsys_spark.factorization.model import BI, BU, FACTORS, FactorModel, dot
 from recsys_spark.recommender import Recommender, Scale, as_predictions, as_topn, clip
@@ -215,8 +216,8 @@ class ALS(Recommender):
                 if rnd:  # backfitting: the biases again, on what the factors leave (r - p.q)
                     # the factor tables materialized first: small, and a plan that joins the persisted
                     # ratings with tables derived from them again trips Spark's cache substitution
-                    p = uf.select(COL_USER, F.col(FACTORS).alias("_p")).localCheckpoint()
-                    q = itf.select(COL_ITEM, F.col(FACTORS).alias("_q")).localCheckpoint()
+                    p = uf.select(COL_USER, F.col(FACTORS).alias("_p")).transform(lineage.cut)
+                    q = itf.select(COL_ITEM, F.col(FACTORS).alias("_q")).transform(lineage.cut)
                     rest = (
                         ratings.join(p, COL_USER)
                         .join(q, COL_ITEM)

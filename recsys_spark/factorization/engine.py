@@ -24,7 +24,7 @@ per item it touched, what the driver needs to update the item side:
 * ``nmf_mu``: numerator/denominator sums of the multiplicative updates (exact).
 
 The driver holds the item arrays (``n_items x rank``: catalogue-sized, never
-rating-sized).  Lineage is cut every epoch (``localCheckpoint``), and the
+rating-sized).  Lineage is cut every epoch (``recsys_spark.lineage``: a local or a reliable checkpoint), and the
 previous epoch's cached state (and its item broadcast, destroyed) is
 released once the next one exists.  With a
 seed the result is deterministic for a given ``num_partitions``; initial
@@ -45,6 +45,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from recsys_spark import lineage
 from recsys_spark.factorization import kernels as K
 from recsys_spark.factorization.model import (
     ALPHA,
@@ -200,7 +201,7 @@ def train(
         state_in, src_in = state, src
         out = state.map(lambda x, step=step, bc=bc: (x[0], x[1], *step(x[0], x[1], x[2], bc.value)))
         out = out.persist(StorageLevel.MEMORY_AND_DISK)
-        out.localCheckpoint()
+        lineage.cut_rdd(out, spark)
         held.append(out)
         parts = out.map(lambda o: o[3]).collect()  # one record per partition, each bounded by the catalogue
         bcs[id(out)] = bc  # destroyed with ``out``: the next epoch's RDD still names this one as its parent
@@ -258,7 +259,7 @@ def train(
             yield row
 
     ddl = USER_FACTORS_DDL + (f", {ALPHA} double, {T_MEAN} double" if tp is not None else "")
-    users_df = spark.createDataFrame(state.flatMap(lambda x: user_rows((x[0], x[2]))), ddl).localCheckpoint()
+    users_df = spark.createDataFrame(state.flatMap(lambda x: user_rows((x[0], x[2]))), ddl).transform(lineage.cut)
     final_bc.destroy()
     _release(held, bcs=bcs)
     rated = np.nonzero(n_item_total > 0)[0]

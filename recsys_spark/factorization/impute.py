@@ -24,6 +24,7 @@ from pyspark.mllib.linalg.distributed import IndexedRow, IndexedRowMatrix
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from recsys_spark import lineage
 from recsys_spark.baselines import B_I, B_U, BiasBaseline
 from recsys_spark.factorization.model import BI, BU, FACTORS, FactorModel
 from recsys_spark.recommender import Recommender, Scale
@@ -71,8 +72,8 @@ class SVDImpute(Recommender):
             rated, COL_ITEM, "left_semi"
         )
         # the baseline's biases go into the factor tables (mu + b_u + b_i + p.q)
-        users = users.join(base.user_bias, COL_USER).select(COL_USER, F.col(B_U).alias(BU), FACTORS).localCheckpoint()
-        items = items.join(base.item_bias, COL_ITEM).select(COL_ITEM, F.col(B_I).alias(BI), FACTORS).localCheckpoint()
+        users = users.join(base.user_bias, COL_USER).select(COL_USER, F.col(B_U).alias(BU), FACTORS).transform(lineage.cut)
+        items = items.join(base.item_bias, COL_ITEM).select(COL_ITEM, F.col(B_I).alias(BI), FACTORS).transform(lineage.cut)
         log.info("%s: top singular values %s", self.name, np.round(s[:5], 3).tolist())
         info = {"rank": self.rank, "method": "imputed_svd", "singular_values": s.tolist()}
         return FactorModel(self.name, base.mu, users, items, base, info=info, source=self.name)

@@ -36,6 +36,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+from recsys_spark import lineage
 from recsys_spark.baselines import BiasTableModel, Popularity, PopularityRatings
 from recsys_spark.itemitem import solvers
 from recsys_spark.itemitem.gram import COL_POS, COL_X, KeptItems, check_weighting, gram, interactions, kept_items, with_positions
@@ -76,7 +77,7 @@ def slabs_frame(spark: Any, w: np.ndarray, width: int) -> DataFrame:
                 yield pd.DataFrame({"cb": [np.int32(cb)], "data": [data]})
 
     ids = spark.range(0, n_cb, 1, numPartitions=n_cb)  # one slab per partition: a scoring task reads one
-    slabs = ids.mapInPandas(cut, SLAB_DDL).localCheckpoint()
+    slabs = ids.mapInPandas(cut, SLAB_DDL).transform(lineage.cut)
     bc.unpersist()
     return slabs
 
@@ -209,7 +210,7 @@ class _DenseItemItem(Recommender):
             "driver_peak_rss_mb": round(_peak_rss_mb(), 1),
         })  # fmt: skip
         log.info("%s: %d items (%d not scored), fit %.1fs", self.name, kept.n, kept.n_total - kept.n, info["fit_s"])
-        return ItemItemModel(self.name, info, kept.positions.localCheckpoint(), slabs, x.select(COL_USER, COL_ITEM, COL_X), fallback)
+        return ItemItemModel(self.name, info, kept.positions.transform(lineage.cut), slabs, x.select(COL_USER, COL_ITEM, COL_X), fallback)
 
 
 @dataclass

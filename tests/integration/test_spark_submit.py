@@ -47,7 +47,10 @@ MODELS = 'models.names=["popularity", "item_knn", "als", "svd"]'
 # Our SGD engine averages the models of its partitions: deterministic for a given num_partitions,
 # which defaults to spark.default.parallelism (1 in the test process, 2 on local[2] and on the
 # cluster), so it is set here, as a user comparing runs on clusters of different sizes would.
-QUICK = {"als.toml": "[params]\nrank = 4\nmax_iter = 3\n", "svd.toml": "[params]\nrank = 4\nn_epochs = 3\nbatch_size = 256\nnum_partitions = 2\n"}
+QUICK = {
+    "als.toml": "[params]\nrank = 4\nmax_iter = 3\n",
+    "svd.toml": "[params]\nrank = 4\nn_epochs = 3\nbatch_size = 256\nnum_partitions = 2\n",
+}
 
 
 def pipeline_args(out, models_dir):

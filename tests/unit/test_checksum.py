@@ -99,3 +99,38 @@ def test_the_fault_switch_fails_each_write_once(spark, cfg_factory, tmp_path, mo
     monkeypatch.delenv(faults.ENV)
     spark.range(2).write.mode("overwrite").parquet(str(tmp_path / "plain"))  # switched off: writes untouched
     assert faults.injected(markers) == ["y_model-001", "y_model-002"]
+
+
+def test_lineage_cuts_follow_the_checkpoint_setting(spark, tmp_path):
+    from recsys_spark import lineage
+
+    before = spark.sparkContext.getCheckpointDir()
+    spark.sparkContext.setCheckpointDir(str(tmp_path / "ckpt"))
+    df = spark.range(6).selectExpr("id", "id * 2 as twice")
+    try:
+        spark.conf.set(lineage.KEY, "reliable")
+        cut = lineage.cut(df)
+        assert sorted(r.twice for r in cut.collect()) == [0, 2, 4, 6, 8, 10]
+        assert any(p.is_file() for p in (tmp_path / "ckpt").rglob("*")), "a reliable cut writes to the checkpoint folder"
+        rdd = spark.sparkContext.parallelize(range(4)).map(lambda x: x + 1)
+        lineage.cut_rdd(rdd, spark)
+        assert rdd.sum() == 10 and rdd.isCheckpointed()
+        spark.conf.set(lineage.KEY, "local")
+        assert lineage.cut(df).count() == 6 and lineage.mode(spark) == "local"
+        spark.conf.set(lineage.KEY, "sometimes")
+        with pytest.raises(ValueError, match="must be one of"):
+            lineage.cut(df)
+    finally:
+        spark.conf.set(lineage.KEY, "local")
+        spark.sparkContext.setCheckpointDir(before)
+
+
+def test_json_results_compare_without_the_run_folder_and_its_temporary_files():
+    import tempfile
+
+    from recsys_spark.checksum import _stable_json
+
+    tmp = tempfile.gettempdir()
+    a = _stable_json({"state": f"{tmp}/recsys-cdae-aaaa/best.pt", "from": "/runs/a/x", "seconds": 3.0, "n": 1.0000000001}, 6, "/runs/a")
+    b = _stable_json({"state": f"{tmp}/recsys-cdae-bbbb/best.pt", "from": "/runs/b/x", "seconds": 4.0, "n": 1.0}, 6, "/runs/b")
+    assert a == b == {"from": "<root>/x", "n": 1.0, "state": "<tmp>/best.pt"}
