@@ -24,6 +24,7 @@ FOLDERS = {
     "studies": "validation sweeps behind a default (train part only; `docs/studies/`)",
     "performance": "wall time, memory, scaling (`docs/performance.md`)",
     "tuning": "Optuna studies (`recsys-spark tune`)",
+    "reliability": "repeated runs, failed tasks, killed runs, a lost executor (`benchmarks/reliability.py`, `docs/reliability.md`)",
 }
 
 

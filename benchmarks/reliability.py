@@ -105,18 +105,23 @@ def determinism(args: argparse.Namespace) -> dict:
     return {"command": "determinism", "config": base, "decimals": args.decimals, "wall_s": wall, "stages": stages}
 
 
-def faults(args: argparse.Namespace) -> dict:
-    from recsys_spark import faults as fl
-    from recsys_spark.checksum import compare
-
+def _tiny_reference(args: argparse.Namespace):
+    """A fresh --work folder and a clean local[2] run of the tiny pipeline: (work, args, seconds, spark, checksums)."""
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     sets = [*TINY, *args.set]
     base = ["--config", "conf/local.toml", *[x for s in sets for x in ("--set", s)]]
     clean_s = _run("local[2]", "pipeline", [*base, "--set", f'paths.output="{work / "clean"}"'], work / "clean.log")
-    spark = _spark(work, "reliability faults")
-    ref = _checksums(spark, f"{work / 'clean'}/generated", args.decimals)
+    spark = _spark(work, f"reliability {args.command}")
+    return work, base, clean_s, spark, _checksums(spark, f"{work / 'clean'}/generated", args.decimals)
+
+
+def faults(args: argparse.Namespace) -> dict:
+    from recsys_spark import faults as fl
+    from recsys_spark.checksum import compare
+
+    work, base, clean_s, spark, ref = _tiny_reference(args)
     rng = random.Random(args.seed)
     tries = []
     for i in range(args.tries):
@@ -161,14 +166,7 @@ def executor_loss(args: argparse.Namespace) -> dict:
     from recsys_spark.checksum import compare
     from recsys_spark.localcluster import standalone
 
-    work = Path(args.work)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    sets = [*TINY, *args.set]
-    base = ["--config", "conf/local.toml", *[x for s in sets for x in ("--set", s)]]
-    clean_s = _run("local[2]", "pipeline", [*base, "--set", f'paths.output="{work / "clean"}"'], work / "clean.log")
-    spark = _spark(work, "reliability executor loss")
-    ref = _checksums(spark, f"{work / 'clean'}/generated", args.decimals)
+    work, base, clean_s, spark, ref = _tiny_reference(args)
     rng = random.Random(args.seed)
     runs = []
     for mode in ("local", "reliable"):
