@@ -37,9 +37,10 @@ from pyspark.sql import types as T
 
 log = logging.getLogger(__name__)
 
+# a run's own temporary folder named in a result (a deep model's training checkpoint)
+_TMP = re.compile(re.escape(tempfile.gettempdir().rstrip("/")) + r"/[^/\s]+")
 # MLlib names every stage it saves by a random uid (``IDF_97da8639f436``), in folder names and in
 # the metadata JSON beside a timestamp: compared without them
-_TMP = re.compile(re.escape(tempfile.gettempdir().rstrip("/")) + r"/[^/\s]+")
 _UID = re.compile(r"([A-Za-z]+)_[0-9a-f]{12}(?![0-9A-Za-z])")
 
 # files that describe a run, not its result: never compared
@@ -114,9 +115,15 @@ def _files(spark: SparkSession, root: str) -> list[str]:
 
 
 def _sha256(spark: SparkSession, path: str) -> str:
-    fs, hpath = _hadoop(spark, path)
-    stream = fs.open(hpath)
     digest = hashlib.sha256()
+    local = path.removeprefix("file:") if path.startswith(("/", "file:/")) else None
+    if local is not None:  # read in 1 MiB pieces: a model's weights can be large
+        with open(local, "rb") as f:
+            for piece in iter(lambda: f.read(1 << 20), b""):
+                digest.update(piece)
+        return digest.hexdigest()
+    fs, hpath = _hadoop(spark, path)
+    stream = fs.open(hpath)  # another file system: whole, through the JVM (the non-table files are results and weights)
     try:
         buf = spark.sparkContext._jvm.org.apache.commons.io.IOUtils.toByteArray(stream)
         digest.update(bytes(buf))

@@ -101,9 +101,17 @@ def read_manifest(spark: SparkSession, output: str) -> dict[str, Any] | None:
 
 
 def _siblings(spark: SparkSession, output: str, kind: str) -> list[str]:
-    """``output``'s leftover ``.tmp-*`` or ``.old-*`` siblings (paths), newest first."""
-    fs, hpath = _fs(spark, f"{output.rstrip('/')}.{kind}-*")
-    found = fs.globStatus(hpath) or []
+    """``output``'s leftover ``.tmp-*`` or ``.old-*`` siblings (paths), newest first.
+
+    Listed from the parent folder and matched by name, not by a glob: a path with ``[`` or
+    ``{`` in it (a pytest folder of a parametrized test, say) would be a pattern.
+    """
+    fs, hpath = _fs(spark, output.rstrip("/"))
+    parent = hpath.getParent()
+    if parent is None or not fs.exists(parent):
+        return []
+    prefix = f"{hpath.getName()}.{kind}-"
+    found = [st for st in fs.listStatus(parent) if st.getPath().getName().startswith(prefix)]
     return [st.getPath().toString() for st in sorted(found, key=lambda st: -int(st.getModificationTime()))]
 
 

@@ -60,6 +60,8 @@ def test_output_checksums_cover_tables_and_results_not_what_records_the_run(spar
 
 
 def test_recover_removes_an_unfinished_write_and_restores_a_swap_cut_short(spark, tmp_path):
+    tmp_path = tmp_path / "runs[1]{a}"  # glob characters in the path: matched by name, not as a pattern
+    tmp_path.mkdir()
     out = tmp_path / "stage"
     (tmp_path / "stage.tmp-dead0001").mkdir()
     (tmp_path / "stage.tmp-dead0001/part-0").write_text("half")
