@@ -35,6 +35,8 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from recsys_spark.io import fs
+
 log = logging.getLogger(__name__)
 
 # a run's own temporary folder named in a result (a deep model's training checkpoint)
@@ -95,19 +97,13 @@ def table_checksum(df: DataFrame, decimals: int | None = None, skip_volatile: bo
     return {"rows": int(row["n"]), "checksum": str(row["s"] if row["s"] is not None else 0), "columns": [f.name for f in fields]}
 
 
-def _hadoop(spark: SparkSession, path: str):
-    jvm = spark.sparkContext._jvm
-    hpath = jvm.org.apache.hadoop.fs.Path(path)
-    return hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), hpath
-
-
 def _files(spark: SparkSession, root: str) -> list[str]:
     """Every file under ``root`` as a path relative to it (sorted)."""
-    fs, hroot = _hadoop(spark, root)
-    if not fs.exists(hroot):
+    hfs, hroot = fs._fs(spark, root)
+    if not hfs.exists(hroot):
         raise FileNotFoundError(f"{root}: no such output folder")
-    base = fs.makeQualified(hroot).toString().rstrip("/") + "/"
-    it = fs.listFiles(hroot, True)
+    base = hfs.makeQualified(hroot).toString().rstrip("/") + "/"
+    it = hfs.listFiles(hroot, True)
     out = []
     while it.hasNext():
         out.append(it.next().getPath().toString()[len(base):])
@@ -122,8 +118,8 @@ def _sha256(spark: SparkSession, path: str) -> str:
             for piece in iter(lambda: f.read(1 << 20), b""):
                 digest.update(piece)
         return digest.hexdigest()
-    fs, hpath = _hadoop(spark, path)
-    stream = fs.open(hpath)  # another file system: whole, through the JVM (the non-table files are results and weights)
+    hfs, hpath = fs._fs(spark, path)
+    stream = hfs.open(hpath)  # another file system: whole, through the JVM (the non-table files are results and weights)
     try:
         buf = spark.sparkContext._jvm.org.apache.commons.io.IOUtils.toByteArray(stream)
         digest.update(bytes(buf))
@@ -177,10 +173,8 @@ def output_checksums(spark: SparkSession, root: str, decimals: int | None = None
             continue
         path = f"{root.rstrip('/')}/{f}"
         if f.endswith(".json"):
-            from recsys_spark.io import fs as rfs
-
             bare = root.rstrip("/").removeprefix("file:")
-            text = json.dumps(_stable_json(json.loads(rfs.read_text(spark, path)), decimals, bare), sort_keys=True)
+            text = json.dumps(_stable_json(json.loads(fs.read_text(spark, path)), decimals, bare), sort_keys=True)
             out[_UID.sub(r"\1", f)] = {"kind": "json", "sha256": hashlib.sha256(text.encode()).hexdigest()}
         else:
             out[_UID.sub(r"\1", f)] = {"kind": "file", "sha256": _sha256(spark, path)}

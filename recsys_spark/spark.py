@@ -14,6 +14,7 @@ import sys
 
 from pyspark.sql import SparkSession
 
+from recsys_spark import lineage
 from recsys_spark.config import SparkConfig
 
 log = logging.getLogger(__name__)
@@ -58,4 +59,4 @@ def _configure(spark: SparkSession, conf: SparkConfig, checkpoint_dir: str) -> N
     spark.sparkContext.setLogLevel(conf.log_level)
     spark.conf.set("spark.sql.shuffle.partitions", str(conf.shuffle_partitions))
     spark.sparkContext.setCheckpointDir(checkpoint_dir)
-    spark.conf.set("spark.recsys.checkpoint", conf.checkpoint)  # read by recsys_spark.lineage
+    spark.conf.set(lineage.KEY, conf.checkpoint)
