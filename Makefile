@@ -54,7 +54,7 @@ run: install
 # jobs, and the rest - and the petastorm lane
 # (mostly its install).  Spark on tiny test data is latency bound, so two
 # shards use the 2 cores better than one.  Output is grouped per shard.
-MAIN_A := tests/unit/test_notebooks.py tests/unit/test_blend.py tests/unit/test_itemitem.py tests/integration
+MAIN_A := tests/unit/test_notebooks.py tests/unit/test_blend.py tests/unit/test_itemitem.py tests/integration/test_spark_submit.py tests/integration/test_realdata.py
 test:
 	$(MAKE) --no-print-directory -j3 --output-sync=target test-main-a test-main-b test-petastorm
 

@@ -6,6 +6,9 @@
     .venv/bin/python benchmarks/reliability.py faults --tries 3 --out benchmarks/results/reliability/faults.json
     # tiny data on a two-worker standalone cluster: one executor JVM killed mid-run, per [spark] checkpoint mode
     .venv/bin/python benchmarks/reliability.py executor-loss --out benchmarks/results/reliability/executor-loss.json
+    # make run's pipeline without the models that need a classic session: classic local[2] against a
+    # Spark Connect client of a local[2] server (stage times, outputs compared)
+    .venv/bin/python benchmarks/reliability.py connect --out benchmarks/results/reliability/connect.json
 
 Each run is a ``spark-submit.sh`` process of its own (``local[2]``; the fault
 runs ``local[2,4]``, which retries a task up to 4 times).  Outputs are compared
@@ -196,9 +199,57 @@ def executor_loss(args: argparse.Namespace) -> dict:
     return {"command": "executor-loss", "config": base, "decimals": args.decimals, "clean_s": round(clean_s, 1), "runs": runs}
 
 
+# the families whose stages need no SparkContext (docs/connect.md)
+CONNECT_MODELS = 'models.names=["global_mean", "popularity", "bias", "item_knn", "user_knn", "content", "content_hybrid"]'
+
+
+def _stage_walls(root: Path) -> dict[str, float]:
+    """Each finished output's stage wall time, from its manifest."""
+    walls = {}
+    for m in sorted(root.rglob("_manifest.json")):
+        rel = m.parent.relative_to(root).as_posix()
+        if ".tmp-" not in rel:
+            walls[rel] = json.loads(m.read_text())["wall_s"]
+    return walls
+
+
+def connect(args: argparse.Namespace) -> dict:
+    """The same pipeline on a classic local[2] session and as a Spark Connect client of a local[2] server."""
+    from recsys_spark.localcluster import connect_server
+
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    base = [*MAKE_RUN, "--set", CONNECT_MODELS, *[x for s in args.set for x in ("--set", s)]]
+    exe = str(ROOT / ".venv" / "bin" / "recsys-spark")
+    env = {k: v for k, v in _env().items() if k != "SPARK_REMOTE"}
+    runs = {}
+
+    def run(name: str, extra: dict[str, str]) -> None:
+        t0 = time.perf_counter()
+        with (work / f"{name}.log").open("w") as out:
+            cmd = [exe, "pipeline", *base, "--set", f'paths.output="{work / name}"']
+            rc = subprocess.run(cmd, cwd=ROOT, env={**env, **extra}, stdout=out, stderr=subprocess.STDOUT).returncode
+        if rc != 0:
+            raise SystemExit(f"{name} run failed (exit {rc}); see {work / name}.log")
+        runs[name] = {"wall_s": round(time.perf_counter() - t0, 1), "stages": _stage_walls(work / name / "generated")}
+        print(json.dumps({name: runs[name]["wall_s"]}), flush=True)  # progress of a script, not library code
+
+    run("classic", {})
+    with connect_server("local[2]", work / "server", driver_memory="4g") as url:
+        run("connect", {"SPARK_REMOTE": url})
+    spark = _spark(work, "reliability connect")
+    sums = {name: _checksums(spark, f"{work / name}/generated", args.decimals) for name in ("classic", "connect")}
+    exact = _by_stage(sums["classic"][None], sums["connect"][None])
+    rounded = _by_stage(sums["classic"][args.decimals], sums["connect"][args.decimals])
+    stages = {s: {"entries": exact[s]["entries"], "differ_exact": exact[s]["differ"], "differ_rounded": rounded[s]["differ"]}
+              for s in exact}  # fmt: skip
+    return {"command": "connect", "config": base, "decimals": args.decimals, "runs": runs, "stages": stages}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("command", choices=["determinism", "faults", "executor-loss"])
+    ap.add_argument("command", choices=["determinism", "faults", "executor-loss", "connect"])
     ap.add_argument("--decimals", type=int, default=9)
     ap.add_argument("--tries", type=int, default=3, help="faults: kill-and-rerun tries")
     ap.add_argument("--seed", type=int, default=0)
@@ -208,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out")
     args = ap.parse_args(argv)
     os.environ.setdefault("PYSPARK_PYTHON", str(ROOT / ".venv" / "bin" / "python"))
-    result = {"determinism": determinism, "faults": faults, "executor-loss": executor_loss}[args.command](args)
+    result = {"determinism": determinism, "faults": faults, "executor-loss": executor_loss, "connect": connect}[args.command](args)
     text = json.dumps(result, indent=1, sort_keys=True)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -99,15 +99,9 @@ def table_checksum(df: DataFrame, decimals: int | None = None, skip_volatile: bo
 
 def _files(spark: SparkSession, root: str) -> list[str]:
     """Every file under ``root`` as a path relative to it (sorted)."""
-    hfs, hroot = fs._fs(spark, root)
-    if not hfs.exists(hroot):
+    if not fs.exists(spark, root):
         raise FileNotFoundError(f"{root}: no such output folder")
-    base = hfs.makeQualified(hroot).toString().rstrip("/") + "/"
-    it = hfs.listFiles(hroot, True)
-    out = []
-    while it.hasNext():
-        out.append(it.next().getPath().toString()[len(base):])
-    return sorted(out)
+    return sorted(rel for rel, _, _ in fs.walk(spark, root))
 
 
 def _sha256(spark: SparkSession, path: str) -> str:
@@ -118,13 +112,7 @@ def _sha256(spark: SparkSession, path: str) -> str:
             for piece in iter(lambda: f.read(1 << 20), b""):
                 digest.update(piece)
         return digest.hexdigest()
-    hfs, hpath = fs._fs(spark, path)
-    stream = hfs.open(hpath)  # another file system: whole, through the JVM (the non-table files are results and weights)
-    try:
-        buf = spark.sparkContext._jvm.org.apache.commons.io.IOUtils.toByteArray(stream)
-        digest.update(bytes(buf))
-    finally:
-        stream.close()
+    digest.update(fs.read_bytes(spark, path))  # another file system: whole (the non-table files are results and weights)
     return digest.hexdigest()
 
 

@@ -42,6 +42,9 @@ class SparkConfig:
     checkpoint: Literal["local", "reliable"] = "local"
     log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"] = "WARN"
     conf: dict[str, str] = field(default_factory=dict)  # any other spark.* setting
+    # "sc://HOST:PORT": run against a Spark Connect server instead (also $SPARK_REMOTE); what needs
+    # the SparkContext (our SGD engine, EASE/SLIM, the deep models) stops with one error: docs/connect.md
+    remote: str = ""
 
 
 @dataclass

@@ -12,6 +12,11 @@ the end, on failure too, and every wait is bounded.
 or from a shell, the command run with ``$SPARK_MASTER_URL`` set::
 
     python -m recsys_spark.localcluster --workers 2 -- ./spark-submit.sh --master '$SPARK_MASTER_URL' pipeline
+
+:func:`connect_server` starts a Spark Connect server the same way (``--connect local[2]`` from a
+shell: the command gets ``$SPARK_REMOTE``, which the jobs' session factory follows)::
+
+    python -m recsys_spark.localcluster --connect 'local[2]' -- recsys-spark pipeline --set 'models.names=["bias"]'
 """
 
 from __future__ import annotations
@@ -106,19 +111,78 @@ def standalone(
         log.info("standalone cluster at %s stopped", url)
 
 
+@contextlib.contextmanager
+def connect_server(
+    master: str = "local[2]", root: str | Path = "build/connect", driver_memory: str = "2g", timeout: float = 180,
+    conf: dict[str, str] | None = None,
+) -> Iterator[str]:  # fmt: skip
+    """Start a Spark Connect server (``master`` runs its jobs) on 127.0.0.1; yield its ``sc://`` URL; stop it.
+
+    Started with the installed pyspark's ``spark-submit`` in this process's working
+    folder, so that relative paths mean the same to the client and the server; its
+    Python workers use this interpreter.  Raises ``RuntimeError`` with the end of its
+    log when it exits or does not listen within ``timeout`` seconds.
+    """
+    import pyspark
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    url = f"sc://127.0.0.1:{port}"
+    settings = {
+        "spark.connect.grpc.binding.address": "127.0.0.1",
+        "spark.connect.grpc.binding.port": str(port),
+        "spark.ui.enabled": "false",
+        "spark.log.level": "WARN",
+        "spark.checkpoint.dir": str((root / "checkpoints").resolve()),
+        **(conf or {}),
+    }
+    server = "org.apache.spark.sql.connect.service.SparkConnectServer"
+    cmd = [str(Path(pyspark.__file__).parent / "bin" / "spark-submit"), "--class", server, "--name", "recsys-spark connect",
+           "--master", master, "--driver-memory", driver_memory]  # fmt: skip
+    for key, value in settings.items():
+        cmd += ["--conf", f"{key}={value}"]
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": os.environ.get("PYSPARK_PYTHON", sys.executable)}
+    env.pop("SPARK_REMOTE", None)
+    path = root / "server.log"
+    with path.open("w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                why = f"it exited with {proc.returncode}" if proc.poll() is not None else f"no answer on port {port} in {timeout:.0f} s"
+                raise RuntimeError(f"Spark Connect server did not start: {why}\n{path.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.5)
+        log.info("Spark Connect server at %s (master %s, log %s)", url, master, path)
+        yield url
+    finally:
+        _stop([proc])
+        log.info("Spark Connect server at %s stopped", url)
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="run a command against a throw-away standalone cluster on 127.0.0.1")
+    ap = argparse.ArgumentParser(description="run a command against a throw-away standalone cluster or Spark Connect server on 127.0.0.1")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--cores", type=int, default=1, help="cores per worker")
     ap.add_argument("--memory", default="1g", help="memory per worker")
-    ap.add_argument("--root", default="build/cluster", help="logs and work folders")
+    ap.add_argument("--root", default=None, help="logs and work folders (default: build/cluster, build/connect)")
+    ap.add_argument(
+        "--connect", default=None, metavar="MASTER",
+        help="start a Spark Connect server whose jobs run on MASTER (e.g. local[2]) instead; the command gets $SPARK_REMOTE",
+    )  # fmt: skip
     ap.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ... ($SPARK_MASTER_URL is the master)")
     args = ap.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         ap.error("no command given (after --)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    with standalone(args.workers, args.cores, args.memory, args.root) as url:
+    if args.connect:
+        with connect_server(args.connect, args.root or "build/connect") as url:
+            return subprocess.run(command, env={**os.environ, "SPARK_REMOTE": url}).returncode
+    with standalone(args.workers, args.cores, args.memory, args.root or "build/cluster") as url:
         command = [c.replace("$SPARK_MASTER_URL", url) for c in command]
         return subprocess.run(command, env={**os.environ, "SPARK_MASTER_URL": url}).returncode
 

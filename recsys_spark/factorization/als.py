@@ -59,6 +59,7 @@ from pyspark.sql import functions as F
 from recsys_spark import lineage
 from recsys_spark.baselines import B_I, B_U, BiasBaseline, BiasTableModel
 from recsys_spark.factorization.model import BI, BU, FACTORS, FactorModel, dot
+from recsys_spark.io import fs
 from recsys_spark.recommender import Recommender, Scale, as_predictions, as_topn, clip
 from recsys_spark.schemas import (
     COL_ITEM,
@@ -191,11 +192,12 @@ class ALS(Recommender):
         if self.backfit_rounds < 0 or (self.backfit_rounds and not self.residuals):
             raise ValueError(f"{self.name}: backfit_rounds must be >= 0 and needs residuals=True (it refits the residuals' baseline)")
         spark = train.sparkSession
-        sc = spark.sparkContext
-        if not sc.getCheckpointDir():  # checkpointInterval is silently ignored without one
-            path = tempfile.mkdtemp(prefix="recsys-als-ckpt-")
-            log.warning("no Spark checkpoint directory set; using %s", path)
-            sc.setCheckpointDir(os.path.abspath(path))
+        if not fs.is_connect(spark):  # on Spark Connect the checkpoint folder is the server's (spark.checkpoint.dir)
+            sc = spark.sparkContext
+            if not sc.getCheckpointDir():  # checkpointInterval is silently ignored without one
+                path = tempfile.mkdtemp(prefix="recsys-als-ckpt-")
+                log.warning("no Spark checkpoint directory set; using %s", path)
+                sc.setCheckpointDir(os.path.abspath(path))
         ratings = train.select(
             F.col(COL_USER).cast("int"), F.col(COL_ITEM).cast("int"), F.col(COL_RATING).cast("float")
         ).persist(StorageLevel.MEMORY_AND_DISK)

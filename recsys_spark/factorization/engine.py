@@ -54,6 +54,7 @@ from recsys_spark.factorization.model import (
     USER_FACTORS_DDL,
 )
 from recsys_spark.schemas import COL_ITEM, COL_RATING, COL_TIMESTAMP, COL_USER
+from recsys_spark.spark import spark_context
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def train(
     dtype = np.dtype(hp.get("dtype", "float64"))  # sgd: the precision of the kernel's parameters
     if dtype not in (np.float32, np.float64) or (dtype != np.float64 and method != "sgd"):
         raise ValueError(f"{name}: dtype must be float64, or float32 with the sgd optimizer; got {dtype} with {method}")
-    sc = spark.sparkContext
+    sc = spark_context(spark, f"{name} (our factorization engine's RDDs)")
     P = num_partitions or sc.defaultParallelism
     biased = hp.get("biased", True) and method != "nmf_mu"
     stats = train_df.agg(

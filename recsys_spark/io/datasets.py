@@ -443,7 +443,7 @@ def read_dataset(spark: SparkSession, spec: DatasetSpec) -> dict[str, tuple[Data
 
     The DataFrames are lazy; the file-level checks run eagerly (small aggregates).
     """
-    from recsys_spark.io.lines import path_exists
+    from recsys_spark.io.fs import exists as path_exists
 
     missing = [f.path for f in spec.files.values() if not path_exists(spark, f.path)]
     if missing:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from recsys_spark.io.fs import exists as path_exists
 from recsys_spark.schemas import COL_LINE_NO, COL_RAW, COL_SOURCE_FILE
 
 _PID = "_pid"
@@ -85,10 +86,3 @@ def with_contiguous_index(df: DataFrame, order_cols: list, name: str) -> DataFra
         *df.columns,
         (F.col("_offset") + F.col(_MID) - F.col("_first")).cast("int").alias(name),
     )
-
-
-def path_exists(spark: SparkSession, path: str) -> bool:
-    jvm = spark.sparkContext._jvm
-    hpath = jvm.org.apache.hadoop.fs.Path(path)
-    fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-    return bool(fs.exists(hpath))

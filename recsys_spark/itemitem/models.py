@@ -42,6 +42,7 @@ from recsys_spark.itemitem import solvers
 from recsys_spark.itemitem.gram import COL_POS, COL_X, KeptItems, check_weighting, gram, interactions, kept_items, with_positions
 from recsys_spark.recommender import Recommender, RecommenderModel, Scale, as_topn, top_k_mask
 from recsys_spark.schemas import COL_ITEM, COL_RANK, COL_SCORE, COL_USER
+from recsys_spark.spark import spark_context
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def slabs_frame(spark: Any, w: np.ndarray, width: int) -> DataFrame:
     local checkpoint keeps them in the executors and drops the broadcast.
     """
     n = w.shape[1]
-    bc = spark.sparkContext.broadcast(np.ascontiguousarray(w, dtype=np.float32))
+    bc = spark_context(spark, "the item-item models' weight slabs (a broadcast)").broadcast(np.ascontiguousarray(w, dtype=np.float32))
     n_cb = -(-n // width)
 
     def cut(batches):
@@ -299,7 +300,7 @@ class SLIM(_DenseItemItem):
         g = gram(xp, kept.n, self.gram_block, dtype=dtype)
         t_gram = time.perf_counter() - t
         spark = x.sparkSession
-        bc = spark.sparkContext.broadcast(g)
+        bc = spark_context(spark, f"{self.name} (a broadcast Gram matrix)").broadcast(g)
         l1, l2, size, max_iter, tol, per = self.l1, self.l2, self.neighbors, self.max_iter, self.tol, self.columns_per_task
 
         n = kept.n

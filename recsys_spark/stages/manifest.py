@@ -9,10 +9,11 @@ that read it rerun too.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,8 +22,45 @@ from pyspark.sql import DataFrame, SparkSession
 from recsys_spark import __version__, faults
 from recsys_spark.config import Config
 from recsys_spark.io import fs
+from recsys_spark.spark import ClassicSessionRequired
 
 log = logging.getLogger(__name__)
+
+
+STAGE_PROPERTY = "recsys.stage"  # a local property: the pipeline stage of every Spark job (event log, listeners)
+
+
+@contextlib.contextmanager
+def tagged(spark: SparkSession, stage: str) -> Iterator[None]:
+    """Tag the Spark jobs run inside with ``recsys.stage`` = ``stage`` (benchmarks/scale.py reads it from the event log)."""
+    if fs.is_connect(spark):
+        yield
+        return
+    sc = spark.sparkContext
+    before = sc.getLocalProperty(STAGE_PROPERTY)
+    sc.setLocalProperty(STAGE_PROPERTY, stage)
+    try:
+        yield
+    finally:
+        sc.setLocalProperty(STAGE_PROPERTY, before)  # type: ignore[arg-type]  # None removes it
+
+
+@contextlib.contextmanager
+def classic_needed(spark: SparkSession, stage: str) -> Iterator[None]:
+    """Turn "no SparkContext here" on a Spark Connect session into one error naming the stage."""
+    from pyspark.errors import PySparkAttributeError, PySparkNotImplementedError
+
+    try:
+        yield
+    except ClassicSessionRequired as exc:
+        raise ClassicSessionRequired(f"{stage}: {exc}") from None
+    except (PySparkAttributeError, PySparkNotImplementedError) as exc:
+        if not fs.is_connect(spark):
+            raise
+        raise ClassicSessionRequired(
+            f"{stage} needs a classic Spark session, and this is a Spark Connect one ({str(exc).split('. ')[0]}); "
+            "run it without [spark] remote / $SPARK_REMOTE (docs/connect.md)"
+        ) from exc
 
 
 def fingerprint(spark: SparkSession, path: str) -> str:
@@ -72,7 +110,7 @@ def run_stage(
             return {**manifest, "skipped": True}
     log.info("%s: running -> %s", stage, output)
     start = time.perf_counter()
-    with fs.atomic_output(spark, output) as tmp, faults.stage(stage):
+    with fs.atomic_output(spark, output) as tmp, faults.stage(stage), classic_needed(spark, stage), tagged(spark, stage):
         counts = body(tmp)
         wall = round(time.perf_counter() - start, 3)
         manifest = {

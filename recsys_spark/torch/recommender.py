@@ -54,6 +54,7 @@ from recsys_spark.schemas import (
     COL_TIMESTAMP,
     COL_USER,
 )
+from recsys_spark.spark import spark_context
 from recsys_spark.torch.models import KINDS, build_net, net_kwargs
 from recsys_spark.torch.train import TIMED_KINDS, TrainSpec, load_state, run
 
@@ -148,7 +149,7 @@ class DeepModel(RecommenderModel):
 
         params = net_kwargs(self.kind, self.net, self.explicit, self.mu)
         if self._broadcast is None:
-            self._broadcast = self.base.seen.sparkSession.sparkContext.broadcast(self.weights)
+            self._broadcast = spark_context(self.base.seen.sparkSession, f"{self.kind} scoring (broadcast weights)").broadcast(self.weights)
         return predict_batch_udf(
             make_scorer(self.kind, params, self.n_users, self.n_items, self._broadcast),
             return_type=T.DoubleType(),

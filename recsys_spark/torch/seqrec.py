@@ -52,6 +52,7 @@ from pyspark.sql import functions as F
 from recsys_spark.baselines import BiasTableModel, Popularity, PopularityRatings
 from recsys_spark.recommender import Recommender, RecommenderModel, Scale, as_topn
 from recsys_spark.schemas import COL_ITEM, COL_RANK, COL_SCORE, COL_TIMESTAMP, COL_USER, require_columns
+from recsys_spark.spark import spark_context
 from recsys_spark.torch.recommender import weights_frame, weights_from_frame
 from recsys_spark.torch.sequence import SEQ_KINDS, current_session, cut_sessions, input_batch, load_seq_net, train_sequences
 
@@ -144,7 +145,7 @@ class SequenceModel(PopularityRatings, RecommenderModel):
         cold = want.join(self.histories.select(COL_USER), COL_USER, "left_anti")
         spark = self.histories.sparkSession
         if self._broadcast is None:
-            self._broadcast = spark.sparkContext.broadcast(self.weights)
+            self._broadcast = spark_context(spark, f"{self.name} scoring (broadcast weights)").broadcast(self.weights)
         if self._catalogue is None:
             items = np.asarray(sorted(r[0] for r in self.fallback.item_bias.select(COL_ITEM).collect()), dtype=np.int64)
             self._catalogue = items[items < self.n_items]

@@ -1,6 +1,7 @@
 """Output checksums, the fault switch and the clean-up after a killed write, on tiny inline data."""
 
 import json
+import unittest.mock
 from pathlib import Path
 
 import pytest
@@ -59,7 +60,10 @@ def test_output_checksums_cover_tables_and_results_not_what_records_the_run(spar
     assert compare(a, {}, ignore=("*",)) == []
 
 
-def test_recover_removes_an_unfinished_write_and_restores_a_swap_cut_short(spark, tmp_path):
+@pytest.mark.parametrize("backend", ["hadoop", "arrow"])
+def test_recover_removes_an_unfinished_write_and_restores_a_swap_cut_short(spark, tmp_path, monkeypatch, backend):
+    if backend == "arrow":  # what a Spark Connect client uses
+        monkeypatch.setattr(fs, "backend", lambda spark: fs._Arrow())
     tmp_path = tmp_path / "runs[1]{a}"  # glob characters in the path: matched by name, not as a pattern
     tmp_path.mkdir()
     out = tmp_path / "stage"
@@ -74,6 +78,29 @@ def test_recover_removes_an_unfinished_write_and_restores_a_swap_cut_short(spark
     (tmp_path / "stage.old-dead0003").mkdir()  # the output is there: this is the replaced copy
     assert fs.recover(spark, str(out))["old_deleted"] == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["stage"]
     assert fs.recover(spark, str(out)) == {"tmp_deleted": 0, "old_restored": 0, "old_deleted": 0}
+
+
+def test_a_spark_connect_client_sees_the_files_a_classic_session_sees(spark, tmp_path):
+    # The Connect client reaches storage through pyarrow, the classic session through Hadoop:
+    # the same listings (Hadoop's hidden .crc files left out), so the same input fingerprints
+    # and one run's manifests are up to date for the other.
+    from recsys_spark.stages.manifest import fingerprint
+
+    out = str(tmp_path / "t")
+    spark.range(20).repartition(3).write.parquet(out)
+    hadoop, arrow = fs._Hadoop(spark), fs._Arrow()
+    assert sorted(arrow.walk(out)) == sorted(hadoop.walk(out))
+    assert len(hadoop.walk(out)) == 4 and any(p.name.endswith(".crc") for p in tmp_path.joinpath("t").iterdir())
+    assert sorted(arrow.children(str(tmp_path))) == sorted(hadoop.children(str(tmp_path)))
+    assert arrow.exists(out) and not arrow.exists(f"{out}/none") and arrow.walk(f"{out}/none") == []
+    arrow.write_bytes(f"{tmp_path}/a/b/c.json", b"{}")
+    assert hadoop.read_bytes(f"{tmp_path}/a/b/c.json") == b"{}" and arrow.read_bytes(f"{tmp_path}/a/b/c.json") == b"{}"
+    assert arrow.rename(f"{tmp_path}/a", f"{tmp_path}/x/y") and hadoop.exists(f"{tmp_path}/x/y/b/c.json")
+    arrow.delete(f"{tmp_path}/x")
+    assert not (tmp_path / "x").exists()
+    want = fingerprint(spark, out)
+    with unittest.mock.patch.object(fs, "backend", lambda spark: arrow):
+        assert fingerprint(spark, out) == want
 
 
 def test_the_fault_switch_fails_each_write_once(spark, cfg_factory, tmp_path, monkeypatch):

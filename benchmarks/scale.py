@@ -1,0 +1,191 @@
+"""The whole pipeline on bigger generated data: time, shuffle, spills and memory per stage.
+
+    # a long-tail catalogue: 7K users, 105K items, 282K ratings (most items rated once or twice)
+    .venv/bin/python benchmarks/scale.py longtail --out benchmarks/results/scale/longtail.json
+    # the ratings axis: 1M, 5M, 20M generated ratings (users and items grow with them)
+    .venv/bin/python benchmarks/scale.py ratings --sizes 1000000,5000000,20000000 --out benchmarks/results/scale/ratings.json
+
+Each run is one ``recsys-spark pipeline`` process (``local[2]``, ``conf/local.toml``: every
+family of the default pipeline) from an empty output, with Spark's event log on.  Per
+pipeline stage: wall time (its manifest), shuffle read and write, memory and disk spills,
+task time (the event log's task metrics of the jobs tagged ``recsys.stage``); per run: peak
+resident memory of the driver's Python and of its JVM (sampled every 0.5 s).  ``--models``
+and ``--set`` change what runs; ``--timeout`` bounds each run (a run past it is stopped and
+reported with the stages it finished).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+STAGE_PROPERTY = "recsys.stage"  # recsys_spark.stages.manifest.STAGE_PROPERTY
+
+# the shape of a real long-tail table (7K users, 105K items, 282K ratings); a flatter popularity
+# curve than MovieLens (zipf 0.8, not 1.2) so that most of the catalogue is rated
+LONGTAIL = ["generate.n_users=7000", "generate.n_items=105000", "generate.n_ratings=282000", "generate.zipf_exponent=0.8",
+            "generate.min_ratings_per_user=5"]  # fmt: skip
+
+
+class Peaks:
+    """Peak RSS of a process (the driver's Python) and of its java children (the JVM), sampled in a thread."""
+
+    def __init__(self, pid: int, interval_s: float = 0.5) -> None:
+        self.proc, self.interval_s = psutil.Process(pid), interval_s
+        self.python = self.jvm = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                py = self.proc.memory_info().rss
+                jvm = sum(c.memory_info().rss for c in self.proc.children(recursive=True) if c.name() == "java")
+            except psutil.Error:
+                continue
+            self.python, self.jvm = max(self.python, py), max(self.jvm, jvm)
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        return {"peak_driver_python_mb": round(self.python / 2**20, 1), "peak_jvm_rss_mb": round(self.jvm / 2**20, 1)}
+
+
+def event_log_metrics(log_dir: Path) -> dict[str, dict[str, float]]:
+    """Per ``recsys.stage``: shuffle read/write, spills (MB), task seconds, tasks, Spark jobs; from the event log(s)."""
+    job_of_stage: dict[int, str] = {}
+    per: dict[str, dict[str, float]] = {}
+    for path in sorted(log_dir.iterdir()):
+        with path.open() as f:
+            for line in f:
+                ev = json.loads(line)
+                kind = ev.get("Event")
+                if kind == "SparkListenerJobStart":
+                    tag = (ev.get("Properties") or {}).get(STAGE_PROPERTY, "(untagged)")
+                    per.setdefault(tag, _zero())["jobs"] += 1
+                    for sid in ev.get("Stage IDs", []):
+                        job_of_stage[sid] = tag
+                elif kind == "SparkListenerTaskEnd":
+                    m = ev.get("Task Metrics") or {}
+                    s = per.setdefault(job_of_stage.get(ev.get("Stage ID"), "(untagged)"), _zero())
+                    r, w = m.get("Shuffle Read Metrics") or {}, m.get("Shuffle Write Metrics") or {}
+                    s["shuffle_read_mb"] += (r.get("Remote Bytes Read", 0) + r.get("Local Bytes Read", 0)) / 2**20
+                    s["shuffle_write_mb"] += w.get("Shuffle Bytes Written", 0) / 2**20
+                    s["memory_spilled_mb"] += m.get("Memory Bytes Spilled", 0) / 2**20
+                    s["disk_spilled_mb"] += m.get("Disk Bytes Spilled", 0) / 2**20
+                    s["task_s"] += m.get("Executor Run Time", 0) / 1000
+                    s["tasks"] += 1
+    return {k: {n: round(v, 1) for n, v in d.items()} for k, d in per.items()}
+
+
+def _zero() -> dict[str, float]:
+    return dict.fromkeys(("jobs", "tasks", "task_s", "shuffle_read_mb", "shuffle_write_mb", "memory_spilled_mb", "disk_spilled_mb"), 0.0)
+
+
+def stage_walls(root: Path) -> dict[str, dict]:
+    """Each finished output's stage and wall time, from its manifest."""
+    out = {}
+    for m in sorted(root.rglob("_manifest.json")):
+        if ".tmp-" in str(m.parent):
+            continue
+        man = json.loads(m.read_text())
+        out[man["stage"] if not man["stage"].startswith(("predict", "content", "neighbors")) else m.parent.relative_to(root).as_posix()] = {
+            "stage": man["stage"], "wall_s": man["wall_s"]}  # fmt: skip
+    return out
+
+
+def run_pipeline(work: Path, sets: list[str], timeout_s: float) -> dict:
+    """One pipeline process from an empty ``work``; its stage walls, event-log metrics and memory peaks."""
+    shutil.rmtree(work, ignore_errors=True)
+    events = work / "events"
+    events.mkdir(parents=True)
+    args = ["--config", "conf/local.toml", *[x for s in [*sets, f'paths.output="{work / "out"}"'] for x in ("--set", s)]]
+    py = str(ROOT / ".venv" / "bin" / "python")
+    env = {**os.environ, "PYSPARK_PYTHON": py,
+           "PYSPARK_SUBMIT_ARGS": f"--conf spark.eventLog.enabled=true --conf spark.eventLog.dir={events} pyspark-shell"}  # fmt: skip
+    env.pop("SPARK_REMOTE", None)
+    t0 = time.perf_counter()
+    with (work / "pipeline.log").open("w") as log:
+        proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "recsys-spark"), "pipeline", *args], cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        peaks = Peaks(proc.pid)
+        try:
+            rc = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+            rc = None
+    wall = time.perf_counter() - t0
+    mem = peaks.stop()
+    walls = stage_walls(work / "out")
+    metrics = event_log_metrics(events)
+    stages = {}
+    for key, w in walls.items():
+        stages[key] = {**w, **metrics.get(w["stage"], {})}
+    return {"exit": rc, "timed_out": rc is None, "wall_s": round(wall, 1), **mem, "stages": stages,
+            "untagged": metrics.get("(untagged)"), "log": str(work / "pipeline.log")}  # fmt: skip
+
+
+def slopes(rows: list[dict]) -> dict[str, float]:
+    """Least-squares slope of log(stage wall) against log(ratings), per stage present in every row."""
+    keys = set.intersection(*(set(r["stages"]) for r in rows))
+    out = {}
+    for k in sorted(keys):
+        xs = [math.log(r["n_ratings"]) for r in rows]
+        ys = [math.log(max(r["stages"][k]["wall_s"], 1e-3)) for r in rows]
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        out[k] = round(sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs), 3)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("command", choices=["longtail", "ratings"])
+    ap.add_argument("--sizes", default="1000000,5000000,20000000", help="ratings: generated ratings per run")
+    ap.add_argument("--models", default=None, help="comma-separated models.names (default: conf/local.toml's)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--timeout", type=float, default=3600, help="seconds per pipeline run")
+    ap.add_argument("--work", default=str(ROOT / "build" / "scale"))
+    ap.add_argument("--out")
+    args = ap.parse_args(argv)
+    sets = ["publish.enabled=false", "tracking.enabled=false", *args.set]
+    if args.models:
+        sets.append("models.names=[" + ", ".join(f'"{m}"' for m in args.models.split(",")) + "]")
+    if args.command == "longtail":
+        run = run_pipeline(Path(args.work) / "longtail", [*LONGTAIL, *sets], args.timeout)
+        result = {"command": "longtail", "config": [*LONGTAIL, *sets], **run}
+    else:
+        rows = []
+        for n in (int(float(x)) for x in args.sizes.split(",")):
+            users, items = max(512, n // 100), max(1500, n // 400)  # ML-25M's ratios: ~160 ratings per user, ~400 per item
+            gen = [f"generate.n_ratings={n}", f"generate.n_users={users}", f"generate.n_items={items}"]
+            run = run_pipeline(Path(args.work) / f"n{n}", [*gen, *sets], args.timeout)
+            row = {"n_ratings": n, "n_users": users, "n_items": items, **run}
+            rows.append(row)
+            print(json.dumps({"n_ratings": n, "wall_s": row["wall_s"], "exit": row["exit"]}), flush=True)  # progress of a script
+        done = [r for r in rows if r["exit"] == 0]
+        result = {"command": "ratings", "config": sets, "runs": rows, "slopes": slopes(done) if len(done) > 1 else None}
+    text = json.dumps(result, indent=1, sort_keys=True)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
