@@ -24,7 +24,8 @@ FOLDERS = {
     "studies": "validation sweeps behind a default (train part only; `docs/studies/`)",
     "performance": "wall time, memory, scaling (`docs/performance.md`)",
     "tuning": "Optuna studies (`recsys-spark tune`)",
-    "reliability": "repeated runs, failed tasks, killed runs, a lost executor (`benchmarks/reliability.py`, `docs/reliability.md`)",
+    "reliability": "repeated runs, faults, a lost executor, Spark Connect (`benchmarks/reliability.py`, `docs/reliability.md`)",
+    "scale": "the whole pipeline on bigger or long-tail generated data, per stage (`benchmarks/scale.py`, `docs/performance.md`)",
 }
 
 

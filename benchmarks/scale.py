@@ -69,27 +69,40 @@ def event_log_metrics(log_dir: Path) -> dict[str, dict[str, float]]:
     """Per ``recsys.stage``: shuffle read/write, spills (MB), task seconds, tasks, Spark jobs; from the event log(s)."""
     job_of_stage: dict[int, str] = {}
     per: dict[str, dict[str, float]] = {}
-    for path in sorted(log_dir.iterdir()):
-        with path.open() as f:
-            for line in f:
-                ev = json.loads(line)
-                kind = ev.get("Event")
-                if kind == "SparkListenerJobStart":
-                    tag = (ev.get("Properties") or {}).get(STAGE_PROPERTY, "(untagged)")
-                    per.setdefault(tag, _zero())["jobs"] += 1
-                    for sid in ev.get("Stage IDs", []):
-                        job_of_stage[sid] = tag
-                elif kind == "SparkListenerTaskEnd":
-                    m = ev.get("Task Metrics") or {}
-                    s = per.setdefault(job_of_stage.get(ev.get("Stage ID"), "(untagged)"), _zero())
-                    r, w = m.get("Shuffle Read Metrics") or {}, m.get("Shuffle Write Metrics") or {}
-                    s["shuffle_read_mb"] += (r.get("Remote Bytes Read", 0) + r.get("Local Bytes Read", 0)) / 2**20
-                    s["shuffle_write_mb"] += w.get("Shuffle Bytes Written", 0) / 2**20
-                    s["memory_spilled_mb"] += m.get("Memory Bytes Spilled", 0) / 2**20
-                    s["disk_spilled_mb"] += m.get("Disk Bytes Spilled", 0) / 2**20
-                    s["task_s"] += m.get("Executor Run Time", 0) / 1000
-                    s["tasks"] += 1
+    for path in sorted(p for p in log_dir.rglob("events_*") if p.is_file()):  # Spark 4: eventlog_v2_<app>/events_N_<app>[.zstd]
+        for line in _lines(path):
+            ev = json.loads(line)
+            kind = ev.get("Event")
+            if kind == "SparkListenerJobStart":
+                tag = (ev.get("Properties") or {}).get(STAGE_PROPERTY, "(untagged)")
+                per.setdefault(tag, _zero())["jobs"] += 1
+                for sid in ev.get("Stage IDs", []):
+                    job_of_stage[sid] = tag
+            elif kind == "SparkListenerTaskEnd":
+                m = ev.get("Task Metrics") or {}
+                s = per.setdefault(job_of_stage.get(ev.get("Stage ID"), "(untagged)"), _zero())
+                r, w = m.get("Shuffle Read Metrics") or {}, m.get("Shuffle Write Metrics") or {}
+                s["shuffle_read_mb"] += (r.get("Remote Bytes Read", 0) + r.get("Local Bytes Read", 0)) / 2**20
+                s["shuffle_write_mb"] += w.get("Shuffle Bytes Written", 0) / 2**20
+                s["memory_spilled_mb"] += m.get("Memory Bytes Spilled", 0) / 2**20
+                s["disk_spilled_mb"] += m.get("Disk Bytes Spilled", 0) / 2**20
+                s["task_s"] += m.get("Executor Run Time", 0) / 1000
+                s["tasks"] += 1
     return {k: {n: round(v, 1) for n, v in d.items()} for k, d in per.items()}
+
+
+def _lines(path: Path):
+    """The lines of an event log file, zstd-compressed (Spark 4's default) or plain."""
+    import io
+
+    if path.suffix == ".zstd":
+        import zstandard
+
+        with path.open("rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as z:
+            yield from io.TextIOWrapper(z, encoding="utf-8")
+    else:
+        with path.open() as f:
+            yield from f
 
 
 def _zero() -> dict[str, float]:
@@ -106,6 +119,14 @@ def stage_walls(root: Path) -> dict[str, dict]:
         out[man["stage"] if not man["stage"].startswith(("predict", "content", "neighbors")) else m.parent.relative_to(root).as_posix()] = {
             "stage": man["stage"], "wall_s": man["wall_s"]}  # fmt: skip
     return out
+
+
+def summarize(work: Path) -> dict:
+    """Stage walls (manifests) joined with the event log's metrics, of the run under ``work``."""
+    metrics = event_log_metrics(work / "events")
+    stages = {key: {**w, **metrics.get(w["stage"], {})} for key, w in stage_walls(work / "out").items()}
+    running = sorted(set(metrics) - {w["stage"] for w in stages.values()} - {"(untagged)"})
+    return {"stages": stages, "unfinished": {k: metrics[k] for k in running}, "untagged": metrics.get("(untagged)")}
 
 
 def run_pipeline(work: Path, sets: list[str], timeout_s: float) -> dict:
@@ -131,13 +152,7 @@ def run_pipeline(work: Path, sets: list[str], timeout_s: float) -> dict:
             rc = None
     wall = time.perf_counter() - t0
     mem = peaks.stop()
-    walls = stage_walls(work / "out")
-    metrics = event_log_metrics(events)
-    stages = {}
-    for key, w in walls.items():
-        stages[key] = {**w, **metrics.get(w["stage"], {})}
-    return {"exit": rc, "timed_out": rc is None, "wall_s": round(wall, 1), **mem, "stages": stages,
-            "untagged": metrics.get("(untagged)"), "log": str(work / "pipeline.log")}  # fmt: skip
+    return {"exit": rc, "timed_out": rc is None, "wall_s": round(wall, 1), **mem, **summarize(work), "log": str(work / "pipeline.log")}
 
 
 def slopes(rows: list[dict]) -> dict[str, float]:
@@ -160,13 +175,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per pipeline run")
     ap.add_argument("--work", default=str(ROOT / "build" / "scale"))
+    ap.add_argument("--reuse", action="store_true", help="longtail: summarize the run already under --work (no memory peaks)")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
     sets = ["publish.enabled=false", "tracking.enabled=false", *args.set]
     if args.models:
         sets.append("models.names=[" + ", ".join(f'"{m}"' for m in args.models.split(",")) + "]")
     if args.command == "longtail":
-        run = run_pipeline(Path(args.work) / "longtail", [*LONGTAIL, *sets], args.timeout)
+        work = Path(args.work) / "longtail"
+        run = {"reused": True, **summarize(work)} if args.reuse else run_pipeline(work, [*LONGTAIL, *sets], args.timeout)
         result = {"command": "longtail", "config": [*LONGTAIL, *sets], **run}
     else:
         rows = []
