@@ -32,6 +32,25 @@ def tree_rss(proc: psutil.Process) -> tuple[int, int]:
     return py, jvm
 
 
+def manifests(root: Path) -> dict[str, dict]:
+    """Every finished stage output's manifest under ``root`` (in-flight ``.tmp-`` folders left out), by relative path."""
+    found = {}
+    for m in sorted(root.rglob("_manifest.json")):
+        rel = m.parent.relative_to(root).as_posix()
+        if ".tmp-" not in rel:
+            found[rel] = json.loads(m.read_text())
+    return found
+
+
+def write_result(result: dict, out: str | None) -> None:
+    """Print ``result`` as indented, key-sorted JSON and, with ``out``, write it there too (folders made)."""
+    text = json.dumps(result, indent=1, sort_keys=True)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n")
+    print(text)
+
+
 def run_child(cmd: list[str], cwd: Path, name: str, env: dict[str, str] | None = None) -> tuple[dict, dict[str, tuple[int, int]]]:
     """Run ``cmd`` (with ``env`` added to this process's environment); return its RESULT and
     ``{phase: (peak Python bytes, peak JVM bytes)}``."""

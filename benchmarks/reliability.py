@@ -31,6 +31,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from harness import manifests, write_result  # noqa: E402
 
 # `make run`'s pipeline (Makefile: run)
 MAKE_RUN = ["--config", "conf/local.toml", "--set", 'models.models_dir="conf/quick"', "--set", "models.refit_for_test=false"]
@@ -203,16 +205,6 @@ def executor_loss(args: argparse.Namespace) -> dict:
 CONNECT_MODELS = 'models.names=["global_mean", "popularity", "bias", "item_knn", "user_knn", "content", "content_hybrid"]'
 
 
-def _stage_walls(root: Path) -> dict[str, float]:
-    """Each finished output's stage wall time, from its manifest."""
-    walls = {}
-    for m in sorted(root.rglob("_manifest.json")):
-        rel = m.parent.relative_to(root).as_posix()
-        if ".tmp-" not in rel:
-            walls[rel] = json.loads(m.read_text())["wall_s"]
-    return walls
-
-
 def connect(args: argparse.Namespace) -> dict:
     """The same pipeline on a classic local[2] session and as a Spark Connect client of a local[2] server."""
     from recsys_spark.localcluster import connect_server
@@ -232,7 +224,8 @@ def connect(args: argparse.Namespace) -> dict:
             rc = subprocess.run(cmd, cwd=ROOT, env={**env, **extra}, stdout=out, stderr=subprocess.STDOUT).returncode
         if rc != 0:
             raise SystemExit(f"{name} run failed (exit {rc}); see {work / name}.log")
-        runs[name] = {"wall_s": round(time.perf_counter() - t0, 1), "stages": _stage_walls(work / name / "generated")}
+        walls = {rel: m["wall_s"] for rel, m in manifests(work / name / "generated").items()}
+        runs[name] = {"wall_s": round(time.perf_counter() - t0, 1), "stages": walls}
         print(json.dumps({name: runs[name]["wall_s"]}), flush=True)  # progress of a script, not library code
 
     run("classic", {})
@@ -260,11 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     os.environ.setdefault("PYSPARK_PYTHON", str(ROOT / ".venv" / "bin" / "python"))
     result = {"determinism": determinism, "faults": faults, "executor-loss": executor_loss, "connect": connect}[args.command](args)
-    text = json.dumps(result, indent=1, sort_keys=True)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
-    print(text)
+    write_result(result, args.out)
     return 0
 
 

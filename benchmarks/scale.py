@@ -31,6 +31,8 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from harness import manifests, tree_rss, write_result  # noqa: E402
 
 STAGE_PROPERTY = "recsys.stage"  # recsys_spark.stages.manifest.STAGE_PROPERTY
 
@@ -41,7 +43,7 @@ LONGTAIL = ["generate.n_users=7000", "generate.n_items=105000", "generate.n_rati
 
 
 class Peaks:
-    """Peak RSS of a process (the driver's Python) and of its java children (the JVM), sampled in a thread."""
+    """Peak RSS of a process (the driver's Python) and of its JVM (``harness.tree_rss``), sampled in a thread."""
 
     def __init__(self, pid: int, interval_s: float = 0.5) -> None:
         self.proc, self.interval_s = psutil.Process(pid), interval_s
@@ -52,11 +54,7 @@ class Peaks:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            try:
-                py = self.proc.memory_info().rss
-                jvm = sum(c.memory_info().rss for c in self.proc.children(recursive=True) if c.name() == "java")
-            except psutil.Error:
-                continue
+            py, jvm = tree_rss(self.proc)
             self.python, self.jvm = max(self.python, py), max(self.jvm, jvm)
 
     def stop(self) -> dict[str, float]:
@@ -111,14 +109,9 @@ def _zero() -> dict[str, float]:
 
 def stage_walls(root: Path) -> dict[str, dict]:
     """Each finished output's stage and wall time, from its manifest."""
-    out = {}
-    for m in sorted(root.rglob("_manifest.json")):
-        if ".tmp-" in str(m.parent):
-            continue
-        man = json.loads(m.read_text())
-        out[man["stage"] if not man["stage"].startswith(("predict", "content", "neighbors")) else m.parent.relative_to(root).as_posix()] = {
-            "stage": man["stage"], "wall_s": man["wall_s"]}  # fmt: skip
-    return out
+    keyed = ("predict", "content", "neighbors")  # one stage name, several outputs: keyed by path
+    return {(rel if man["stage"].startswith(keyed) else man["stage"]): {"stage": man["stage"], "wall_s": man["wall_s"]}
+            for rel, man in manifests(root).items()}  # fmt: skip
 
 
 def summarize(work: Path) -> dict:
@@ -196,11 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"n_ratings": n, "wall_s": row["wall_s"], "exit": row["exit"]}), flush=True)  # progress of a script
         done = [r for r in rows if r["exit"] == 0]
         result = {"command": "ratings", "config": sets, "runs": rows, "slopes": slopes(done) if len(done) > 1 else None}
-    text = json.dumps(result, indent=1, sort_keys=True)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
-    print(text)
+    write_result(result, args.out)
     return 0
 
 
