@@ -2,6 +2,8 @@
 
     # a long-tail catalogue: 7K users, 105K items, 282K ratings (most items rated once or twice)
     .venv/bin/python benchmarks/scale.py longtail --out benchmarks/results/scale/longtail.json
+    # content neighbours of that run's item vectors: sparse_topk's two layouts (same table?), and the whole catalogue
+    .venv/bin/python benchmarks/scale.py topk --out benchmarks/results/scale/content-neighbors.json
     # the ratings axis: 1M, 5M, 20M generated ratings (users and items grow with them)
     .venv/bin/python benchmarks/scale.py ratings --sizes 1000000,5000000,20000000 --out benchmarks/results/scale/ratings.json
 
@@ -148,6 +150,43 @@ def run_pipeline(work: Path, sets: list[str], timeout_s: float) -> dict:
     return {"exit": rc, "timed_out": rc is None, "wall_s": round(wall, 1), **mem, **summarize(work), "log": str(work / "pipeline.log")}
 
 
+def topk(work: Path, sample: int) -> dict:
+    """Content neighbours of the long-tail run's item vectors: both ``sparse_topk`` layouts on the first
+    ``sample`` items (same table?), the shipped-items one on the whole catalogue; one local[2] session."""
+    from pyspark.sql import functions as F
+
+    from recsys_spark.config import load_config
+    from recsys_spark.content.scoring import content_neighbors
+    from recsys_spark.spark import get_spark
+
+    feats = work / "out" / "generated" / "content" / "content" / "features"
+    if not (feats / "vectors").exists():
+        raise SystemExit(f"{feats / 'vectors'} is missing: run `scale.py longtail` first")
+    groups = json.loads((feats / "params.json").read_text())["groups"]
+    dim = max(a + n for a, n in groups.values())
+    cfg = load_config(ROOT / "conf" / "local.toml", [f'paths.output="{work / "topk"}"'])
+    spark = get_spark(cfg.spark, str(work / "topk" / "checkpoints"), "scale topk")
+    vectors = spark.read.parquet(str(feats / "vectors")).persist()
+    n_items = vectors.count()
+
+    def run(v, mb: float, keep: bool = True) -> tuple[float, list]:
+        t0 = time.perf_counter()
+        nb = content_neighbors(v, dim, 50, broadcast_mb=mb)
+        rows = nb.orderBy("a", F.desc("sim"), "b").collect() if keep else nb.write.format("noop").mode("overwrite").save()
+        return round(time.perf_counter() - t0, 1), rows
+
+    small = vectors.where(F.col("item_idx") < sample).persist()
+    n_small = small.count()
+    wall_pairs, pairs = run(small, 0.0)
+    wall_shipped, shipped = run(small, 1e9)
+    wall_full, _ = run(vectors, 1e9, keep=False)
+    same = [tuple(r) for r in pairs] == [tuple(r) for r in shipped]
+    spark.stop()
+    return {"dim": dim, "items": n_items, "sample_items": n_small, "k": 50,
+            "sample": {"block_pairs_s": wall_pairs, "items_shipped_s": wall_shipped, "rows": len(pairs), "same_table": same},
+            "catalogue": {"items_shipped_s": wall_full}}  # fmt: skip
+
+
 def slopes(rows: list[dict]) -> dict[str, float]:
     """Least-squares slope of log(stage wall) against log(ratings), per stage present in every row."""
     keys = set.intersection(*(set(r["stages"]) for r in rows))
@@ -162,7 +201,8 @@ def slopes(rows: list[dict]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("command", choices=["longtail", "ratings"])
+    ap.add_argument("command", choices=["longtail", "ratings", "topk"])
+    ap.add_argument("--sample", type=int, default=20000, help="topk: items in the layout comparison")
     ap.add_argument("--sizes", default="1000000,5000000,20000000", help="ratings: generated ratings per run")
     ap.add_argument("--models", default=None, help="comma-separated models.names (default: conf/local.toml's)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -174,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     sets = ["publish.enabled=false", "tracking.enabled=false", *args.set]
     if args.models:
         sets.append("models.names=[" + ", ".join(f'"{m}"' for m in args.models.split(",")) + "]")
-    if args.command == "longtail":
+    if args.command == "topk":
+        result = {"command": "topk", **topk(Path(args.work) / "longtail", args.sample)}
+    elif args.command == "longtail":
         work = Path(args.work) / "longtail"
         run = {"reused": True, **summarize(work)} if args.reuse else run_pipeline(work, [*LONGTAIL, *sets], args.timeout)
         result = {"command": "longtail", "config": [*LONGTAIL, *sets], **run}

@@ -35,10 +35,13 @@ features, so a new item is featurised by the same transform
 
 Similarity, profiles and scores
 -------------------------------
-* :func:`sparse_topk` scores a block of sparse rows against a block of items
-  with one scipy sparse product per (left block, item block) task -- the
-  same layout as :func:`recsys_spark.factorization.model.factor_topk` -- and
-  keeps each row's best ``k``; :func:`content_neighbors` uses it for the
+* :func:`sparse_topk` keeps each sparse row's best ``k`` items by dot
+  product (scipy sparse products over blocks).  Where the item side fits
+  ``broadcast_mb`` it is shipped to every task, identical item vectors folded
+  into one column, and each task keeps a running top-k over the item blocks;
+  above that, (left block, item block) pairs meet in one task each -- the
+  layout of :func:`recsys_spark.factorization.model.factor_topk` -- and a
+  window merges their partial answers.  :func:`content_neighbors` uses it for the
   item-item neighbour table ``(a, b, sim, support)`` (``support``: shared
   non-zero features), the shape of the collaborative tables so the two can be
   compared and fused.  :func:`lsh_content_neighbors` is the approximate

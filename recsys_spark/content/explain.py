@@ -56,7 +56,10 @@ def explain(
         .join(vectors, COL_ITEM)
         .select(COL_USER, F.col(COL_ITEM).alias("_j"), COL_RATING, IDX, VAL)
     )
-    asked = recs.select(COL_USER, COL_ITEM).join(vectors, COL_ITEM, "left")
+    # the same vectors on both sides of the cogroup: fresh columns (no dataset tag) on this side, or
+    # Spark's self-join check may call them ambiguous
+    fresh = vectors.select(COL_ITEM, F.col(IDX).alias(IDX, metadata={}), F.col(VAL).alias(VAL, metadata={}))
+    asked = recs.select(COL_USER, COL_ITEM).join(fresh, COL_ITEM, "left")
     names = {
         int(row[FEATURE]): (row["group"], row["term"])
         for row in vocabulary.where(F.col("group").isin("genres", "tags", "year")).collect()

@@ -30,7 +30,7 @@ from recsys_spark.content.profiles import (
     profile_vectors,
     update_profile_sums,
 )
-from recsys_spark.content.scoring import content_neighbors, lsh_content_neighbors, sparse_topk
+from recsys_spark.content.scoring import BROADCAST_MB, content_neighbors, lsh_content_neighbors, sparse_topk
 from recsys_spark.io import fs
 from recsys_spark.neighbors import KNNModel
 from recsys_spark.recommender import (
@@ -100,6 +100,11 @@ class ContentModel(RecommenderModel):
         return int(self.params["dim"])
 
     @property
+    def broadcast_mb(self) -> float:
+        """Item vectors up to this size are shipped to every top-N task (:func:`sparse_topk`); older saved models: the default."""
+        return float(self.params.get("broadcast_mb", BROADCAST_MB))
+
+    @property
     def grouped(self) -> bool:
         """Whether users have their own prior groups (demographic segments, time periods, or both)."""
         return bool(self.params.get("segments")) or float(self.params.get("trend_days") or 0) > 0
@@ -151,6 +156,7 @@ class ContentModel(RecommenderModel):
             prior=prior,
             prior_weight=pw,
             left_group=group,
+            broadcast_mb=self.broadcast_mb,
         )
         known = as_topn(top, self.name)
         unknown = u.join(prof.select(COL_USER), COL_USER, "left_anti")
@@ -159,7 +165,9 @@ class ContentModel(RecommenderModel):
                 COL_USER, COL_SEGMENT, F.array().cast("array<int>").alias(IDX), F.array().cast("array<double>").alias(VAL)
             )
             excluded = seen.join(unknown, COL_USER)
-            top = sparse_topk(empty, cand, k, self.dim, exclude=excluded, prior=prior, prior_weight=1.0, left_group=group)
+            top = sparse_topk(
+                empty, cand, k, self.dim, exclude=excluded, prior=prior, prior_weight=1.0, left_group=group, broadcast_mb=self.broadcast_mb
+            )
             return known.unionByName(as_topn(top, self.name))
         cand_prior = cand.select(COL_ITEM).join(prior, COL_ITEM, "left").select(COL_ITEM, F.coalesce("prior", F.lit(0.0)).alias(COL_SCORE))
         return known.unionByName(topk_from_item_scores(unknown, cand_prior, seen, k, self.name))
@@ -235,6 +243,7 @@ class ContentBased(Recommender):
     collaborative_weight: float = 1.0  # hybrid: its weight against the content half (1.0)
     max_neighbors: int = 50  # content neighbours kept per item (prediction)
     neighbors: Literal["exact", "lsh"] = "exact"
+    broadcast_mb: float = BROADCAST_MB  # exact neighbours and top-N: item vectors up to this size are shipped to every task
     k: int = 40  # neighbours used per prediction
     min_k: int = 1
     damping: float = 1.0
@@ -278,7 +287,7 @@ class ContentBased(Recommender):
         if self.neighbors == "lsh":
             nb = lsh_content_neighbors(vectors, dim, self.max_neighbors)
         else:
-            nb = content_neighbors(vectors, dim, self.max_neighbors)
+            nb = content_neighbors(vectors, dim, self.max_neighbors, broadcast_mb=self.broadcast_mb)
         nb = nb.transform(lineage.cut)
         sums, counts = profile_sums(ratings.select(COL_USER, COL_ITEM, COL_RATING), to_long(vectors))
         segments = None
@@ -320,6 +329,7 @@ class ContentBased(Recommender):
             "features": self.features, "segments": list(self.segments) if segments is not None else [],
             "age_edges": list(self.age_edges), "segment_shrink": self.segment_shrink,
             "trend_days": trend, "trend_shrink": self.trend_shrink, "trend_step_days": self.trend_step_days, "prior_skip_first": skip,
+            "broadcast_mb": self.broadcast_mb,
         }  # fmt: skip
         spark = ratings.sparkSession
         return ContentModel(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
@@ -167,7 +168,11 @@ def test_centred_profile_by_hand(spark, side):
     assert prof[0] == pytest.approx(want)
 
 
-def test_sparse_topk_matches_brute_force(spark):
+LAYOUTS = pytest.mark.parametrize("broadcast_mb", [256.0, 0.0], ids=["items-shipped", "block-pairs"])
+
+
+@LAYOUTS
+def test_sparse_topk_matches_brute_force(spark, broadcast_mb):
     rng = np.random.default_rng(0)
     dim, n_l, n_i, k = 12, 9, 23, 4
     L = rng.random((n_l, dim)) * (rng.random((n_l, dim)) < 0.4)
@@ -183,7 +188,8 @@ def test_sparse_topk_matches_brute_force(spark):
     seen = spark.createDataFrame([(0, 1), (0, 2), (3, 5)], "user_idx int, item_idx int")
     prior = spark.createDataFrame([(i, float(i) / n_i) for i in range(n_i)], "item_idx int, prior double")
     got = sparse_topk(
-        rows(L, "user_idx"), rows(R, "item_idx"), k, dim, exclude=seen, prior=prior, prior_weight=0.3, left_block=4, item_block=7
+        rows(L, "user_idx"), rows(R, "item_idx"), k, dim, exclude=seen, prior=prior, prior_weight=0.3, left_block=4, item_block=7,
+        broadcast_mb=broadcast_mb,
     )
     S = L @ R.T + 0.3 * (np.arange(n_i) / n_i)[None, :]
     for u, i in [(0, 1), (0, 2), (3, 5)]:
@@ -196,7 +202,8 @@ def test_sparse_topk_matches_brute_force(spark):
         assert by_user[u] == order
 
 
-def test_sparse_topk_adds_each_rows_group_prior(spark):
+@LAYOUTS
+def test_sparse_topk_adds_each_rows_group_prior(spark, broadcast_mb):
     rng = np.random.default_rng(1)
     dim, n_l, n_i, k = 10, 6, 15, 5
     L = rng.random((n_l, dim)) * (rng.random((n_l, dim)) < 0.5)
@@ -213,7 +220,9 @@ def test_sparse_topk_adds_each_rows_group_prior(spark):
     P = rng.random((3, n_i))
     rows = [(g, i, float(P[g, i])) for g in range(3) for i in range(n_i) if not (g == 2 and i % 3 == 0)]  # group 2 lacks some items
     prior = spark.createDataFrame(rows, "segment int, item_idx int, prior double")
-    got = sparse_topk(left, items, k, dim, prior=prior, prior_weight=0.5, left_group="segment", left_block=4, item_block=6)
+    got = sparse_topk(
+        left, items, k, dim, prior=prior, prior_weight=0.5, left_group="segment", left_block=4, item_block=6, broadcast_mb=broadcast_mb
+    )
     by_user: dict[int, list[int]] = {}
     for r in got.orderBy("user_idx", F.desc("score"), "item_idx").collect():
         by_user.setdefault(r["user_idx"], []).append(r["item_idx"])
@@ -223,6 +232,23 @@ def test_sparse_topk_adds_each_rows_group_prior(spark):
         S = L[u] @ R.T + 0.5 * add
         assert by_user[u] == sorted(range(n_i), key=lambda i: (-S[i], i))[:k]
 
+
+
+@LAYOUTS
+def test_sparse_topk_breaks_ties_by_the_smaller_item_across_blocks(spark, broadcast_mb):
+    # every item has the same vector: the answer is the k smallest ids not excluded, whichever
+    # block they fall in and wherever the k-th place cuts the tie; support counts shared features
+    items = spark.createDataFrame([(i, [0, 2], [0.6, 0.8]) for i in range(30)], "item_idx int, indices array<int>, values array<double>")
+    left = items.withColumnRenamed("item_idx", "a")
+    got = sparse_topk(left, items, 4, 3, left_key="a", exclude_self=True, support=True, left_block=7, item_block=5,
+                      broadcast_mb=broadcast_mb)  # fmt: skip
+    rows = got.orderBy("a", "rank").collect()
+    by_a: dict[int, list[int]] = {}
+    for r in rows:
+        by_a.setdefault(r["a"], []).append(r["item_idx"])
+        assert r["support"] == 2 and r["score"] == pytest.approx(1.0)
+    assert by_a == {a: [b for b in range(30) if b != a][:4] for a in range(30)}
+    assert [r["rank"] for r in rows if r["a"] == 0] == [1, 2, 3, 4]
 
 USERS = [
     (0, "u0", "M", 20, "engineer", "1"), (1, "u1", "F", 22, "artist", "2"), (2, "u2", "F", 40, "artist", "3"),
@@ -474,3 +500,46 @@ def test_lsh_neighbours_are_exact_cosines_of_a_subset_of_the_exact_table(spark, 
         assert (r["a"], r["b"]) in exact
         assert r["sim"] == pytest.approx(exact[(r["a"], r["b"])][0], abs=1e-9)
         assert r["support"] == exact[(r["a"], r["b"])][1]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_shipped_topk_folds_duplicate_items_without_changing_the_answer(seed):
+    # the shipped layout's body on its own (no Spark): items drawn from a few distinct vectors,
+    # random seen lists (some covering whole duplicate groups), group priors, a floor; against
+    # brute force with ties to the smaller id
+    from recsys_spark.content.scoring import _ItemSide, _topk_task
+
+    rng = np.random.default_rng(seed)
+    dim, n_l, n_i, k = 6, 11, 40, 1 + (seed // 4) * int(rng.integers(1, 4))  # seeds 0-3: k = 1, where one lost id shows
+    pool = rng.random((8, dim)) * (rng.random((8, dim)) < 0.6)
+    which = rng.integers(0, 8, n_i)
+    R = pool[which]
+    L = rng.random((n_l, dim)) * (rng.random((n_l, dim)) < 0.7)
+    ids = np.sort(rng.choice(1000, n_i, replace=False))
+    G = 2
+    P = rng.random((8, G))[which]  # odd seeds: a prior, the same for most duplicates; a quarter of the items their own
+    P[rng.random(n_i) < 0.25] = rng.random(G)
+    seen = [sorted(rng.choice(ids, int(rng.integers(0, 15)), replace=False).tolist()) for _ in range(n_l)]
+    best = int(np.argmax(L[0] @ R.T))
+    seen[0] = [int(i) for i, r in zip(ids, R, strict=True) if (r == R[best]).all()]  # user 0 has seen all of its best item's copies
+    floor = 0.1 if seed >= 6 else None
+    groups = rng.integers(0, G + 1, n_l)  # G: no prior for that row
+    items = pd.DataFrame({"item_idx": ids, "indices": [np.flatnonzero(r) for r in R], "values": [r[r != 0] for r in R],
+                          "_p": [list(p) for p in P]})  # fmt: skip
+    left = pd.DataFrame({"user_idx": np.arange(n_l), "indices": [np.flatnonzero(r) for r in L], "values": [r[r != 0] for r in L],
+                         "_x": [np.array(s, dtype=np.int64) for s in seen], "_g": groups})  # fmt: skip
+    pw = 0.5 if seed % 2 else 0.0
+    side = _ItemSide(items, dim, bool(pw))
+    assert side.matrix.shape[0] <= (n_i // 2 if pw else 8)
+    got = pd.concat(list(_topk_task(iter([left]), side=side, k=k, key="user_idx", exclude_self=False, pw=pw, floor=floor,
+                                    support=True, left_block=4, item_block=(3, 100)[seed // 2 % 2])))  # fmt: skip
+    for u in range(n_l):
+        s = L[u] @ R.T + (pw * np.where(groups[u] < G, P[:, min(groups[u], G - 1)], 0.0) if pw else 0.0)
+        cand = [(-s[j], int(ids[j])) for j in range(n_i) if int(ids[j]) not in seen[u] and (floor is None or s[j] > floor)]
+        want = [i for _, i in sorted(cand)[:k]]
+        mine = got[got["user_idx"] == u].sort_values("rank")
+        assert mine["item_idx"].tolist() == want
+        assert mine["rank"].tolist() == list(range(1, len(want) + 1))
+        for i, sup in zip(mine["item_idx"], mine["support"], strict=True):
+            j = int(np.flatnonzero(ids == i)[0])
+            assert sup == int(((L[u] != 0) & (R[j] != 0)).sum())
