@@ -255,6 +255,7 @@ class ContentBased(Recommender):
     trend_days: float = 0.0  # > 0: the prior counts the ratings of this many days before the user's latest one
     trend_shrink: float = 3000.0  # ratings' worth of the all-time shares the trend window is shrunk towards
     trend_step_days: float = 7.0  # users' times are cut to periods this long (one prior per period and segment)
+    trend_max_cells: int = 20_000_000  # the trend prior is dense, (segment, period) groups x items: above this, the segment prior
     prior_skip_first: int = 0  # the prior leaves out each user's first ratings (by time)
     reg_user: float = 15.0
     reg_item: float = 10.0
@@ -316,8 +317,16 @@ class ContentBased(Recommender):
         if (self.trend_days > 0 or self.prior_skip_first > 0) and not has_ts:
             log.warning("%s: trend_days / prior_skip_first need rating timestamps, which the ratings lack: off", self.name)
         counted = counted_ratings(ratings, skip)
+        trended = None
         if trend:
-            prior, groups = trend_prior(ratings, segments, self.segment_shrink, trend, self.trend_shrink, self.trend_step_days, counted)
+            trended = trend_prior(
+                ratings, segments, self.segment_shrink, trend, self.trend_shrink, self.trend_step_days, counted, self.trend_max_cells
+            )
+            if trended is None:
+                log.warning("%s: the segment prior instead of the trend prior (trend_days recorded as 0)", self.name)
+                trend = 0.0
+        if trended is not None:
+            prior, groups = trended
             log.info(
                 "%s: trend prior over %g days before each user's latest rating (%g-day periods)", self.name, trend, self.trend_step_days
             )

@@ -131,8 +131,8 @@ def counted_ratings(ratings: DataFrame, skip_first: int, seed: int = 42) -> Data
 
 def trend_prior(
     ratings: DataFrame, segments: DataFrame | None, shrink: float, trend_days: float, trend_shrink: float,
-    step_days: float = 7.0, counted: DataFrame | None = None,
-) -> tuple[DataFrame, DataFrame]:  # fmt: skip
+    step_days: float = 7.0, counted: DataFrame | None = None, max_cells: int | None = None,
+) -> tuple[DataFrame, DataFrame] | None:  # fmt: skip
     """``(prior, groups)``: a popularity prior per (segment, time) group, and ``(user_idx, segment, segment_label)``
     mapping each user to their group (``segment`` holds the group id; the label stays the demographic one).
 
@@ -144,7 +144,10 @@ def trend_prior(
     ``n_j(s, t) = n_j(t) (n_sj + m p_j) / ((N_s + m) p_j)`` (``p_j = n_j / N``); the windows are too thin to
     count per segment.  All on the global ``log(1 + n) / log(1 + max n)`` scale.
     Users in ``segments`` with no rating get the latest period.  Group 0 is the all-time global prior.
-    ``counted``: the ratings counted (default ``ratings``; see :func:`counted_ratings`)."""
+    ``counted``: the ratings counted (default ``ratings``; see :func:`counted_ratings`).
+
+    The prior is a dense (group, item) table: with ``max_cells``, ``None`` is returned (nothing computed
+    past the groups) when groups x items would exceed it, and the caller falls back."""
     counted = ratings if counted is None else counted
     step = float(step_days) * DAY_S
     window = max(1, round(float(trend_days) / float(step_days)))
@@ -162,6 +165,14 @@ def trend_prior(
     ug = ug.where(F.col("_b").isNotNull()).transform(lineage.cut)  # users with no timestamp stay on group 0
     # one row per (segment, period) users have: hundreds (a few age groups x the weeks users' latest ratings fall in)
     pairs = sorted((int(r["_s"]), int(r["_b"])) for r in ug.select("_s", "_b").distinct().collect())
+    if max_cells is not None:
+        n_items = counted.select(COL_ITEM).distinct().count()
+        if len(pairs) * n_items > max_cells:
+            log.warning(
+                "trend prior: %d (segment, period) groups x %d items = %d cells, over trend_max_cells %d: not computed",
+                len(pairs), n_items, len(pairs) * n_items, max_cells,
+            )  # fmt: skip
+            return None
     keys = ratings.sparkSession.createDataFrame([(sg, b, j + 1) for j, (sg, b) in enumerate(pairs)], "_s int, _b long, _gid int")
     groups = ug.join(F.broadcast(keys), ["_s", "_b"]).select(
         F.col(COL_USER).cast("int").alias(COL_USER), F.col("_gid").cast("int").alias(COL_SEGMENT), "segment_label"

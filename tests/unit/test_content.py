@@ -543,3 +543,19 @@ def test_shipped_topk_folds_duplicate_items_without_changing_the_answer(seed):
         for i, sup in zip(mine["item_idx"], mine["support"], strict=True):
             j = int(np.flatnonzero(ids == i)[0])
             assert sup == int(((L[u] != 0) & (R[j] != 0)).sum())
+
+
+def test_a_trend_prior_over_trend_max_cells_falls_back_to_the_segment_prior(spark, side):
+    rows = [(u, i, r, d * DAY) for u, i, r, d in TREND]
+    ratings = spark.createDataFrame(rows, RATINGS_SCHEMA)
+    settings = dict(max_neighbors=5, prior=1000.0, trend_days=2.0, trend_shrink=7.0, trend_step_days=1.0)
+    trended = ContentBased(**settings).fit(ratings, side=side)
+    capped = ContentBased(**settings, trend_max_cells=3).fit(ratings, side=side)  # a few groups x 4 items > 3
+    assert trended.params["trend_days"] == 2.0 and capped.params["trend_days"] == 0.0
+    plain = ContentBased(**{**settings, "trend_days": 0.0}).fit(ratings, side=side)
+    users = spark.createDataFrame([(1,), (2,)], "user_idx int")
+
+    def lists(model):
+        return [(r["user_idx"], r["item_idx"]) for r in model.recommend(users, k=2).orderBy("user_idx", "rank").collect()]
+
+    assert lists(capped) == lists(plain) != lists(trended)
