@@ -147,7 +147,7 @@ def trend_prior(
     ``counted``: the ratings counted (default ``ratings``; see :func:`counted_ratings`).
 
     The prior is a dense (group, item) table: with ``max_cells``, ``None`` is returned (nothing computed
-    past the groups) when groups x items would exceed it, and the caller falls back."""
+    past the groups and the item counts) when groups x items would exceed it, and the caller falls back."""
     counted = ratings if counted is None else counted
     step = float(step_days) * DAY_S
     window = max(1, round(float(trend_days) / float(step_days)))
@@ -165,8 +165,11 @@ def trend_prior(
     ug = ug.where(F.col("_b").isNotNull()).transform(lineage.cut)  # users with no timestamp stay on group 0
     # one row per (segment, period) users have: hundreds (a few age groups x the weeks users' latest ratings fall in)
     pairs = sorted((int(r["_s"]), int(r["_b"])) for r in ug.select("_s", "_b").distinct().collect())
+    n = counted.groupBy(COL_ITEM).agg(F.count("*").alias("_n"))
+    tot = n.agg(F.sum("_n").alias("_tot"), F.max("_n").alias("_m"))
+    n = n.crossJoin(F.broadcast(tot)).transform(lineage.cut)  # (item_idx, _n, _tot, _m), read twice
     if max_cells is not None:
-        n_items = counted.select(COL_ITEM).distinct().count()
+        n_items = n.count()  # one row per counted item, already materialized
         if len(pairs) * n_items > max_cells:
             log.warning(
                 "trend prior: %d (segment, period) groups x %d items = %d cells, over trend_max_cells %d: not computed",
@@ -178,9 +181,6 @@ def trend_prior(
         F.col(COL_USER).cast("int").alias(COL_USER), F.col("_gid").cast("int").alias(COL_SEGMENT), "segment_label"
     )
 
-    n = counted.groupBy(COL_ITEM).agg(F.count("*").alias("_n"))
-    tot = n.agg(F.sum("_n").alias("_tot"), F.max("_n").alias("_m"))
-    n = n.crossJoin(F.broadcast(tot)).transform(lineage.cut)  # (item_idx, _n, _tot, _m), read twice
     scale = F.log1p(F.greatest("_m", F.lit(1)))
     cjp = counted.where(F.col(COL_TIMESTAMP).isNotNull()).groupBy(COL_ITEM, period(COL_TIMESTAMP).alias("_p")).agg(F.count("*").alias("_c"))
     per = F.broadcast(keys.select("_b").distinct())

@@ -97,14 +97,14 @@ def _top_columns(S: np.ndarray, k: int) -> np.ndarray:
     return np.nonzero(keep)[1].reshape(len(S), k)
 
 
-def _best(rows: np.ndarray, scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Of flat ``(row, score, id)`` candidates, each row's best ``k`` by score then the smaller id, in that order."""
+def _best(rows: np.ndarray, scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
+    """Of flat ``(row, score, id)`` candidates, each row's best ``k`` by score then the smaller id, in order, with ranks (1..)."""
     order = np.lexsort((ids, -scores, rows))
     rows, scores, ids = rows[order], scores[order], ids[order]
     start = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]]) if len(rows) else np.zeros(0, np.int64)
     rank = np.arange(len(rows)) - np.repeat(start, np.diff(np.r_[start, len(rows)]))
     keep = rank < k
-    return rows[keep], scores[keep], ids[keep]
+    return rows[keep], scores[keep], ids[keep], rank[keep] + 1
 
 
 def _topk_task(batches, *, side: _ItemSide, k: int, key: str, exclude_self: bool, pw: float, floor: float | None,
@@ -123,6 +123,7 @@ def _topk_task(batches, *, side: _ItemSide, k: int, key: str, exclude_self: bool
     ids, U, n = side.ids, side.matrix, side.matrix.shape[0]
     chunks = [(c0, min(n, c0 + item_block)) for c0 in range(0, n, item_block)]
     UT = [U[c0:c1].T.tocsr() for c0, c1 in chunks]
+    span = int(ids.max()) + 1 if len(ids) else 1  # (row, id) pairs as one int64 key: row * span + id
     Ub = U.copy()
     Ub.data[:] = 1.0
     for pdf in batches:
@@ -146,13 +147,13 @@ def _topk_task(batches, *, side: _ItemSide, k: int, key: str, exclude_self: bool
             gone = pair[n_x >= side.sizes[pair % n]]
             gone_row, gone_grp = gone // n, gone % n
             cap = k + np.bincount(x_row, minlength=m)  # ids expanded per distinct item, per row
-            x_key = np.sort(x_row * (int(ids.max()) + 1) + x_id) if len(ids) else x_row
+            x_key = np.sort(x_row * span + x_id)
             if pw:
                 g = blk["_g"].to_numpy(np.int64)
                 G = side.prior.shape[1] - 1
                 g = np.where((g >= 0) & (g < G), g, G)  # a group without a prior adds 0
             top_r = np.zeros(0, np.int64)
-            top_s, top_i = np.zeros(0), np.zeros(0, np.int64)
+            top_s, top_i, top_k = np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64)
             for n_chunk, ((c0, c1), ut) in enumerate(zip(chunks, UT, strict=True)):
                 S = (L @ ut).toarray()
                 if pw:
@@ -176,22 +177,20 @@ def _topk_task(batches, *, side: _ItemSide, k: int, key: str, exclude_self: bool
                 offs = np.arange(size.sum()) - np.repeat(np.cumsum(size) - size, size)
                 e_r, e_s, e_i = np.repeat(r, size), np.repeat(S[r, c], size), side.members[start + offs]
                 if len(x_key):
-                    keys = e_r * (int(ids.max()) + 1) + e_i
+                    keys = e_r * span + e_i
                     at = np.minimum(np.searchsorted(x_key, keys), len(x_key) - 1)
                     fresh = x_key[at] != keys
                     e_r, e_s, e_i = e_r[fresh], e_s[fresh], e_i[fresh]
-                top_r, top_s, top_i = _best(np.r_[top_r, e_r], np.r_[top_s, e_s], np.r_[top_i, e_i], k)
+                top_r, top_s, top_i, top_k = _best(np.r_[top_r, e_r], np.r_[top_s, e_s], np.r_[top_i, e_i], k)
             if not len(top_r):
                 continue
-            start = np.flatnonzero(np.r_[True, top_r[1:] != top_r[:-1]])
-            rank = np.arange(len(top_r)) - np.repeat(start, np.diff(np.r_[start, len(top_r)])) + 1
             res = {key: lid[top_r].astype(np.int32), COL_ITEM: top_i.astype(np.int32), COL_SCORE: top_s}
             if support:
                 Lb = L.copy()
                 Lb.data[:] = 1.0
                 grp = side.group[np.searchsorted(ids, top_i)]
                 res[NB_SUPPORT] = np.asarray(Lb[top_r].multiply(Ub[grp]).sum(axis=1)).ravel().astype(np.int64)
-            res[COL_RANK] = rank.astype(np.int32)
+            res[COL_RANK] = top_k.astype(np.int32)
             yield pd.DataFrame(res)
 
 
