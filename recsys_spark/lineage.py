@@ -15,7 +15,7 @@ their lineage so that plans stay short.  ``[spark] checkpoint`` chooses how (Spa
 
 from __future__ import annotations
 
-from pyspark import RDD
+from pyspark import RDD, StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 
 KEY = "spark.recsys.checkpoint"
@@ -29,9 +29,15 @@ def mode(spark: SparkSession) -> str:
     return value
 
 
-def cut(df: DataFrame) -> DataFrame:
-    """``df`` materialized with its lineage cut (``df.transform(cut)`` in a chain)."""
-    return df.checkpoint(eager=True) if mode(df.sparkSession) == "reliable" else df.localCheckpoint()
+def cut(df: DataFrame, storage_level: StorageLevel | None = None) -> DataFrame:
+    """``df`` materialized with its lineage cut (``df.transform(cut)`` in a chain).
+
+    ``storage_level`` (local mode only; the reliable mode writes files anyway): where the
+    executors keep the blocks, ``StorageLevel.DISK_ONLY`` for rows too large to sit in the heap.
+    """
+    if mode(df.sparkSession) == "reliable":
+        return df.checkpoint(eager=True)
+    return df.localCheckpoint(eager=True, storageLevel=storage_level) if storage_level else df.localCheckpoint()
 
 
 def cut_rdd(rdd: RDD, spark: SparkSession) -> None:

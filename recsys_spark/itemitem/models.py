@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 SLAB_DDL = "cb int, data binary"
 SLAB_BYTES = 64 << 20  # the largest column slab a scoring task holds
+SLAB_GROUP_BYTES = 256 << 20  # the largest broadcast of W's columns (see slabs_frame)
 DOUBLE_BELOW = 4096  # kept items up to this count: the Gram and the solve in float64, above in float32
 
 
@@ -62,24 +63,37 @@ def slab_width(n: int, item_block: int) -> int:
 def slabs_frame(spark: Any, w: np.ndarray, width: int) -> DataFrame:
     """``W``'s column slabs as ``(cb, data)`` rows: float32, C order, ``n x width`` (the last narrower), checkpointed.
 
-    ``W`` travels to the executors as one broadcast (torrent pieces through the
-    block manager, not inside task closures) and each task cuts its slabs; the
-    local checkpoint keeps them in the executors and drops the broadcast.
+    ``W`` travels to the executors in broadcasts of at most ``SLAB_GROUP_BYTES``
+    (torrent pieces through the block manager, not inside task closures), each
+    task cutting its slabs from one; each group is checkpointed to the
+    executors' disks and its broadcast destroyed before the next is made.  A
+    single broadcast of ``W`` (1.6 GB at 20,000 items) ran a 4 GB driver heap
+    out of memory while the JVM cut it into pieces, and slabs kept in the heap
+    (64 MB rows) did the same while scoring.
     """
-    n = w.shape[1]
-    bc = spark_context(spark, "the item-item models' weight slabs (a broadcast)").broadcast(np.ascontiguousarray(w, dtype=np.float32))
+    n_rows, n = w.shape
     n_cb = -(-n // width)
+    per = max(1, SLAB_GROUP_BYTES // (4 * n_rows * width))  # slabs per broadcast
+    sc = spark_context(spark, "the item-item models' weight slabs (broadcasts)")
+    groups = []
+    for lo in range(0, n_cb, per):
+        hi = min(n_cb, lo + per)
+        bc = sc.broadcast(np.ascontiguousarray(w[:, lo * width : hi * width], dtype=np.float32))
 
-    def cut(batches):
-        full = bc.value
-        for pdf in batches:
-            for cb in pdf["id"].to_numpy():  # one slab per Arrow batch: a batch's binary column stays small
-                data = np.ascontiguousarray(full[:, cb * width : (cb + 1) * width]).tobytes()
-                yield pd.DataFrame({"cb": [np.int32(cb)], "data": [data]})
+        def cut(batches, bc=bc, lo=lo):
+            part = bc.value
+            for pdf in batches:
+                for cb in pdf["id"].to_numpy():  # one slab per Arrow batch: a batch's binary column stays small
+                    j = (int(cb) - lo) * width
+                    data = np.ascontiguousarray(part[:, j : j + width]).tobytes()
+                    yield pd.DataFrame({"cb": [np.int32(cb)], "data": [data]})
 
-    ids = spark.range(0, n_cb, 1, numPartitions=n_cb)  # one slab per partition: a scoring task reads one
-    slabs = ids.mapInPandas(cut, SLAB_DDL).transform(lineage.cut)
-    bc.unpersist()
+        ids = spark.range(lo, hi, 1, numPartitions=hi - lo)  # one slab per partition: a scoring task reads one
+        groups.append(lineage.cut(ids.mapInPandas(cut, SLAB_DDL), StorageLevel.DISK_ONLY))
+        bc.destroy()
+    slabs = groups[0]
+    for g in groups[1:]:  # a union keeps every group's partitions: still one slab per partition
+        slabs = slabs.unionByName(g)
     return slabs
 
 

@@ -77,6 +77,24 @@ def test_ease_in_spark_scores_x_times_b(spark, ratings):
         check_scores(spark_scores(model, spark, range(N_USERS)), x, b, items, range(N_USERS))
 
 
+def test_slabs_made_in_several_broadcasts_score_x_times_b(spark, ratings, monkeypatch):
+    # W leaves the driver in groups of slabs (a broadcast each, bounded by SLAB_GROUP_BYTES): with
+    # 8 kept items and slabs 3 wide, 2 slabs per group -> slabs {0, 1} and {2}, still one per partition
+    from recsys_spark.itemitem import models
+
+    monkeypatch.setattr(models, "SLAB_GROUP_BYTES", 2 * 4 * 8 * 3)
+    items = rated_items()
+    assert len(items) == 8
+    model = EASE(l2_reg=2.5, item_block=3, user_block=4).fit(ratings)
+    assert model.slabs.rdd.getNumPartitions() == 3
+    assert sorted(r["cb"] for r in model.slabs.select("cb").collect()) == [0, 1, 2]
+    x = (DENSE[:, items] > 0).astype(float)
+    ref = np.linalg.inv(x.T @ x + 2.5 * np.eye(len(items)))
+    b = -ref / np.diag(ref)
+    np.fill_diagonal(b, 0.0)
+    check_scores(spark_scores(model, spark, range(N_USERS)), x, b, items, range(N_USERS))
+
+
 def test_ease_max_items_keeps_the_most_rated_and_counts_the_rest(spark, ratings):
     counts = (DENSE > 0).sum(axis=0)
     order = sorted(range(N_ITEMS), key=lambda i: (-counts[i], i))
