@@ -172,6 +172,8 @@ class RecommenderModel(ABC):
         return cls._from_state(params, state)
 
     STATE_KEYS: ClassVar[tuple[str, ...]] = ()
+    # state tables :func:`materialize` leaves where they are (already computed and stored, too big for the heap)
+    STORED_KEYS: ClassVar[tuple[str, ...]] = ()
     # True when ``recommend(users, k, items=...)`` can rank candidates nobody rated in training
     ranks_new_items: ClassVar[bool] = False
 
@@ -202,7 +204,9 @@ def materialize(model: RecommenderModel) -> RecommenderModel:
     from pyspark import StorageLevel
 
     frames = []  # a model may build some of them per call: keep the ones cached here (those the model cached are its own)
-    for df in model._state().values():
+    for key, df in model._state().items():
+        if key in model.STORED_KEYS:
+            continue
         if df.storageLevel == StorageLevel.NONE:
             df.persist(StorageLevel.MEMORY_AND_DISK)
             frames.append(df)

@@ -8,7 +8,7 @@ rated items kept, the Gram matrix from Spark tiles
 per-item regressions as Spark tasks), ``W`` stored as column slabs.
 
 Scoring (:class:`ItemItemModel`): ``scores = X_users W``.  Users are grouped
-in blocks and ``W`` in column slabs of ``item_block`` items (at most 64 MB
+in blocks and ``W`` in column slabs of ``item_block`` items (at most 16 MB
 each, one per partition); a cartesian product of the two (Spark's
 shuffle-replicate nested loop: the slabs are never shuffled or broadcast)
 makes every (user block, slab) pair one task that multiplies the users'
@@ -47,7 +47,9 @@ from recsys_spark.spark import spark_context
 log = logging.getLogger(__name__)
 
 SLAB_DDL = "cb int, data binary"
-SLAB_BYTES = 64 << 20  # the largest column slab a scoring task holds
+# the largest column slab (one row): a 64 MB row made the JVM copy it into 128 MB buffers, which a
+# 4 GB heap failed to allocate (OutOfMemoryError while the long tail's slabs were stored)
+SLAB_BYTES = 16 << 20
 SLAB_GROUP_BYTES = 256 << 20  # the largest broadcast of W's columns (see slabs_frame)
 DOUBLE_BELOW = 4096  # kept items up to this count: the Gram and the solve in float64, above in float32
 
@@ -69,7 +71,7 @@ def slabs_frame(spark: Any, w: np.ndarray, width: int) -> DataFrame:
     executors' disks and its broadcast destroyed before the next is made.  A
     single broadcast of ``W`` (1.6 GB at 20,000 items) ran a 4 GB driver heap
     out of memory while the JVM cut it into pieces, and slabs kept in the heap
-    (64 MB rows) did the same while scoring.
+    (then 64 MB rows) did the same while scoring.
     """
     n_rows, n = w.shape
     n_cb = -(-n // width)
@@ -101,6 +103,8 @@ class ItemItemModel(PopularityRatings, RecommenderModel):
     """Dense item-item weights over the kept items (see the module docstring)."""
 
     STATE_KEYS: ClassVar[tuple[str, ...]] = ("positions", "slabs", "interactions", "user_bias", "item_bias", "item_score", "seen")
+    # the slabs (rows of up to 16 MB) are on the executors' disks or in files: never cached in the heap
+    STORED_KEYS: ClassVar[tuple[str, ...]] = ("slabs",)
 
     def __init__(
         self, name: str, info: dict[str, Any], positions: DataFrame, slabs: DataFrame, x: DataFrame, fallback: BiasTableModel,
@@ -186,7 +190,7 @@ class _DenseItemItem(Recommender):
 
     max_items: int = 20000  # items with the most ratings kept in the dense matrices (4 n^2 bytes on the driver)
     gram_block: int = 2048  # positions per Gram tile
-    item_block: int = 1024  # columns per scoring slab (capped at 64 MB)
+    item_block: int = 1024  # columns per scoring slab (capped at SLAB_BYTES)
     user_block: int = 8192  # users per scoring block: each (user block, slab) task copies one slab to Python
     scale: Scale = None  # type: ignore[assignment]
     name: str = "itemitem"

@@ -252,3 +252,16 @@ def test_the_inverse_is_symmetrised_across_row_chunks():
     a = rng.random((7, 7))
     a = a @ a.T + 7 * np.eye(7)
     assert np.allclose(solvers.spd_inverse(a.copy()), np.linalg.inv(a))
+
+
+def test_materialize_leaves_the_slabs_where_the_fit_stored_them(spark, ratings):
+    # the slabs are rows of up to 64 MB on the executors' disks: caching them again in the heap ran
+    # the long-tail pipeline's 4 GB JVM out of memory; the other tables are cached as for every model
+    from pyspark import StorageLevel
+
+    from recsys_spark.recommender import materialize, release
+
+    model = materialize(EASE(l2_reg=1.0, item_block=3).fit(ratings))
+    assert model.slabs.storageLevel == StorageLevel.NONE
+    assert model.x.storageLevel != StorageLevel.NONE
+    release(model)
