@@ -9,6 +9,8 @@
     # make run's pipeline without the models that need a classic session: classic local[2] against a
     # Spark Connect client of a local[2] server (stage times, outputs compared)
     .venv/bin/python benchmarks/reliability.py connect --out benchmarks/results/reliability/connect.json
+    # tiny data on a two-worker standalone cluster: spark.locality.wait 3 s (Spark's default) against 0
+    .venv/bin/python benchmarks/reliability.py locality --tries 1 --out benchmarks/results/reliability/locality.json
 
 Each run is a ``spark-submit.sh`` process of its own (``local[2]``; the fault
 runs ``local[2,4]``, which retries a task up to 4 times).  Outputs are compared
@@ -47,14 +49,15 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return {**os.environ, "PYTHON": py, "PYSPARK_PYTHON": py, **(extra or {})}
 
 
-def _cmd(master: str, job: str, args: list[str]) -> list[str]:
-    return [str(ROOT / "spark-submit.sh"), "--master", master, "--conf", "spark.ui.enabled=false", job, *args]
+def _cmd(master: str, job: str, args: list[str], conf: tuple[str, ...] = ()) -> list[str]:
+    confs = [x for c in ("spark.ui.enabled=false", *conf) for x in ("--conf", c)]
+    return [str(ROOT / "spark-submit.sh"), "--master", master, *confs, job, *args]
 
 
-def _run(master: str, job: str, args: list[str], log: Path, env: dict[str, str] | None = None) -> float:
+def _run(master: str, job: str, args: list[str], log: Path, env: dict[str, str] | None = None, conf: tuple[str, ...] = ()) -> float:
     t0 = time.perf_counter()
     with log.open("w") as out:
-        rc = subprocess.run(_cmd(master, job, args), cwd=ROOT, env=_env(env), stdout=out, stderr=subprocess.STDOUT).returncode
+        rc = subprocess.run(_cmd(master, job, args, conf), cwd=ROOT, env=_env(env), stdout=out, stderr=subprocess.STDOUT).returncode
     if rc != 0:
         raise SystemExit(f"{job} failed (exit {rc}); see {log}")
     return time.perf_counter() - t0
@@ -158,7 +161,8 @@ def faults(args: argparse.Namespace) -> dict:
         injected = fl.injected(markers)
         tries.append({
             "killed_after_s": round(delay, 1), "killed_in": killed_in, "injected_failures": len(injected),
-            "stages_with_failures": len({m.rsplit("-", 1)[0] for m in injected}), "rerun_s": round(rerun_s, 1),
+            "in_pandas_functions": sum("-map-" in m for m in injected),
+            "stages_with_failures": len({m.split("-", 1)[0] for m in injected}), "rerun_s": round(rerun_s, 1),
             "differ_exact": len(compare(ref[None], got[None])), "differ_rounded": len(compare(ref[args.decimals], got[args.decimals])),
             "leftovers": len([p for p in out.rglob("*") if ".tmp-" in p.name or ".old-" in p.name]),
         })  # fmt: skip
@@ -199,6 +203,37 @@ def executor_loss(args: argparse.Namespace) -> dict:
         runs.append(row)
         print(json.dumps(row), flush=True)  # progress of a script, not library code
     return {"command": "executor-loss", "config": base, "decimals": args.decimals, "clean_s": round(clean_s, 1), "runs": runs}
+
+
+def locality(args: argparse.Namespace) -> dict:
+    """The tiny pipeline on a two-worker standalone cluster with Spark's default locality wait (3 s) and with none.
+
+    Each executor has one core, so a task whose preferred executor is busy waits up to
+    ``spark.locality.wait`` before it runs on the idle one; one fresh cluster per setting,
+    the setting's runs in turn (``--tries`` each), outputs compared with each other."""
+    from recsys_spark.checksum import compare
+    from recsys_spark.localcluster import standalone
+
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    sets = [*TINY, *args.set]
+    base = ["--config", "conf/local.toml", *[x for s in sets for x in ("--set", s)]]
+    spark = _spark(work, "reliability locality")
+    runs, sums = [], {}
+    for wait in ("3s", "0"):
+        with standalone(workers=2, cores=1, memory="1g", root=work / f"cluster-{wait}") as url:
+            for i in range(args.tries):
+                out = work / f"wait-{wait}-{i}"
+                run_args = [*base, "--set", f'paths.output="{out}"']
+                wall = _run(url, "pipeline", run_args, work / f"wait-{wait}-{i}.log", conf=(f"spark.locality.wait={wait}",))
+                stages = {rel: m["wall_s"] for rel, m in manifests(out / "generated").items()}
+                runs.append({"locality_wait": wait, "try": i, "wall_s": round(wall, 1), "stages_wall_s": stages})
+                sums[(wait, i)] = _checksums(spark, f"{out}/generated", args.decimals)[args.decimals]
+                print(json.dumps({k: v for k, v in runs[-1].items() if k != "stages_wall_s"}), flush=True)  # progress
+    first = sums[("3s", 0)]
+    return {"command": "locality", "config": base, "decimals": args.decimals, "runs": runs,
+            "differ_rounded_from_first": {f"{w}-{i}": len(compare(first, s)) for (w, i), s in sums.items()}}  # fmt: skip
 
 
 # the families whose stages need no SparkContext (docs/connect.md)
@@ -242,7 +277,7 @@ def connect(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("command", choices=["determinism", "faults", "executor-loss", "connect"])
+    ap.add_argument("command", choices=["determinism", "faults", "executor-loss", "connect", "locality"])
     ap.add_argument("--decimals", type=int, default=9)
     ap.add_argument("--tries", type=int, default=3, help="faults: kill-and-rerun tries")
     ap.add_argument("--seed", type=int, default=0)
@@ -252,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out")
     args = ap.parse_args(argv)
     os.environ.setdefault("PYSPARK_PYTHON", str(ROOT / ".venv" / "bin" / "python"))
-    result = {"determinism": determinism, "faults": faults, "executor-loss": executor_loss, "connect": connect}[args.command](args)
+    commands = {"determinism": determinism, "faults": faults, "executor-loss": executor_loss, "connect": connect, "locality": locality}
+    result = commands[args.command](args)
     write_result(result, args.out)
     return 0
 

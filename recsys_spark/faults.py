@@ -1,4 +1,4 @@
-"""Test-only fault injection: every table a stage writes loses one task once, and the run must not notice.
+"""Test-only fault injection: every table a stage writes (and every pandas function) loses one task once, unnoticed.
 
 Switched on by the environment variable ``RECSYS_FAULTS`` naming a folder on
 the driver's machine (never by a config key: nothing a run writes may depend
@@ -11,8 +11,15 @@ The markers are the count of injected failures.
 
 The failure happens in the write job itself, after the task has computed its
 part of the table and begun writing it, so the retry exercises the file
-committer and the recomputation of that partition from the lineage.  Work a
-stage does before writing (a model's fit, a ``collect``) is not failed.
+committer and the recomputation of that partition from the lineage.
+
+Work before the write is failed too where it runs our Python in the
+executors through ``DataFrame.mapInPandas`` or ``groupBy(...).applyInPandas``
+(the kNN block kernel, the Gram tiles, the content top-k, the item-item slabs
+and scoring, the factor models' top-N): every such function a stage builds
+fails in the first task that calls it (marker ``<stage>-map-<n>``), so a fit's
+or a recommend's Spark job retries a task.  The RDD closures of our SGD
+engine, cogrouped functions and MLlib's JVM code are not failed.
 
 Spark retries a task only where ``spark.task.maxFailures`` > 1 applies:
 ``local[N,F]`` with ``F`` > 1, ``local-cluster`` or a standalone master (whose
@@ -33,7 +40,7 @@ log = logging.getLogger(__name__)
 
 ENV = "RECSYS_FAULTS"
 
-_state: dict[str, object] = {"stage": None, "n": 0, "installed": False}
+_state: dict[str, object] = {"stage": None, "n": 0, "maps": 0, "installed": False}
 
 
 def folder() -> Path | None:
@@ -57,13 +64,68 @@ def _fail_once(marker: str):
     return F.udf(check, "boolean").asNondeterministic()(F.lit(0))
 
 
+def _fail_first_call(func, marker: str):
+    """``func`` (a ``mapInPandas`` or ``applyInPandas`` body) raising in the first task that calls it.
+
+    A closure, not default arguments: the worker tells a grouped function's
+    ``(key, pdf)`` form from ``(pdf)`` by its argument count.
+    """
+    import inspect
+
+    def check():
+        import os as _os
+
+        try:
+            fd = _os.open(marker, _os.O_CREAT | _os.O_EXCL | _os.O_WRONLY)
+        except FileExistsError:
+            return
+        _os.close(fd)
+        raise RuntimeError(f"injected task failure ({marker}); {ENV} is set")
+
+    if len(inspect.getfullargspec(func).args) == 2:
+
+        def body2(key, pdf):
+            check()
+            return func(key, pdf)
+
+        return body2
+
+    def body(arg):
+        check()
+        return func(arg)
+
+    return body
+
+
+def _marker() -> str | None:
+    """The next ``<stage>-map-<n>`` marker while a stage runs with the switch on, else None."""
+    root = folder()
+    if root is None or _state["stage"] is None:
+        return None
+    _state["maps"] = int(_state["maps"]) + 1  # type: ignore[call-overload]
+    return str(root / f"{_state['stage']}-map-{_state['maps']:03d}")
+
+
 def _install() -> None:
-    """Wrap ``DataFrame.write`` of classic PySpark (once per process)."""
+    """Wrap ``DataFrame.write`` and ``DataFrame.mapInPandas`` of classic PySpark (once per process)."""
     if _state["installed"]:
         return
     from pyspark.sql.classic.dataframe import DataFrame
+    from pyspark.sql.group import GroupedData
 
     original = DataFrame.write
+    original_map, original_apply = DataFrame.mapInPandas, GroupedData.applyInPandas
+
+    def map_in_pandas(self, func, schema, *args, **kwargs):  # type: ignore[no-untyped-def]
+        marker = _marker()
+        return original_map(self, _fail_first_call(func, marker) if marker else func, schema, *args, **kwargs)
+
+    def apply_in_pandas(self, func, schema, *args, **kwargs):  # type: ignore[no-untyped-def]
+        marker = _marker()
+        return original_apply(self, _fail_first_call(func, marker) if marker else func, schema, *args, **kwargs)
+
+    DataFrame.mapInPandas = map_in_pandas  # type: ignore[method-assign]
+    GroupedData.applyInPandas = apply_in_pandas  # type: ignore[method-assign]
 
     def write(self):  # type: ignore[no-untyped-def]
         root = folder()
@@ -86,12 +148,13 @@ def stage(name: str) -> Iterator[None]:
         return
     root.mkdir(parents=True, exist_ok=True)
     _install()
-    log.warning("%s: %s=%s, every table written fails one task once (test-only)", name, ENV, root)
-    before, _state["stage"], _state["n"] = _state["stage"], name.replace(":", "_").replace("/", "_"), 0
+    log.warning("%s: %s=%s, every table written and every pandas function fails one task once (test-only)", name, ENV, root)
+    before = _state["stage"], _state["n"], _state["maps"]
+    _state["stage"], _state["n"], _state["maps"] = name.replace(":", "_").replace("/", "_"), 0, 0
     try:
         yield
     finally:
-        _state["stage"] = before
+        _state["stage"], _state["n"], _state["maps"] = before
 
 
 def injected(root: Path) -> list[str]:

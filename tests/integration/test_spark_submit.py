@@ -153,9 +153,10 @@ def _kill_while_writing(proc, out, after_s):
 def test_on_a_standalone_cluster_failed_tasks_and_a_killed_run_leave_the_outputs_of_a_clean_run(
     spark, clean_run, quick_models, tmp_path,
 ):  # fmt: skip
-    # Two workers (separate executor JVMs with their own Python), every table written losing one
-    # task once (RECSYS_FAULTS: Spark retries it), and the first submit SIGKILLed while a stage
-    # was writing (a random moment, a bounded number of tries), then submitted again.
+    # Two workers (separate executor JVMs with their own Python), every table written and every
+    # pandas function (the fits' and top-N lists' work in the executors) losing one task once
+    # (RECSYS_FAULTS: Spark retries it), and the first submit SIGKILLed while a stage was writing
+    # (a random moment, a bounded number of tries), then submitted again.
     import random
 
     from recsys_spark import faults
@@ -188,6 +189,8 @@ def test_on_a_standalone_cluster_failed_tasks_and_a_killed_run_leave_the_outputs
     stages = {m.rsplit("-", 1)[0] for m in faults.injected(markers)}
     assert {"generate", "ingest", "split", "neighbors", "predict_popularity", "predict_item_knn", "predict_svd",
             "blend", "final", "evaluate"} <= stages, stages  # fmt: skip
+    # and inside the fits and top-N lists: the kNN block kernel, the factor model's scoring
+    assert {"neighbors-map", "predict_item_knn-map", "predict_svd-map"} <= stages, stages
     assert "injected task failure" in res.stdout
     assert_same_outputs(spark, reference, out)
     check_accounting_and_shipped_defaults(out / "generated", reference)

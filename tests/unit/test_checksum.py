@@ -130,6 +130,48 @@ def test_the_fault_switch_fails_each_write_once(spark, cfg_factory, tmp_path, mo
     assert faults.injected(markers) == ["y_model-001", "y_model-002"]
 
 
+def test_the_fault_switch_fails_each_pandas_function_once_before_the_write(spark, cfg_factory, tmp_path, monkeypatch):
+    # a fit's work in the executors (mapInPandas) fails its first task once; one partition, so the
+    # pandas function fails before the same task reaches the write's injected failure
+    markers = tmp_path / "faults"
+    monkeypatch.setenv(faults.ENV, str(markers))
+    cfg = cfg_factory()
+    out = cfg.stage_path("z")
+
+    def double(batches):
+        for pdf in batches:
+            yield pdf.assign(id=pdf["id"] * 2)
+
+    def body(tmp):
+        spark.range(4, numPartitions=1).mapInPandas(double, "id long").write.parquet(f"{tmp}/t")
+        return {"n": 4}
+
+    with pytest.raises(Exception, match="injected task failure"):
+        run_stage(spark, cfg, "z:model", out, ("split",), [], body)
+    assert faults.injected(markers) == ["z_model-map-001"]
+    with pytest.raises(Exception, match="injected task failure"):
+        run_stage(spark, cfg, "z:model", out, ("split",), [], body)  # the function passes, the write fails
+    assert faults.injected(markers) == ["z_model-001", "z_model-map-001"]
+    assert run_stage(spark, cfg, "z:model", out, ("split",), [], body)["counts"] == {"n": 4}
+    assert sorted(r.id for r in spark.read.parquet(f"{out}/t").collect()) == [0, 2, 4, 6]
+    monkeypatch.delenv(faults.ENV)
+    assert spark.range(2).mapInPandas(double, "id long").count() == 2  # switched off: untouched
+    assert faults.injected(markers) == ["z_model-001", "z_model-map-001"]
+
+
+def test_a_failed_grouped_function_keeps_its_key_argument(tmp_path):
+    # Spark's worker passes (key, pdf) or (pdf) by the function's argument count: the wrapper keeps it
+    import inspect
+
+    for func, args in ((lambda key, pdf: (key, pdf), ("k", "p")), (lambda pdf: pdf, ("p",))):
+        marker = tmp_path / f"m{len(args)}"
+        body = faults._fail_first_call(func, str(marker))
+        assert len(inspect.getfullargspec(body).args) == len(args)
+        with pytest.raises(RuntimeError, match="injected task failure"):
+            body(*args)
+        assert marker.exists() and body(*args) == func(*args)
+
+
 def test_lineage_cuts_follow_the_checkpoint_setting(spark, tmp_path):
     from recsys_spark import lineage
 
