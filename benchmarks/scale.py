@@ -4,6 +4,8 @@
     .venv/bin/python benchmarks/scale.py longtail --out benchmarks/results/scale/longtail.json
     # content neighbours of that run's item vectors: sparse_topk's two layouts (same table?), and the whole catalogue
     .venv/bin/python benchmarks/scale.py topk --out benchmarks/results/scale/content-neighbors.json
+    # kNN top-N of that run's training part: the blockwise sparse product against the join reference
+    .venv/bin/python benchmarks/scale.py knn --out benchmarks/results/scale/knn-topn.json
     # the ratings axis: 1M, 5M, 20M generated ratings (users and items grow with them)
     .venv/bin/python benchmarks/scale.py ratings --sizes 1000000,5000000,20000000 --out benchmarks/results/scale/ratings.json
 
@@ -117,17 +119,27 @@ def stage_walls(root: Path) -> dict[str, dict]:
 
 
 def summarize(work: Path) -> dict:
-    """Stage walls (manifests) joined with the event log's metrics, of the run under ``work``."""
-    metrics = event_log_metrics(work / "events")
+    """Stage walls (manifests) joined with the event log's metrics, of the run under ``work``.
+
+    A resumed run's event log is in ``events-<n>``: a stage's metrics come from the latest
+    process that ran it (a stage that failed in one process and ran again in the next: the rerun).
+    """
+    metrics: dict[str, dict[str, float]] = {}
+    for d in sorted(work.glob("events*"), key=lambda p: (len(p.name), p.name)):  # events, events-1, ...
+        metrics.update(event_log_metrics(d))
     stages = {key: {**w, **metrics.get(w["stage"], {})} for key, w in stage_walls(work / "out").items()}
     running = sorted(set(metrics) - {w["stage"] for w in stages.values()} - {"(untagged)"})
     return {"stages": stages, "unfinished": {k: metrics[k] for k in running}, "untagged": metrics.get("(untagged)")}
 
 
-def run_pipeline(work: Path, sets: list[str], timeout_s: float) -> dict:
-    """One pipeline process from an empty ``work``; its stage walls, event-log metrics and memory peaks."""
-    shutil.rmtree(work, ignore_errors=True)
-    events = work / "events"
+def run_pipeline(work: Path, sets: list[str], timeout_s: float, resume: bool = False) -> dict:
+    """One pipeline process from an empty ``work`` (or, ``resume``, on the outputs already there: the
+    finished stages are skipped); its stage walls, event-log metrics and memory peaks (this process's)."""
+    if resume:
+        events = work / f"events-{len(list(work.glob('events*')))}"
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+        events = work / "events"
     events.mkdir(parents=True)
     args = ["--config", "conf/local.toml", *[x for s in [*sets, f'paths.output="{work / "out"}"'] for x in ("--set", s)]]
     py = str(ROOT / ".venv" / "bin" / "python")
@@ -135,7 +147,7 @@ def run_pipeline(work: Path, sets: list[str], timeout_s: float) -> dict:
            "PYSPARK_SUBMIT_ARGS": f"--conf spark.eventLog.enabled=true --conf spark.eventLog.dir={events} pyspark-shell"}  # fmt: skip
     env.pop("SPARK_REMOTE", None)
     t0 = time.perf_counter()
-    with (work / "pipeline.log").open("w") as log:
+    with (work / f"pipeline{events.name[len('events') :]}.log").open("w") as log:
         proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "recsys-spark"), "pipeline", *args], cwd=ROOT, env=env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
         peaks = Peaks(proc.pid)
@@ -147,7 +159,8 @@ def run_pipeline(work: Path, sets: list[str], timeout_s: float) -> dict:
             rc = None
     wall = time.perf_counter() - t0
     mem = peaks.stop()
-    return {"exit": rc, "timed_out": rc is None, "wall_s": round(wall, 1), **mem, **summarize(work), "log": str(work / "pipeline.log")}
+    return {"exit": rc, "timed_out": rc is None, "wall_s": round(wall, 1), **mem, **summarize(work), "resumed": resume,
+            "log": str(work / f"pipeline{events.name[len('events') :]}.log")}  # fmt: skip
 
 
 def topk(work: Path, sample: int) -> dict:
@@ -187,6 +200,62 @@ def topk(work: Path, sample: int) -> dict:
             "catalogue": {"items_shipped_s": wall_full}}  # fmt: skip
 
 
+def knn(work: Path, names: tuple[str, ...] = ("item_knn", "user_knn")) -> dict:
+    """kNN top-N on the long-tail run's training part: the blockwise sparse product against the join reference.
+
+    item_knn and user_knn with their packaged defaults fitted once each on ``train``; top-10 for every
+    training user with each ``recommend_kernel`` (written to a no-op sink, then collected to compare);
+    one local[2] session."""
+    from recsys_spark import registry
+    from recsys_spark.config import load_config
+    from recsys_spark.spark import get_spark
+    from recsys_spark.stages import layout
+
+    splits = sorted((work / "out" / "generated" / "splits").glob("stratified-*"))
+    if not splits:
+        raise SystemExit("no split under the long-tail run: run `scale.py longtail` first")
+    cfg = load_config(ROOT / "conf" / "local.toml", [*LONGTAIL, f'paths.output="{work / "out"}"'])
+    spark = get_spark(cfg.spark, str(work / "knn" / "checkpoints"), "scale knn")
+    scale = layout.rating_scale(spark, cfg)
+    train = spark.read.parquet(str(splits[-1] / "train")).persist()
+    n_train = train.count()
+    users = train.select("user_idx").distinct().persist()
+    n_users = users.count()
+    out = {"train_ratings": n_train, "users": n_users, "k": 10}
+    for name in names:
+        est = registry.build(name, scale)
+        t0 = time.perf_counter()
+        model = est.fit(train)
+        n_pairs = model.neighbors.count()
+        fit_s = time.perf_counter() - t0
+        row = {"fit_s": round(fit_s, 1), "neighbour_pairs": n_pairs}
+        tables = {}
+        for kernel in ("blocks", "join"):
+            model.params = {**model.params, "recommend_kernel": kernel}
+            t0 = time.perf_counter()
+            model.recommend(users, 10).write.format("noop").mode("overwrite").save()
+            row[f"{kernel}_s"] = round(time.perf_counter() - t0, 1)
+            tables[kernel] = sorted((r[0], r[1], r[2], round(r[3], 9)) for r in model.recommend(users, 10).select(
+                "user_idx", "rank", "item_idx", "score").collect())  # fmt: skip
+        row["rows"] = len(tables["blocks"])
+        row["same_lists"] = [t[:3] for t in tables["blocks"]] == [t[:3] for t in tables["join"]]
+        row["same_scores_9dp"] = tables["blocks"] == tables["join"]
+        # where the lists differ: is it only which of equally scored items made the list (ties at 9 decimals)?
+        per = {kernel: {} for kernel in tables}
+        for kernel, rows in tables.items():
+            for u, _rank, i, sc in rows:
+                per[kernel].setdefault(u, []).append((i, sc))
+        differ = [u for u in per["blocks"].keys() | per["join"].keys() if per["blocks"].get(u) != per["join"].get(u)]
+        row["users_differing"] = len(differ)
+        row["differing_only_in_ties"] = all(
+            [sc for _, sc in per["blocks"].get(u, [])] == [sc for _, sc in per["join"].get(u, [])] for u in differ
+        )
+        out[name] = row
+        print(json.dumps({name: row}), flush=True)  # progress of a script, not library code
+    spark.stop()
+    return out
+
+
 def slopes(rows: list[dict]) -> dict[str, float]:
     """Least-squares slope of log(stage wall) against log(ratings), per stage present in every row."""
     keys = set.intersection(*(set(r["stages"]) for r in rows))
@@ -201,7 +270,7 @@ def slopes(rows: list[dict]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("command", choices=["longtail", "ratings", "topk"])
+    ap.add_argument("command", choices=["longtail", "ratings", "topk", "knn"])
     ap.add_argument("--sample", type=int, default=20000, help="topk: items in the layout comparison")
     ap.add_argument("--sizes", default="1000000,5000000,20000000", help="ratings: generated ratings per run")
     ap.add_argument("--models", default=None, help="comma-separated models.names (default: conf/local.toml's)")
@@ -209,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per pipeline run")
     ap.add_argument("--work", default=str(ROOT / "build" / "scale"))
     ap.add_argument("--reuse", action="store_true", help="longtail: summarize the run already under --work (no memory peaks)")
+    ap.add_argument("--resume", action="store_true", help="longtail: go on with the run under --work (finished stages skipped)")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
     sets = ["publish.enabled=false", "tracking.enabled=false", *args.set]
@@ -216,9 +286,12 @@ def main(argv: list[str] | None = None) -> int:
         sets.append("models.names=[" + ", ".join(f'"{m}"' for m in args.models.split(",")) + "]")
     if args.command == "topk":
         result = {"command": "topk", **topk(Path(args.work) / "longtail", args.sample)}
+    elif args.command == "knn":
+        names = tuple(args.models.split(",")) if args.models else ("item_knn", "user_knn")
+        result = {"command": "knn", **knn(Path(args.work) / "longtail", names)}
     elif args.command == "longtail":
         work = Path(args.work) / "longtail"
-        run = {"reused": True, **summarize(work)} if args.reuse else run_pipeline(work, [*LONGTAIL, *sets], args.timeout)
+        run = {"reused": True, **summarize(work)} if args.reuse else run_pipeline(work, [*LONGTAIL, *sets], args.timeout, args.resume)
         result = {"command": "longtail", "config": [*LONGTAIL, *sets], **run}
     else:
         rows = []

@@ -48,7 +48,11 @@ did); ``predict_with_confidence`` adds ``n_neighbors`` and ``sim_sum``.
 
 Top-N: unseen candidates are scored by the summed similarity to the items the
 user rated (item-based), or by the similarity-weighted ratings of the user's
-neighbours (user-based), then ranked in Spark.
+neighbours (user-based), over every positive similarity in the table.  Both
+are sparse products (``X @ S``, ``S @ R``) computed in blocks by
+:mod:`recsys_spark.sparse_topn` (``recommend_kernel="blocks"``); the
+``"join"`` kernel (a join per term and a group-by) is the reference, and
+``"auto"`` (the default) takes the join below ``BLOCKS_FROM`` neighbour pairs.
 """
 
 from __future__ import annotations
@@ -94,6 +98,11 @@ log = logging.getLogger(__name__)
 
 SIMILARITIES = ("cosine", "vector_cosine", "pearson", "adjusted_cosine", "pearson_baseline", "jaccard")
 KERNELS = ("join", "blocks")
+# top-N by sparse products in blocks (recsys_spark.sparse_topn) from this many neighbour pairs: below,
+# the join's single job costs less than the blocks' counts and cartesian product (all users' top-10,
+# local[2]: 996 ML-100K ratings, 13K item pairs: join 0.6 s, blocks 1.6 s; ML-100K u1, 1.7M item /
+# 0.8M user pairs: join 5.6 / 13.9 s, blocks 3.1 / 2.5 s)
+BLOCKS_FROM = 100_000
 A, B, SIM, SUPPORT = NB_A, NB_B, NB_SIM, NB_SUPPORT
 
 
@@ -458,6 +467,31 @@ class KNNModel(RecommenderModel):
         return as_predictions(self.predict_with_confidence(pairs), self.name)
 
     def recommend(self, users: DataFrame, k: int = 10) -> DataFrame:
+        kernel = self.params.get("recommend_kernel", "auto")
+        if kernel == "auto":  # the join's fixed cost is lower on small tables; loaded models without a count: blocks
+            kernel = "join" if self.params.get("n_pairs", BLOCKS_FROM) < BLOCKS_FROM else "blocks"
+        if kernel == "join":
+            return self._recommend_join(users, k)
+        from recsys_spark import sparse_topn as st
+
+        u = users.select(COL_USER).distinct()
+        r = self.ratings.select(COL_USER, COL_ITEM, COL_RATING)
+        mine = u.join(r, COL_USER)
+        nb = self.neighbors.where(F.col(SIM) > 0)
+        if self.params["user_based"]:  # S @ R: the neighbours' ratings weighted by similarity
+            left = u.join(nb.select(F.col(A).alias(COL_USER), B, SIM), COL_USER)
+            left = left.select(F.col(COL_USER).alias(st.ROW), F.col(B).alias(st.MID), F.col(SIM).alias(st.W))
+            right = r.select(F.col(COL_USER).alias(st.MID), F.col(COL_ITEM).alias(st.COL), F.col(COL_RATING).alias(st.V))
+        else:  # X @ S: the similarities to the items the user rated, summed
+            left = mine.select(F.col(COL_USER).alias(st.ROW), F.col(COL_ITEM).alias(st.MID), F.lit(1.0).alias(st.W))
+            right = nb.select(F.col(A).alias(st.MID), F.col(B).alias(st.COL), F.col(SIM).alias(st.V))
+        seen = mine.select(F.col(COL_USER).alias(st.ROW), F.col(COL_ITEM).alias(st.COL))
+        cand = st.product_topk(left, right, seen, k)
+        cand = cand.select(F.col(st.ROW).alias(COL_USER), F.col(st.COL).alias(COL_ITEM), COL_SCORE)
+        return rank_candidates(cand, k, self.name)
+
+    def _recommend_join(self, users: DataFrame, k: int) -> DataFrame:
+        """The same top-N by a join per (rated item, neighbour) and a group-by: the reference."""
         u = users.select(COL_USER).distinct()
         r = self.ratings.select(COL_USER, COL_ITEM, COL_RATING)
         if self.params["user_based"]:  # items rated by the user's neighbours, weighted by similarity
@@ -498,6 +532,7 @@ class KNN(Recommender):
     max_neighbors: int | None = None  # neighbours kept per entity (None: all)
     threshold: float | None = None
     kernel: Literal["join", "blocks"] = "join"
+    recommend_kernel: Literal["auto", "blocks", "join"] = "auto"  # top-N: blocks from BLOCKS_FROM neighbour pairs, else the join
     salt_threshold: int | None = None  # join kernel: split keys with more rows over salts
     block_entities: int = 3000  # blocks kernel: entities per block
     neighbors: Literal["exact", "lsh"] = "exact"  # lsh: approximate (jaccard / vector_cosine only)
@@ -522,8 +557,10 @@ class KNN(Recommender):
         params = {
             "name": self.name, "user_based": self.user_based, "k": self.k, "min_k": self.min_k,
             "centering": self.centering, "similarity": self.similarity,
-            "damping": self.damping, "amplification": self.amplification,
+            "damping": self.damping, "amplification": self.amplification, "recommend_kernel": self.recommend_kernel,
         }  # fmt: skip
+        if self.recommend_kernel == "auto":
+            params["n_pairs"] = neighbors.count()  # a scalar of the cut table: picks the top-N kernel
         return KNNModel(self.name, params, neighbors, ratings, base)
 
     def _check_params(self) -> None:
@@ -535,6 +572,8 @@ class KNN(Recommender):
             raise ValueError(f"neighbors must be exact or lsh, got {self.neighbors!r}")
         if self.k < 1 or self.min_k < 1:
             raise ValueError("k and min_k must be >= 1")
+        if self.recommend_kernel not in ("auto", "blocks", "join"):
+            raise ValueError(f"recommend_kernel must be auto, blocks or join, got {self.recommend_kernel!r}")
 
     def neighbor_table(self, ratings: DataFrame) -> tuple[BiasTableModel, DataFrame]:
         """The bias baseline and the (lazy) neighbour table ``(a, b, sim, support)`` of ``ratings``."""
