@@ -115,16 +115,20 @@ def run_final(spark: SparkSession, cfg: Config, force: bool = False) -> dict[str
         per_user = written.groupBy(COL_USER).agg(F.count("*").alias("n"), F.countDistinct(COL_RANK).alias("ranks"))
         stats = per_user.agg(F.count("*"), F.min("n"), F.max("n"), F.sum((F.col("n") != F.col("ranks")).cast("int"))).first()
         seen = written.join(ratings.select(COL_USER, COL_ITEM), [COL_USER, COL_ITEM]).count()
+        rows = written.agg(  # one pass over the written lists for the row checks
+            F.count("*"),
+            F.count_if(F.col("explanation").isNull() | (F.col("explanation") == "")),
+            F.count_if(F.size("contributors") == 0),
+            F.count_if(F.lower("explanation").contains("because you rated")),
+        ).first()
         counts = {
             "fit": "production", "fit_rows": n_ratings, "method": method, "members": names, "chosen_by": why,
             "explainer": explainer, "popular_lately_days": days,
             "users": user_map.count(), "users_with_ratings": known.count(), "cold_start_users": cold_users.count(),
-            "users_written": int(stats[0]), "rows": written.count(),
+            "users_written": int(stats[0]), "rows": int(rows[0]),
             "rows_per_user": [int(stats[1] or 0), int(stats[2] or 0)], "users_with_a_repeated_rank": int(stats[3] or 0),
-            "rows_without_explanation": written.where(F.col("explanation").isNull() | (F.col("explanation") == "")).count(),
-            "rows_without_contributors": written.where(F.size("contributors") == 0).count(),
-            "rows_with_a_rated_item": seen,
-            "rows_with_neighbour_evidence": written.where(F.lower("explanation").contains("because you rated")).count(),
+            "rows_without_explanation": int(rows[1]), "rows_without_contributors": int(rows[2]),
+            "rows_with_a_rated_item": seen, "rows_with_neighbour_evidence": int(rows[3]),
         }  # fmt: skip
         if counts["users_written"] != counts["users"]:
             log.warning("final: %d of %d users have a list (users whose members recommend nothing are absent)",
