@@ -107,7 +107,7 @@ def _marker() -> str | None:
 
 
 def _install() -> None:
-    """Wrap ``DataFrame.write`` and ``DataFrame.mapInPandas`` of classic PySpark (once per process)."""
+    """Wrap ``DataFrame.write``, ``DataFrame.mapInPandas`` and ``GroupedData.applyInPandas`` of classic PySpark (once per process)."""
     if _state["installed"]:
         return
     from pyspark.sql.classic.dataframe import DataFrame
