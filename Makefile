@@ -51,10 +51,10 @@ run: install
 
 # Three pytest processes side by side (each its own Spark session): the main
 # suite in two shards - notebooks, the blend and final stages, end-to-end
-# jobs, costs and the suite report, and the rest - and the petastorm lane
+# jobs, costs, the suite report and the benchmark protocols, and the rest - and the petastorm lane
 # (mostly its install).  Spark on tiny test data is latency bound, so two
 # shards use the 2 cores better than one.  Output is grouped per shard.
-MAIN_A := tests/unit/test_notebooks.py tests/unit/test_blend.py tests/unit/test_itemitem.py tests/integration/test_spark_submit.py tests/integration/test_realdata.py tests/unit/test_costs.py tests/unit/test_suite.py
+MAIN_A := tests/unit/test_notebooks.py tests/unit/test_blend.py tests/unit/test_itemitem.py tests/integration/test_spark_submit.py tests/integration/test_realdata.py tests/unit/test_costs.py tests/unit/test_suite.py tests/unit/test_benchmark.py
 test:
 	$(MAKE) --no-print-directory -j3 --output-sync=target test-main-a test-main-b test-petastorm
 
